@@ -1,0 +1,1 @@
+//! Criterion benches of shardlog hot paths live in benches/benches/.
