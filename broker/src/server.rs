@@ -103,6 +103,10 @@ async fn run_shard(
         let _ = ready.send(Err(format!("shard {id}: {e}")));
         return;
     }
+    if let Err(e) = crate::groups::start(&shard).await {
+        let _ = ready.send(Err(format!("shard {id}: {e}")));
+        return;
+    }
     let background = glommio::executor().create_task_queue(
         glommio::Shares::Static(100),
         glommio::Latency::NotImportant,
@@ -152,6 +156,7 @@ async fn run_shard(
     shard.shutting_down.set(true);
     drop(acceptor.cancel());
     shard.close_logs().await;
+    crate::groups::stop(&shard).await;
 }
 
 /// One listening socket per shard on the same address (resolving port 0 once).

@@ -51,6 +51,8 @@ pub struct Shard {
     /// Serialises catalog changes on the controller (shard 0).
     pub(crate) controller_lock: glommio::sync::Semaphore,
     pub(crate) shutting_down: Cell<bool>,
+    /// Coordinator of the consumer groups that hash to this shard (set once at start).
+    pub groups: std::cell::OnceCell<Rc<crate::groups::GroupCoordinator>>,
 }
 
 impl Shard {
@@ -66,6 +68,7 @@ impl Shard {
             senders,
             controller_lock: glommio::sync::Semaphore::new(1),
             shutting_down: Cell::new(false),
+            groups: std::cell::OnceCell::new(),
         })
     }
 
