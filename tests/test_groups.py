@@ -1,0 +1,302 @@
+"""Consumer groups and committed offsets, end to end: the real broker binary driven by real
+clients (confluent-kafka / librdkafka, kafka-python, kcat -G).
+
+Run: cargo build && python3 -m pytest tests/test_groups.py -v
+Group joins take a while: every wait is on a condition with a generous deadline.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from groups_fixture import Broker, broker, shardlog_binary, wait_until  # noqa: F401
+
+HERE = Path(__file__).resolve().parent
+JOIN_DEADLINE_S = 60
+
+
+def create_topic(bootstrap, name, partitions):
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
+        future.result(30)
+
+
+def produce(bootstrap, topic, values, partitions):
+    """Produce each value (a string) round-robin over the partitions; wait for every ack."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for i, v in enumerate(values):
+        producer.produce(topic, v.encode(), partition=i % partitions)
+        if i % 10_000 == 9_999:
+            producer.poll(0)
+    assert producer.flush(60) == 0, "unacknowledged messages"
+
+
+class ConsumerProcess:
+    """One consumer (groups_consumer.py) in its own process."""
+
+    def __init__(self, client, bootstrap, group, topic, directory, name):
+        self.prefix = str(Path(directory) / name)
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "groups_consumer.py"), client, bootstrap, group, topic, self.prefix],
+            stderr=open(self.prefix + ".stderr", "a"),
+        )
+
+    def assignment(self):
+        try:
+            text = open(self.prefix + ".assign").read().strip()
+        except FileNotFoundError:
+            return None
+        return [int(p) for p in text.split(",")] if text else []
+
+    def messages(self):
+        """(partition, offset, value) of every message consumed so far."""
+        try:
+            lines = open(self.prefix + ".msgs").read().splitlines()
+        except FileNotFoundError:
+            return []
+        return [tuple(line.split(" ", 2)) for line in lines if line.count(" ") == 2]
+
+    def terminate(self):
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(30) == 0, open(self.prefix + ".stderr").read()
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def wait_assigned(consumers, partitions, what):
+    """Wait until the consumers' assignments are disjoint and cover range(partitions)."""
+
+    def covered():
+        assignments = [c.assignment() or [] for c in consumers]
+        flat = sorted(p for a in assignments for p in a)
+        return flat == list(range(partitions)) and all(assignments)
+
+    wait_until(covered, JOIN_DEADLINE_S, what)
+    return [c.assignment() for c in consumers]
+
+
+def consumed_values(consumers):
+    return [v for c in consumers for (_, _, v) in c.messages()]
+
+
+def test_queue_three_consumers_share_partitions_survive_a_kill_and_resume_from_commits(broker, tmp_path):
+    topic, group, partitions = "queue", "workers", 6
+    create_topic(broker.bootstrap, topic, partitions)
+    consumers = [
+        ConsumerProcess("confluent", broker.bootstrap, group, topic, tmp_path, f"c{i}") for i in range(3)
+    ]
+    assignments = wait_assigned(consumers, partitions, "three consumers sharing 6 partitions")
+    assert sorted(len(a) for a in assignments) == [2, 2, 2]
+
+    # 1. All up: each of 30,000 messages is consumed exactly once across the group.
+    first = [f"a{i}" for i in range(30_000)]
+    produce(broker.bootstrap, topic, first, partitions)
+    wait_until(lambda: len(consumed_values(consumers)) >= 30_000, 90, "30,000 messages consumed")
+    values = consumed_values(consumers)
+    assert len(values) == 30_000 and set(values) == set(first), "each message exactly once"
+    for c, owned in zip(consumers, assignments):
+        assert {int(p) for p, _, _ in c.messages()} <= set(owned), f"{c.name} read only its partitions"
+
+    # 2. kill -9 one consumer: within its session timeout its partitions move to the others.
+    victim, survivors = consumers[0], consumers[1:]
+    killed_at = time.monotonic()
+    victim.kill9()
+    wait_assigned(survivors, partitions, "the survivors taking over the killed consumer's partitions")
+    moved_after_s = time.monotonic() - killed_at
+    assert moved_after_s < 20, f"partitions moved only after {moved_after_s:.1f}s"
+    second = [f"b{i}" for i in range(3_000)]
+    produce(broker.bootstrap, topic, second, partitions)
+    wait_until(lambda: set(second) <= set(consumed_values(survivors)), 60, "survivors consuming everything")
+
+    # 3. Stop all (commit + leave), produce more, restart: resume from the commits.
+    for c in survivors:
+        c.terminate()
+    before_restart = set(consumed_values(consumers))
+    third = [f"c{i}" for i in range(3_000)]
+    produce(broker.bootstrap, topic, third, partitions)
+    restarted = [
+        ConsumerProcess("confluent", broker.bootstrap, group, topic, tmp_path, f"r{i}") for i in range(3)
+    ]
+    wait_until(lambda: set(third) <= set(consumed_values(restarted)), 60, "restarted consumers catching up")
+    again = consumed_values(restarted)
+    assert not (set(again) & before_restart), "a committed message was consumed again"
+    assert set(first) | set(second) | set(third) == before_restart | set(again), "nothing skipped"
+    for c in restarted:
+        c.terminate()
+
+
+def test_publish_subscribe_two_groups_each_receive_every_message(broker):
+    topic = "news"
+    create_topic(broker.bootstrap, topic, 3)
+    values = [f"n{i}" for i in range(2_000)]
+    produce(broker.bootstrap, topic, values, 3)
+    for group in ("readers-a", "readers-b"):
+        assert sorted(consume_all(broker.bootstrap, group, topic, len(values))) == sorted(values)
+
+
+def consume_all(bootstrap, group, topic, count, extra=None):
+    """Consume `count` messages with a fresh confluent consumer in `group`; commit; close."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            **(extra or {}),
+        }
+    )
+    consumer.subscribe([topic])
+    seen = []
+    deadline = time.monotonic() + JOIN_DEADLINE_S
+    while len(seen) < count and time.monotonic() < deadline:
+        for m in consumer.consume(1000, 0.5):
+            if m.error() is None:
+                seen.append(m.value().decode())
+    if seen:
+        consumer.commit(asynchronous=False)
+    consumer.close()
+    return seen
+
+
+def committed(bootstrap, group, topic, partitions):
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        return consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=30)
+    finally:
+        consumer.close()
+
+
+def groups_cli(broker, *args):
+    result = subprocess.run(
+        [shardlog_binary(), "groups", "--bootstrap", broker.bootstrap, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, f"shardlog groups {args}: {result.stderr}"
+    return result.stdout
+
+
+def test_replay_by_resetting_offsets_to_earliest_and_to_a_timestamp(broker):
+    topic, group = "history", "replayers"
+    create_topic(broker.bootstrap, topic, 2)
+    old = [f"old{i}" for i in range(500)]
+    produce(broker.bootstrap, topic, old, 2)
+    time.sleep(0.05)  # timestamps are ms: make "between the two halves" a distinct instant
+    middle_ms = int(time.time() * 1000)
+    time.sleep(0.05)
+    new = [f"new{i}" for i in range(500)]
+    produce(broker.bootstrap, topic, new, 2)
+    assert len(consume_all(broker.bootstrap, group, topic, 1_000)) == 1_000
+
+    assert group in groups_cli(broker, "list")
+    described = groups_cli(broker, "describe", group)
+    assert topic in described and "Empty" in described
+
+    groups_cli(broker, "reset-offsets", group, "--topic", topic, "--to-earliest")
+    assert sorted(consume_all(broker.bootstrap, group, topic, 1_000)) == sorted(old + new)
+
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(middle_ms / 1000)) + f".{middle_ms % 1000:03d}Z"
+    groups_cli(broker, "reset-offsets", group, "--topic", topic, "--to-datetime", stamp)
+    assert sorted(consume_all(broker.bootstrap, group, topic, 500)) == sorted(new)
+
+    groups_cli(broker, "reset-offsets", group, "--topic", topic, "--to-offset", "200")
+    assert [tp.offset for tp in committed(broker.bootstrap, group, topic, 2)] == [200, 200]
+    groups_cli(broker, "reset-offsets", group, "--topic", topic, "--to-latest")
+    assert [tp.offset for tp in committed(broker.bootstrap, group, topic, 2)] == [500, 500]
+
+
+def test_reset_offsets_is_refused_while_the_group_has_members(broker, tmp_path):
+    topic, group = "busy", "busy-group"
+    create_topic(broker.bootstrap, topic, 1)
+    member = ConsumerProcess("confluent", broker.bootstrap, group, topic, tmp_path, "m")
+    wait_assigned([member], 1, "the member joining")
+    result = subprocess.run(
+        [shardlog_binary(), "groups", "--bootstrap", broker.bootstrap, "reset-offsets", group,
+         "--topic", topic, "--to-earliest"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0 and "not empty" in result.stderr, result.stderr
+    member.terminate()
+
+
+def commit_with_metadata(bootstrap, group, topic, offsets):
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        consumer.commit(
+            offsets=[TopicPartition(topic, p, o, metadata=f"meta-{p}") for p, o in offsets],
+            asynchronous=False,
+        )
+    finally:
+        consumer.close()
+
+
+def storage_is_durable():
+    """The in-memory stand-in storage (before the real engine is merged) forgets at exit."""
+    return (Path(__file__).resolve().parent.parent / "broker/src/log/partition.rs").exists()
+
+
+@pytest.mark.skipif(not storage_is_durable(), reason="storage engine not merged yet: logs are in memory")
+def test_committed_offsets_with_metadata_survive_a_restart_and_a_kill_9(broker):
+    topic, group = "durable", "keepers"
+    create_topic(broker.bootstrap, topic, 3)
+    produce(broker.bootstrap, topic, [str(i) for i in range(300)], 3)
+    commit_with_metadata(broker.bootstrap, group, topic, [(0, 10), (1, 20), (2, 30)])
+
+    def check(offsets):
+        got = committed(broker.bootstrap, group, topic, 3)
+        assert [(tp.partition, tp.offset, tp.metadata) for tp in got] == [
+            (p, o, f"meta-{p}") for p, o in offsets
+        ]
+
+    check([(0, 10), (1, 20), (2, 30)])
+    broker.restart()
+    check([(0, 10), (1, 20), (2, 30)])
+    commit_with_metadata(broker.bootstrap, group, topic, [(0, 11), (1, 21), (2, 31)])
+    broker.restart(hard=True)
+    check([(0, 11), (1, 21), (2, 31)])
+
+
+def test_mixed_librdkafka_and_kafka_python_members_share_one_group(broker, tmp_path):
+    topic, group, partitions = "mixed", "mixed-group", 6
+    create_topic(broker.bootstrap, topic, partitions)
+    members = [
+        ConsumerProcess("confluent", broker.bootstrap, group, topic, tmp_path, "rd"),
+        ConsumerProcess("kafka-python", broker.bootstrap, group, topic, tmp_path, "kp"),
+    ]
+    assignments = wait_assigned(members, partitions, "librdkafka and kafka-python sharing a group")
+    assert [len(a) for a in assignments] == [3, 3]
+    values = [f"m{i}" for i in range(6_000)]
+    produce(broker.bootstrap, topic, values, partitions)
+    wait_until(lambda: len(consumed_values(members)) >= len(values), 60, "all messages consumed")
+    got = consumed_values(members)
+    assert len(got) == len(values) and set(got) == set(values)
+    for m in members:
+        m.terminate()
+
+
+def test_kcat_balanced_consumer_reads_and_commits(broker):
+    topic, group = "kcat-topic", "kcat-group"
+    create_topic(broker.bootstrap, topic, 2)
+    values = [f"k{i}" for i in range(100)]
+    produce(broker.bootstrap, topic, values, 2)
+    # -e: exit once every assigned partition reached its end; closing commits (auto-commit).
+    result = subprocess.run(
+        ["kcat", "-b", broker.bootstrap, "-G", group, "-o", "beginning", "-e", "-u", "-f", "%s\n", topic],
+        capture_output=True, text=True, timeout=JOIN_DEADLINE_S,
+    )
+    assert sorted(result.stdout.split()) == sorted(values), result.stderr
+    wait_until(
+        lambda: [tp.offset for tp in committed(broker.bootstrap, group, topic, 2)] == [50, 50],
+        30, "kcat's commit at close",
+    )
