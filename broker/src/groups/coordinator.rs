@@ -220,14 +220,16 @@ impl GroupCoordinator {
         // A member id for a group that does not exist is unknown; an empty one creates it.
         let create = member_id.is_empty();
         let reply = self.with_group(&group_id, create, |group| {
-            group.join(args, Instant::now(), &self.config, |p| self.new_member_id(p))
+            group.join(args, Instant::now(), &self.config, |p| {
+                self.new_member_id(p)
+            })
         });
         match reply {
             Err(code) => JoinOutcome::error(code, &member_id),
             Ok(Reply::Now(outcome)) => outcome,
-            Ok(Reply::Later(answer)) => answer
-                .await
-                .unwrap_or_else(|_| JoinOutcome::error(errors::COORDINATOR_NOT_AVAILABLE, &member_id)),
+            Ok(Reply::Later(answer)) => answer.await.unwrap_or_else(|_| {
+                JoinOutcome::error(errors::COORDINATOR_NOT_AVAILABLE, &member_id)
+            }),
         }
     }
 
@@ -306,7 +308,8 @@ impl GroupCoordinator {
             let groups = self.groups.borrow();
             match groups.get(&group_id) {
                 Some(group) => {
-                    let code = group.validate_commit(&member_id, instance_id.as_deref(), generation);
+                    let code =
+                        group.validate_commit(&member_id, instance_id.as_deref(), generation);
                     (code, group.offsets.len())
                 }
                 None if simple => {
@@ -370,10 +373,10 @@ impl GroupCoordinator {
     }
 
     fn has_offset(&self, group_id: &str, topic: &str, partition: i32) -> bool {
-        self.groups.borrow().get(group_id).is_some_and(|g| {
-            g.offsets
-                .contains_key(&(topic.to_string(), partition))
-        })
+        self.groups
+            .borrow()
+            .get(group_id)
+            .is_some_and(|g| g.offsets.contains_key(&(topic.to_string(), partition)))
     }
 
     /// Append records to the offsets log, wait until durable, then apply them in memory.
@@ -430,12 +433,12 @@ impl GroupCoordinator {
                 .map(|(topic, partitions)| {
                     let answers = partitions
                         .into_iter()
-                        .map(|p| {
-                            match group.and_then(|g| g.offsets.get(&(topic.clone(), p))) {
+                        .map(
+                            |p| match group.and_then(|g| g.offsets.get(&(topic.clone(), p))) {
                                 Some(c) => (p, c.offset, c.leader_epoch, c.metadata.clone(), 0),
                                 None => (p, -1, -1, String::new(), 0),
-                            }
-                        })
+                            },
+                        )
                         .collect();
                     (topic, answers)
                 })
@@ -591,10 +594,7 @@ impl GroupCoordinator {
     }
 }
 
-fn tombstones(
-    group_id: &str,
-    keys: impl IntoIterator<Item = (String, i32)>,
-) -> Vec<OffsetRecord> {
+fn tombstones(group_id: &str, keys: impl IntoIterator<Item = (String, i32)>) -> Vec<OffsetRecord> {
     keys.into_iter()
         .map(|(topic, partition)| OffsetRecord {
             group: group_id.to_string(),

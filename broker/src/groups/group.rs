@@ -365,9 +365,7 @@ impl Group {
                 // A retried JoinGroup: answer with the generation it missed.
                 Reply::Now(self.join_outcome_for(&id))
             }
-            GroupState::Stable if unchanged && !is_leader => {
-                Reply::Now(self.join_outcome_for(&id))
-            }
+            GroupState::Stable if unchanged && !is_leader => Reply::Now(self.join_outcome_for(&id)),
             GroupState::CompletingRebalance | GroupState::Stable => {
                 let receiver = self.update_member(&id, args, now);
                 self.prepare_rebalance(now);
@@ -396,8 +394,12 @@ impl Group {
         if generation != self.generation {
             return Reply::Now(SyncOutcome::error(ILLEGAL_GENERATION));
         }
-        let type_mismatch = protocol.0.is_some_and(|t| Some(t) != self.protocol_type.as_deref());
-        let name_mismatch = protocol.1.is_some_and(|n| Some(n) != self.protocol_name.as_deref());
+        let type_mismatch = protocol
+            .0
+            .is_some_and(|t| Some(t) != self.protocol_type.as_deref());
+        let name_mismatch = protocol
+            .1
+            .is_some_and(|n| Some(n) != self.protocol_name.as_deref());
         if type_mismatch || name_mismatch {
             return Reply::Now(SyncOutcome::error(INCONSISTENT_GROUP_PROTOCOL));
         }
@@ -407,7 +409,10 @@ impl Group {
             GroupState::Stable => Reply::Now(self.sync_outcome_for(member_id)),
             GroupState::CompletingRebalance => {
                 let (sender, receiver) = oneshot::channel();
-                let member = self.members.get_mut(member_id).expect("member checked above");
+                let member = self
+                    .members
+                    .get_mut(member_id)
+                    .expect("member checked above");
                 member.sync_waiter = Some(sender);
                 member.heartbeat_deadline = now + member.session_timeout;
                 if self.leader.as_deref() == Some(member_id) {
@@ -599,9 +604,11 @@ impl Group {
         if self.protocol_type.as_deref() != Some(protocol_type) {
             return false;
         }
-        protocols
-            .iter()
-            .any(|(name, _)| self.members.values().all(|m| m.protocols.iter().any(|(n, _)| n == name)))
+        protocols.iter().any(|(name, _)| {
+            self.members
+                .values()
+                .all(|m| m.protocols.iter().any(|(n, _)| n == name))
+        })
     }
 
     fn add_member(
@@ -680,7 +687,10 @@ impl Group {
         args: JoinArgs,
         now: Instant,
     ) -> Reply<JoinOutcome> {
-        let mut member = self.members.remove(&old_id).expect("static map points at members");
+        let mut member = self
+            .members
+            .remove(&old_id)
+            .expect("static map points at members");
         member.fail_waiters(FENCED_INSTANCE_ID);
         let unchanged = member.protocols == args.protocols;
         let was_leader = self.leader.as_deref() == Some(old_id.as_str());
@@ -702,7 +712,10 @@ impl Group {
             return Reply::Now(self.join_outcome_for(&new_id));
         }
         let (sender, receiver) = oneshot::channel();
-        self.members.get_mut(&new_id).expect("inserted above").join_waiter = Some(sender);
+        self.members
+            .get_mut(&new_id)
+            .expect("inserted above")
+            .join_waiter = Some(sender);
         if self.state == GroupState::PreparingRebalance {
             self.try_complete_join(now);
         } else {
@@ -859,7 +872,10 @@ impl Group {
                 best = i;
             }
         }
-        candidates.get(best).map(|s| (*s).clone()).unwrap_or_default()
+        candidates
+            .get(best)
+            .map(|s| (*s).clone())
+            .unwrap_or_default()
     }
 
     fn join_outcome_for(&self, id: &str) -> JoinOutcome {
@@ -870,7 +886,13 @@ impl Group {
             members.sort_by_key(|m| m.joined_seq);
             members
                 .into_iter()
-                .map(|m| (m.id.clone(), m.instance_id.clone(), m.metadata_for(&protocol)))
+                .map(|m| {
+                    (
+                        m.id.clone(),
+                        m.instance_id.clone(),
+                        m.metadata_for(&protocol),
+                    )
+                })
                 .collect()
         } else {
             Vec::new()

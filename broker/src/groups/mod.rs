@@ -145,9 +145,7 @@ impl GroupsConfig {
         let d = GroupsConfig::default();
         macro_rules! pick {
             ($name:ident, $default:expr) => {
-                cli.$name
-                    .or(file.and_then(|f| f.$name))
-                    .unwrap_or($default)
+                cli.$name.or(file.and_then(|f| f.$name)).unwrap_or($default)
             };
         }
         let config = GroupsConfig {
@@ -176,7 +174,10 @@ impl GroupsConfig {
                 && config.min_session_timeout_ms <= config.max_session_timeout_ms,
             "group_min_session_timeout_ms: must be at least 1 and at most group_max_session_timeout_ms",
         )?;
-        check(config.max_members >= 1, "group_max_members: must be at least 1")?;
+        check(
+            config.max_members >= 1,
+            "group_max_members: must be at least 1",
+        )?;
         check(
             config.max_groups_per_shard >= 1,
             "max_groups_per_shard: must be at least 1",
@@ -205,8 +206,14 @@ mod tests {
     fn coordinator_shard_is_stable_and_in_range() {
         // FNV-1a of "" is the offset basis; pinning two values guards against a hasher change
         // that would strand committed offsets in another shard's log.
-        assert_eq!(coordinator_shard("", 7), (0xcbf2_9ce4_8422_2325u64 % 7) as usize);
-        assert_eq!(coordinator_shard("a", 1000), (0xaf63_dc4c_8601_ec8cu64 % 1000) as usize);
+        assert_eq!(
+            coordinator_shard("", 7),
+            (0xcbf2_9ce4_8422_2325u64 % 7) as usize
+        );
+        assert_eq!(
+            coordinator_shard("a", 1000),
+            (0xaf63_dc4c_8601_ec8cu64 % 1000) as usize
+        );
         for n in 1..9 {
             for g in ["", "g", "orders", "a-much-longer-group-name"] {
                 assert!(coordinator_shard(g, n) < n);

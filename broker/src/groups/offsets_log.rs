@@ -11,8 +11,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
-    TimestampType,
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
 const KEY_VERSION: i16 = 1;
@@ -214,7 +213,10 @@ mod tests {
 
     #[test]
     fn a_record_with_an_unknown_key_version_is_skipped_not_fatal() {
-        assert_eq!(decode_record(Some(Bytes::from_static(&[0, 9, 0, 0])), None), None);
+        assert_eq!(
+            decode_record(Some(Bytes::from_static(&[0, 9, 0, 0])), None),
+            None
+        );
         assert_eq!(decode_record(None, None), None);
         let truncated = encode_key(&commit("g", "t", 0, 1)).slice(..5);
         assert_eq!(decode_record(Some(truncated), None), None);

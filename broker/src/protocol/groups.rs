@@ -267,18 +267,23 @@ pub async fn handle_leave_group(shard: &Rc<Shard>, request: &Request) -> Result<
         vec![(body.member_id.to_string(), None)]
     };
     let (error, per_member) = if group_id.is_empty() {
-        (errors::INVALID_GROUP_ID, vec![errors::INVALID_GROUP_ID; members.len()])
+        (
+            errors::INVALID_GROUP_ID,
+            vec![errors::INVALID_GROUP_ID; members.len()],
+        )
     } else {
         let asked = members.clone();
         let key = group_id.clone();
-        on_coordinator(shard, &key, move |_, g| async move { g.leave(&group_id, &asked) })
-            .await
-            .unwrap_or_else(|| {
-                (
-                    errors::COORDINATOR_NOT_AVAILABLE,
-                    vec![errors::COORDINATOR_NOT_AVAILABLE; members.len()],
-                )
-            })
+        on_coordinator(shard, &key, move |_, g| async move {
+            g.leave(&group_id, &asked)
+        })
+        .await
+        .unwrap_or_else(|| {
+            (
+                errors::COORDINATOR_NOT_AVAILABLE,
+                vec![errors::COORDINATOR_NOT_AVAILABLE; members.len()],
+            )
+        })
     };
     let mut response = LeaveGroupResponse::default();
     if version >= 3 {
@@ -344,16 +349,20 @@ pub async fn handle_offset_commit(shard: &Rc<Shard>, request: &Request) -> Resul
     let topics = shape
         .into_iter()
         .map(|(name, partitions)| {
-            OffsetCommitResponseTopic::default().with_name(name).with_partitions(
-                partitions
-                    .into_iter()
-                    .map(|p| {
-                        OffsetCommitResponsePartition::default()
-                            .with_partition_index(p)
-                            .with_error_code(results.next().unwrap_or(codes::UNKNOWN_SERVER_ERROR))
-                    })
-                    .collect(),
-            )
+            OffsetCommitResponseTopic::default()
+                .with_name(name)
+                .with_partitions(
+                    partitions
+                        .into_iter()
+                        .map(|p| {
+                            OffsetCommitResponsePartition::default()
+                                .with_partition_index(p)
+                                .with_error_code(
+                                    results.next().unwrap_or(codes::UNKNOWN_SERVER_ERROR),
+                                )
+                        })
+                        .collect(),
+                )
         })
         .collect();
     Ok(encode_response(
@@ -511,10 +520,7 @@ pub async fn handle_list_groups(shard: &Rc<Shard>, request: &Request) -> Result<
     ))
 }
 
-pub async fn handle_describe_groups(
-    shard: &Rc<Shard>,
-    request: &Request,
-) -> Result<Reply, String> {
+pub async fn handle_describe_groups(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
     let body: DescribeGroupsRequest = decode_body(request)?;
     let version = request.version;
     let mut described = Vec::with_capacity(body.groups.len());
@@ -563,9 +569,11 @@ pub async fn handle_delete_groups(shard: &Rc<Shard>, request: &Request) -> Resul
     for group_id in body.groups_names {
         let id = group_id.0.to_string();
         let key = id.clone();
-        let code = on_coordinator(shard, &key, move |_, g| async move {
-            g.delete_group(&id).await
-        })
+        let code = on_coordinator(
+            shard,
+            &key,
+            move |_, g| async move { g.delete_group(&id).await },
+        )
         .await
         .unwrap_or(errors::COORDINATOR_NOT_AVAILABLE);
         results.push(
