@@ -135,6 +135,21 @@ def test_queue_three_consumers_share_partitions_survive_a_kill_and_resume_from_c
         c.terminate()
 
 
+def test_a_clean_leave_moves_partitions_before_any_session_could_expire(broker, tmp_path):
+    topic, group, partitions = "leavers", "leave-group", 4
+    create_topic(broker.bootstrap, topic, partitions)
+    staying = ConsumerProcess("kafka-python", broker.bootstrap, group, topic, tmp_path, "stay")
+    leaving = ConsumerProcess("confluent", broker.bootstrap, group, topic, tmp_path, "leave")
+    wait_assigned([staying, leaving], partitions, "two members sharing 4 partitions")
+    left_at = time.monotonic()
+    leaving.terminate()
+    wait_until(lambda: staying.assignment() == list(range(partitions)), 30, "the stayer owning every partition")
+    moved_after_s = time.monotonic() - left_at
+    # The session timeout is 3 s: a move well under it was triggered by the LeaveGroup.
+    assert moved_after_s < 2.5, f"partitions moved only after {moved_after_s:.1f}s"
+    staying.terminate()
+
+
 def test_publish_subscribe_two_groups_each_receive_every_message(broker):
     topic = "news"
     create_topic(broker.bootstrap, topic, 3)
