@@ -282,6 +282,60 @@ def test_committed_offsets_with_metadata_survive_a_restart_and_a_kill_9(broker):
     check([(0, 11), (1, 21), (2, 31)])
 
 
+@pytest.mark.skipif(not storage_is_durable(), reason="storage engine not merged yet: logs are in memory")
+def test_offsets_move_with_their_groups_when_the_shard_count_changes(tmp_path):
+    topic, groups = "reshard", [f"g{i}" for i in range(8)]
+    b = Broker(tmp_path / "data", cores=2).start()
+    try:
+        create_topic(b.bootstrap, topic, 2)
+        produce(b.bootstrap, topic, [str(i) for i in range(100)], 2)
+        for i, g in enumerate(groups):
+            commit_with_metadata(b.bootstrap, g, topic, [(0, i), (1, 10 + i)])
+
+        def check(offset_of):
+            for i, g in enumerate(groups):
+                got = [(tp.offset, tp.metadata) for tp in committed(b.bootstrap, g, topic, 2)]
+                assert got == [(offset_of(i, 0), "meta-0"), (offset_of(i, 1), "meta-1")], g
+
+        b.stop()
+        b.cores = 1
+        b.start()
+        check(lambda i, p: 10 * p + i)
+        assert not (b.data_dir / "__consumer_offsets" / "1").exists(), "shard 1's log was folded in"
+        for i, g in enumerate(groups):
+            commit_with_metadata(b.bootstrap, g, topic, [(0, 20 + i), (1, 30 + i)])
+        b.stop()
+        b.cores = 2
+        b.start()
+        check(lambda i, p: 20 + 10 * p + i)
+        b.restart()
+        check(lambda i, p: 20 + 10 * p + i)
+    finally:
+        b.kill9()
+
+
+@pytest.mark.skipif(not storage_is_durable(), reason="storage engine not merged yet: logs are in memory")
+def test_the_offsets_log_is_compacted_and_still_restores_every_offset(tmp_path):
+    topic, group = "compacted", "busy-committer"
+    b = Broker(tmp_path / "data", cores=1, extra_args=["--offsets-compact-min-records", "50"]).start()
+    try:
+        create_topic(b.bootstrap, topic, 2)
+        produce(b.bootstrap, topic, [str(i) for i in range(500)], 2)
+        for n in range(100):
+            commit_with_metadata(b.bootstrap, group, topic, [(0, n), (1, 2 * n)])
+        current = b.data_dir / "__consumer_offsets" / "0" / "CURRENT"
+        wait_until(lambda: current.exists() and int(current.read_text()) >= 1, 30, "a compaction")
+        generations = [p.name for p in current.parent.iterdir() if p.is_dir()]
+        assert generations == [current.read_text().strip()], "old generations are deleted"
+        commit_with_metadata(b.bootstrap, group, topic, [(0, 100), (1, 200)])
+        for restart_hard in (False, True):
+            b.restart(hard=restart_hard)
+            got = [(tp.offset, tp.metadata) for tp in committed(b.bootstrap, group, topic, 2)]
+            assert got == [(100, "meta-0"), (200, "meta-1")]
+    finally:
+        b.kill9()
+
+
 def test_mixed_librdkafka_and_kafka_python_members_share_one_group(broker, tmp_path):
     topic, group, partitions = "mixed", "mixed-group", 6
     create_topic(broker.bootstrap, topic, partitions)

@@ -37,8 +37,9 @@ use crate::shard::Shard;
 /// Open this shard's group coordinator (replaying its offsets log) and start its timers.
 /// Called once per shard at start, before the shard accepts connections.
 pub async fn start(shard: &Rc<Shard>) -> Result<(), String> {
-    let coordinator = GroupCoordinator::open(
+    let (coordinator, migration) = GroupCoordinator::open(
         shard.id,
+        shard.nr_shards,
         &shard.config.data_dir,
         shard.config.log_config(),
         shard.storage.clone(),
@@ -48,8 +49,10 @@ pub async fn start(shard: &Rc<Shard>) -> Result<(), String> {
     coordinator.spawn_timers();
     shard
         .groups
-        .set(coordinator)
-        .map_err(|_| "group coordinator started twice".to_string())
+        .set(coordinator.clone())
+        .map_err(|_| "group coordinator started twice".to_string())?;
+    // Set before migrating: other shards may be moving offsets here at the same time.
+    coordinator.migrate(shard, migration).await
 }
 
 /// Stop this shard's group coordinator: fail waiting requests, close the offsets log.
@@ -106,6 +109,10 @@ pub struct GroupsArgs {
     /// How often expired offsets are looked for (Kafka: offsets.retention.check.interval.ms).
     #[arg(long, env = "SHARDLOG_OFFSETS_RETENTION_CHECK_INTERVAL_MS")]
     pub offsets_retention_check_interval_ms: Option<u64>,
+    /// A shard's offsets log is compacted (live offsets rewritten, the rest dropped) once it
+    /// holds this many records and four times more than are live.
+    #[arg(long, env = "SHARDLOG_OFFSETS_COMPACT_MIN_RECORDS")]
+    pub offsets_compact_min_records: Option<u64>,
 }
 
 /// Validated group settings.
@@ -120,6 +127,7 @@ pub struct GroupsConfig {
     pub offset_metadata_max_bytes: u32,
     pub offsets_retention_ms: u64,
     pub offsets_retention_check_interval_ms: u64,
+    pub offsets_compact_min_records: u64,
 }
 
 impl Default for GroupsConfig {
@@ -135,6 +143,7 @@ impl Default for GroupsConfig {
             offset_metadata_max_bytes: 4_096,
             offsets_retention_ms: 7 * 24 * 3600 * 1000,
             offsets_retention_check_interval_ms: 600_000,
+            offsets_compact_min_records: 100_000,
         }
     }
 }
@@ -167,6 +176,10 @@ impl GroupsConfig {
                 offsets_retention_check_interval_ms,
                 d.offsets_retention_check_interval_ms
             ),
+            offsets_compact_min_records: pick!(
+                offsets_compact_min_records,
+                d.offsets_compact_min_records
+            ),
         };
         let check = |ok: bool, msg: &str| if ok { Ok(()) } else { Err(msg.to_string()) };
         check(
@@ -189,6 +202,10 @@ impl GroupsConfig {
         check(
             config.offsets_retention_ms >= 1,
             "offsets_retention_ms: must be at least 1",
+        )?;
+        check(
+            config.offsets_compact_min_records >= 1,
+            "offsets_compact_min_records: must be at least 1",
         )?;
         check(
             config.offsets_retention_check_interval_ms >= 1,
