@@ -325,8 +325,12 @@ def test_the_offsets_log_is_compacted_and_still_restores_every_offset(tmp_path):
             commit_with_metadata(b.bootstrap, group, topic, [(0, n), (1, 2 * n)])
         current = b.data_dir / "__consumer_offsets" / "0" / "CURRENT"
         wait_until(lambda: current.exists() and int(current.read_text()) >= 1, 30, "a compaction")
-        generations = [p.name for p in current.parent.iterdir() if p.is_dir()]
-        assert generations == [current.read_text().strip()], "old generations are deleted"
+
+        def only_the_current_generation_left():
+            generations = [p.name for p in current.parent.iterdir() if p.is_dir()]
+            return generations == [current.read_text().strip()]
+
+        wait_until(only_the_current_generation_left, 30, "old generations deleted")
         commit_with_metadata(b.bootstrap, group, topic, [(0, 100), (1, 200)])
         for restart_hard in (False, True):
             b.restart(hard=restart_hard)

@@ -64,9 +64,9 @@ pub type FetchedOffset = (i32, i64, i32, String, i16);
 /// logs of shards that no longer exist; `GroupCoordinator::migrate` moves them.
 #[derive(Default)]
 pub struct Migration {
-    /// Latest value of each key found outside its coordinator's log.
+    /// Latest value of each key found outside its coordinator's log (None: deleted).
     moving: HashMap<(String, String, i32), Option<OffsetValue>>,
-    /// Keys of this shard's own log that belong elsewhere: tombstoned once moved.
+    /// Live keys of this shard's own log that belong elsewhere: tombstoned once moved.
     leaving: Vec<(String, String, i32)>,
     /// Offsets logs of shards beyond the current count, deleted once moved.
     orphans: Vec<(std::path::PathBuf, Rc<PartitionLog>)>,
@@ -249,10 +249,12 @@ impl GroupCoordinator {
                 coordinator.apply(record, offset, now);
             } else {
                 let key = (record.group, record.topic, record.partition);
-                migration.leaving.push(key.clone());
                 migration.moving.insert(key, record.value);
             }
         }
+        // Keys already tombstoned here (moved by an earlier start) stay as they are.
+        migration.moving.retain(|_, value| value.is_some());
+        migration.leaving = migration.moving.keys().cloned().collect();
         // Logs of shards beyond the current count: every record moves.
         if let Ok(entries) = std::fs::read_dir(&base) {
             for entry in entries.flatten() {
@@ -278,8 +280,6 @@ impl GroupCoordinator {
                 migration.orphans.push((entry.path(), orphan));
             }
         }
-        migration.leaving.sort();
-        migration.leaving.dedup();
         tracing::info!(
             shard = shard_id,
             records = loaded,
