@@ -150,6 +150,63 @@ def test_a_clean_leave_moves_partitions_before_any_session_could_expire(broker, 
     staying.terminate()
 
 
+def test_admin_clients_list_describe_and_delete_groups_and_offsets(broker, tmp_path):
+    from confluent_kafka import ConsumerGroupState, KafkaException
+    from kafka import TopicPartition as KpTopicPartition
+    from kafka.admin import KafkaAdminClient
+
+    topic, group = "admin-topic", "admin-group"
+    create_topic(broker.bootstrap, topic, 2)
+    produce(broker.bootstrap, topic, [str(i) for i in range(10)], 2)
+    member = ConsumerProcess("confluent", broker.bootstrap, group, topic, tmp_path, "member")
+    wait_assigned([member], 2, "the member joining")
+    wait_until(lambda: len(member.messages()) == 10, 30, "the member consuming")
+
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    listed = admin.list_consumer_groups(request_timeout=30).result()
+    states = {g.group_id: g.state for g in listed.valid}
+    assert states.get(group) == ConsumerGroupState.STABLE, states
+    described = admin.describe_consumer_groups([group], request_timeout=30)[group].result()
+    assert described.state == ConsumerGroupState.STABLE and len(described.members) == 1
+    assigned = described.members[0].assignment.topic_partitions
+    assert sorted((tp.topic, tp.partition) for tp in assigned) == [(topic, 0), (topic, 1)]
+    with pytest.raises(KafkaException, match="NON_EMPTY_GROUP"):
+        admin.delete_consumer_groups([group], request_timeout=30)[group].result()
+
+    kp_admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        member.terminate()
+        offsets = kp_admin.list_group_offsets({group: None})[group]
+        assert {tp.partition: meta.offset for tp, meta in offsets.items()} == {0: 5, 1: 5}
+        kp_admin.delete_group_offsets(group, [KpTopicPartition(topic, 0)])
+        offsets = kp_admin.list_group_offsets({group: None})[group]
+        assert {tp.partition: meta.offset for tp, meta in offsets.items()} == {1: 5}
+    finally:
+        kp_admin.close()
+
+    admin.delete_consumer_groups([group], request_timeout=30)[group].result()
+    assert [tp.offset for tp in committed(broker.bootstrap, group, topic, 2)] == [-1001, -1001]
+    listed = admin.list_consumer_groups(request_timeout=30).result()
+    assert group not in {g.group_id for g in listed.valid}
+
+
+def test_offsets_of_an_empty_group_expire_after_the_retention(tmp_path):
+    topic, group = "expiring", "forgetful"
+    b = Broker(tmp_path / "data", extra_args=[
+        "--offsets-retention-ms", "1000", "--offsets-retention-check-interval-ms", "200",
+    ]).start()
+    try:
+        create_topic(b.bootstrap, topic, 1)
+        produce(b.bootstrap, topic, ["x"] * 10, 1)
+        commit_with_metadata(b.bootstrap, group, topic, [(0, 7)])
+        assert [tp.offset for tp in committed(b.bootstrap, group, topic, 1)] == [7]
+        wait_until(lambda: [tp.offset for tp in committed(b.bootstrap, group, topic, 1)] == [-1001],
+                   30, "the committed offset to expire")
+        wait_until(lambda: group not in groups_cli(b, "list"), 30, "the group to be forgotten")
+    finally:
+        b.kill9()
+
+
 def test_publish_subscribe_two_groups_each_receive_every_message(broker):
     topic = "news"
     create_topic(broker.bootstrap, topic, 3)
