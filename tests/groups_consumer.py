@@ -1,10 +1,11 @@
 """A consumer process for the group tests (run as a subprocess so a test can kill -9 it).
 
-    python3 groups_consumer.py CLIENT BOOTSTRAP GROUP TOPIC OUT_PREFIX
+    python3 groups_consumer.py CLIENT BOOTSTRAP GROUP TOPIC OUT_PREFIX [GROUP_INSTANCE_ID]
 
 CLIENT is `confluent` (librdkafka) or `kafka-python`. Writes `OUT_PREFIX.msgs` (one line
 "partition offset value" per message, flushed after each batch) and `OUT_PREFIX.assign`
-(the current assignment, "p1,p2,...", rewritten at each rebalance). Commits synchronously
+(the current assignment, "p1,p2,...", rewritten at each rebalance; every change is also
+appended to `OUT_PREFIX.assign.log`). With GROUP_INSTANCE_ID it is a static member. Commits synchronously
 after each batch; on SIGTERM finishes the batch, commits, leaves the group and exits.
 """
 
@@ -12,6 +13,7 @@ import signal
 import sys
 
 client, bootstrap, group, topic, prefix = sys.argv[1:6]
+instance_id = sys.argv[6] if len(sys.argv) > 6 else None
 SESSION_TIMEOUT_MS = 3000
 HEARTBEAT_INTERVAL_MS = 500
 
@@ -33,6 +35,8 @@ def write_assignment(partitions):
     import os
 
     os.replace(prefix + ".assign.tmp", prefix + ".assign")
+    with open(prefix + ".assign.log", "a") as f:
+        f.write(",".join(str(p) for p in sorted(partitions)) + "\n")
 
 
 def run_confluent():
@@ -48,6 +52,7 @@ def run_confluent():
             "session.timeout.ms": SESSION_TIMEOUT_MS,
             "heartbeat.interval.ms": HEARTBEAT_INTERVAL_MS,
             "partition.assignment.strategy": "range",
+            **({"group.instance.id": instance_id} if instance_id else {}),
         }
     )
     consumer.subscribe(
@@ -88,6 +93,7 @@ def run_kafka_python():
         enable_auto_commit=False,
         session_timeout_ms=SESSION_TIMEOUT_MS,
         heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+        **({"group_instance_id": instance_id} if instance_id else {}),
     )
     consumer.subscribe([topic], listener=Listener())
     while not stop:

@@ -41,11 +41,12 @@ def produce(bootstrap, topic, values, partitions):
 class ConsumerProcess:
     """One consumer (groups_consumer.py) in its own process."""
 
-    def __init__(self, client, bootstrap, group, topic, directory, name):
+    def __init__(self, client, bootstrap, group, topic, directory, name, instance_id=None):
         self.prefix = str(Path(directory) / name)
         self.name = name
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "groups_consumer.py"), client, bootstrap, group, topic, self.prefix],
+            [sys.executable, str(HERE / "groups_consumer.py"), client, bootstrap, group, topic, self.prefix]
+            + ([instance_id] if instance_id else []),
             stderr=open(self.prefix + ".stderr", "a"),
         )
 
@@ -55,6 +56,12 @@ class ConsumerProcess:
         except FileNotFoundError:
             return None
         return [int(p) for p in text.split(",")] if text else []
+
+    def assignment_changes(self):
+        try:
+            return open(self.prefix + ".assign.log").read().splitlines()
+        except FileNotFoundError:
+            return []
 
     def messages(self):
         """(partition, offset, value) of every message consumed so far."""
@@ -205,6 +212,24 @@ def test_offsets_of_an_empty_group_expire_after_the_retention(tmp_path):
         wait_until(lambda: group not in groups_cli(b, "list"), 30, "the group to be forgotten")
     finally:
         b.kill9()
+
+
+def test_a_restarted_static_member_gets_its_partitions_back_without_a_rebalance(broker, tmp_path):
+    topic, group, partitions = "static", "static-group", 4
+    create_topic(broker.bootstrap, topic, partitions)
+    leader = ConsumerProcess("confluent", broker.bootstrap, group, topic, tmp_path, "leader", "static-a")
+    wait_assigned([leader], partitions, "the first static member")
+    follower = ConsumerProcess("confluent", broker.bootstrap, group, topic, tmp_path, "f1", "static-b")
+    before = wait_assigned([leader, follower], partitions, "two static members")
+    changes = len(leader.assignment_changes())
+    # A static member leaves no LeaveGroup behind: its restart within the session timeout
+    # (3 s) takes its old place under a new member id.
+    follower.terminate()
+    again = ConsumerProcess("confluent", broker.bootstrap, group, topic, tmp_path, "f2", "static-b")
+    wait_until(lambda: again.assignment() == before[1], 30, "the restarted member's old partitions")
+    assert len(leader.assignment_changes()) == changes, "the other member saw no rebalance"
+    for c in (leader, again):
+        c.terminate()
 
 
 def test_publish_subscribe_two_groups_each_receive_every_message(broker):
