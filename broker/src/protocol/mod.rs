@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod codes;
 pub mod fetch;
+pub mod fetch_encode;
 pub mod metadata;
 pub mod produce;
 pub mod versions;
