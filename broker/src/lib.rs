@@ -1,1 +1,1 @@
-pub mod log {}
+pub mod log;
