@@ -252,8 +252,9 @@ pub(crate) mod tests {
                 producer_epoch: producer.1,
                 timestamp_type: TimestampType::Creation,
                 offset: i as i64,
+                // The encoder starts a new batch whenever offset - sequence changes.
                 sequence: if producer.0 < 0 {
-                    -1
+                    i as i32 - 1
                 } else {
                     producer.2 + i as i32
                 },

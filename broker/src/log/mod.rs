@@ -39,7 +39,7 @@ mod shard;
 #[cfg(test)]
 mod tests;
 
-pub use partition::PartitionLog;
+pub use partition::{probe_direct_io, PartitionLog};
 pub use shard::ShardStorage;
 
 use std::fmt;

@@ -171,6 +171,7 @@ impl ProducerStates {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.producers.len()
     }
