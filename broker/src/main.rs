@@ -24,6 +24,20 @@ enum Command {
     Groups(shardlog::groups::admin::GroupsCommand),
 }
 
+/// Keep large allocations (request frames, I/O buffers) on the heap instead of fresh mmaps.
+///
+/// glibc serves allocations above 128 KiB with mmap and returns them with munmap, so every
+/// 1 MiB produce request cost page faults, zeroed pages and TLB shootdowns: a quarter of the
+/// broker's CPU in a profile of produce at 1.4M msg/s. With a high threshold the memory is
+/// reused from the heap once warm.
+fn tune_allocator() {
+    // SAFETY: mallopt only changes glibc tunables; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 fn main() {
     let main = Main::parse();
     if let Some(Command::Groups(command)) = main.command {
@@ -33,6 +47,7 @@ fn main() {
         }
         return;
     }
+    tune_allocator();
     let config = match shardlog::config::Config::load(main.broker) {
         Ok(config) => config,
         Err(e) => {

@@ -53,6 +53,8 @@ pub struct Shard {
     pub(crate) shutting_down: Cell<bool>,
     /// Coordinator of the consumer groups that hash to this shard (set once at start).
     pub groups: std::cell::OnceCell<Rc<crate::groups::GroupCoordinator>>,
+    /// Requests being handled on this shard right now (for a clean shutdown).
+    pub(crate) requests_in_flight: Cell<usize>,
 }
 
 impl Shard {
@@ -69,6 +71,7 @@ impl Shard {
             controller_lock: glommio::sync::Semaphore::new(1),
             shutting_down: Cell::new(false),
             groups: std::cell::OnceCell::new(),
+            requests_in_flight: Cell::new(0),
         })
     }
 
@@ -206,6 +209,11 @@ impl Shard {
             .map_err(|_| "shard gone".to_string())??;
         }
         Ok(())
+    }
+
+    /// Whether a shutdown has begun: connections take no new requests.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
     }
 
     /// Flush and close every log this shard owns (clean shutdown).
