@@ -42,6 +42,10 @@ pub mod errors {
 }
 use errors::*;
 
+/// Longest group id accepted: ids are stored in the offsets log with an i16 length, and a
+/// limit keeps one hostile id from bloating every record of its group.
+pub const GROUP_ID_MAX_BYTES: usize = 1024;
+
 /// Where a group is in its rebalance cycle (names as Kafka reports them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupState {
@@ -797,7 +801,9 @@ impl Group {
             let mut member = self.members.remove(&id).expect("listed above");
             member.fail_waiters(UNKNOWN_MEMBER_ID);
             if let Some(instance) = &member.instance_id {
-                self.static_members.remove(instance);
+                if self.static_members.get(instance) == Some(&id) {
+                    self.static_members.remove(instance);
+                }
             }
         }
         self.generation += 1;

@@ -36,8 +36,16 @@ pub struct OffsetValue {
     pub commit_time_ms: i64,
 }
 
+/// Longest string a record can hold (i16 length prefix).
+pub const STRING_MAX_BYTES: usize = i16::MAX as usize;
+
 fn put_str(buf: &mut BytesMut, s: &str) {
-    // Group, topic and metadata lengths are bounded well below i16::MAX by validation.
+    // Callers validate lengths (group id, topic name, metadata) far below the limit.
+    assert!(
+        s.len() <= STRING_MAX_BYTES,
+        "string of {} bytes in an offsets record",
+        s.len()
+    );
     buf.put_i16(s.len() as i16);
     buf.put_slice(s.as_bytes());
 }

@@ -37,7 +37,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{codes, decode_body, encode_response, Reply, Request};
 use crate::groups::coordinator::{CommitEntry, FetchedOffset};
-use crate::groups::group::{errors, JoinArgs, JoinOutcome, SyncOutcome};
+use crate::groups::group::{errors, JoinArgs, JoinOutcome, SyncOutcome, GROUP_ID_MAX_BYTES};
 use crate::groups::{coordinator_shard, GroupCoordinator};
 use crate::shard::Shard;
 
@@ -47,6 +47,11 @@ const KEY_TYPE_TRANSACTION: i8 = 1;
 
 fn str_bytes(text: impl Into<String>) -> StrBytes {
     StrBytes::from_string(text.into())
+}
+
+/// Kafka refuses an empty group id; we also refuse one longer than `GROUP_ID_MAX_BYTES`.
+fn invalid_group_id(group_id: &str) -> bool {
+    group_id.is_empty() || group_id.len() > GROUP_ID_MAX_BYTES
 }
 
 /// Run `f` with the group coordinator of `group_id`'s shard. None if that shard has no
@@ -147,7 +152,7 @@ pub async fn handle_join_group(shard: &Rc<Shard>, request: &Request) -> Result<R
     let version = request.version;
     let group_id = body.group_id.0.to_string();
     let member_id = body.member_id.to_string();
-    if group_id.is_empty() {
+    if invalid_group_id(&group_id) {
         let outcome = JoinOutcome::error(errors::INVALID_GROUP_ID, &member_id);
         return Ok(encode_response(request, &join_response(version, outcome)));
     }
@@ -188,7 +193,7 @@ pub async fn handle_join_group(shard: &Rc<Shard>, request: &Request) -> Result<R
 pub async fn handle_sync_group(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
     let body: SyncGroupRequest = decode_body(request)?;
     let group_id = body.group_id.0.to_string();
-    let outcome = if group_id.is_empty() {
+    let outcome = if invalid_group_id(&group_id) {
         SyncOutcome::error(errors::INVALID_GROUP_ID)
     } else {
         let member_id = body.member_id.to_string();
@@ -230,7 +235,7 @@ pub async fn handle_sync_group(shard: &Rc<Shard>, request: &Request) -> Result<R
 pub async fn handle_heartbeat(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
     let body: HeartbeatRequest = decode_body(request)?;
     let group_id = body.group_id.0.to_string();
-    let error = if group_id.is_empty() {
+    let error = if invalid_group_id(&group_id) {
         errors::INVALID_GROUP_ID
     } else {
         let member_id = body.member_id.to_string();
@@ -266,7 +271,7 @@ pub async fn handle_leave_group(shard: &Rc<Shard>, request: &Request) -> Result<
     } else {
         vec![(body.member_id.to_string(), None)]
     };
-    let (error, per_member) = if group_id.is_empty() {
+    let (error, per_member) = if invalid_group_id(&group_id) {
         (
             errors::INVALID_GROUP_ID,
             vec![errors::INVALID_GROUP_ID; members.len()],
@@ -330,7 +335,7 @@ pub async fn handle_offset_commit(shard: &Rc<Shard>, request: &Request) -> Resul
         shape.push((topic.name, partitions));
     }
     let count = entries.len();
-    let results = if group_id.is_empty() {
+    let results = if invalid_group_id(&group_id) {
         vec![errors::INVALID_GROUP_ID; count]
     } else {
         let member_id = body.member_id.to_string();
