@@ -232,6 +232,24 @@ def test_a_restarted_static_member_gets_its_partitions_back_without_a_rebalance(
         c.terminate()
 
 
+def test_a_clean_shutdown_does_not_wait_for_a_parked_join(tmp_path):
+    topic, group = "parked", "parked-group"
+    b = Broker(tmp_path / "data")
+    # The join phase of a new group now lasts a minute: the JoinGroup stays parked.
+    b.GROUP_ARGS = ["--group-min-session-timeout-ms", "1000", "--group-initial-rebalance-delay-ms", "60000"]
+    b.start()
+    try:
+        create_topic(b.bootstrap, topic, 1)
+        member = ConsumerProcess("confluent", b.bootstrap, group, topic, tmp_path, "parked")
+        wait_until(lambda: "PreparingRebalance" in groups_cli(b, "describe", group), 30, "a parked join")
+        stopped_at = time.monotonic()
+        b.stop()
+        assert time.monotonic() - stopped_at < 3, "shutdown waited for the join phase"
+        member.kill9()
+    finally:
+        b.kill9()
+
+
 def test_publish_subscribe_two_groups_each_receive_every_message(broker):
     topic = "news"
     create_topic(broker.bootstrap, topic, 3)

@@ -159,6 +159,7 @@ async fn run_shard(
     // then flush and sync every log so the next start needs no recovery scan.
     shard.shutting_down.set(true);
     drop(acceptor.cancel());
+    crate::groups::quiesce(&shard);
     let deadline = std::time::Instant::now() + SHUTDOWN_DRAIN_MAX;
     while shard.requests_in_flight.get() > 0 && std::time::Instant::now() < deadline {
         glommio::timer::sleep(std::time::Duration::from_millis(5)).await;

@@ -93,6 +93,8 @@ pub struct GroupCoordinator {
     member_seq: Cell<u64>,
     boot_id: u64,
     stopped: Cell<bool>,
+    /// Set at shutdown: JoinGroup and SyncGroup no longer wait (they would hold the drain).
+    closing: Cell<bool>,
 }
 
 /// Open the current generation of the offsets log in `dir`, removing leftovers of an
@@ -238,6 +240,7 @@ impl GroupCoordinator {
             member_seq: Cell::new(0),
             boot_id,
             stopped: Cell::new(false),
+            closing: Cell::new(false),
         });
         let mut migration = Migration::default();
         let now = now_ms();
@@ -414,6 +417,15 @@ impl GroupCoordinator {
         .detach();
     }
 
+    /// First step of shutdown: answer every waiting JoinGroup/SyncGroup (clients retry at the
+    /// next broker) and wait no more, so the drain of in-flight requests is not held up.
+    pub fn quiesce(&self) {
+        self.closing.set(true);
+        for group in self.groups.borrow_mut().values_mut() {
+            group.shutdown();
+        }
+    }
+
     /// Stop the timers, fail waiting requests, flush and close the offsets log.
     pub async fn close(&self) {
         self.stopped.set(true);
@@ -466,6 +478,9 @@ impl GroupCoordinator {
     /// JoinGroup: resolves when the join phase ends (or at once on error).
     pub async fn join(&self, group_id: String, args: JoinArgs) -> JoinOutcome {
         let member_id = args.member_id.clone();
+        if self.closing.get() {
+            return JoinOutcome::error(errors::COORDINATOR_NOT_AVAILABLE, &member_id);
+        }
         // A member id for a group that does not exist is unknown; an empty one creates it.
         let create = member_id.is_empty();
         let reply = self.with_group(&group_id, create, |group| {
@@ -494,6 +509,9 @@ impl GroupCoordinator {
         protocol_name: Option<String>,
         assignments: Vec<(String, Bytes)>,
     ) -> SyncOutcome {
+        if self.closing.get() {
+            return SyncOutcome::error(errors::COORDINATOR_NOT_AVAILABLE);
+        }
         let reply = self.with_group(&group_id, false, |group| {
             group.sync(
                 &member_id,
