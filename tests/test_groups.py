@@ -41,13 +41,15 @@ def produce(bootstrap, topic, values, partitions):
 class ConsumerProcess:
     """One consumer (groups_consumer.py) in its own process."""
 
-    def __init__(self, client, bootstrap, group, topic, directory, name, instance_id=None):
+    def __init__(self, client, bootstrap, group, topic, directory, name, instance_id=None, assignor=None):
         self.prefix = str(Path(directory) / name)
         self.name = name
+        env = dict(os.environ, **({"GROUPS_TEST_ASSIGNOR": assignor} if assignor else {}))
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "groups_consumer.py"), client, bootstrap, group, topic, self.prefix]
             + ([instance_id] if instance_id else []),
             stderr=open(self.prefix + ".stderr", "a"),
+            env=env,
         )
 
     def assignment(self):
@@ -248,6 +250,24 @@ def test_a_clean_shutdown_does_not_wait_for_a_parked_join(tmp_path):
         member.kill9()
     finally:
         b.kill9()
+
+
+def test_cooperative_sticky_members_share_partitions_through_incremental_rebalances(broker, tmp_path):
+    topic, group, partitions = "coop", "coop-group", 6
+    create_topic(broker.bootstrap, topic, partitions)
+    members = []
+    for i in range(3):
+        members.append(ConsumerProcess("confluent", broker.bootstrap, group, topic, tmp_path, f"coop{i}",
+                                       assignor="cooperative-sticky"))
+        assignments = wait_assigned(members, partitions, f"{len(members)} cooperative members")
+    assert sorted(len(a) for a in assignments) == [2, 2, 2]
+    values = [f"s{i}" for i in range(6_000)]
+    produce(broker.bootstrap, topic, values, partitions)
+    wait_until(lambda: len(consumed_values(members)) >= len(values), 60, "all messages consumed")
+    got = consumed_values(members)
+    assert len(got) == len(values) and set(got) == set(values)
+    for m in members:
+        m.terminate()
 
 
 def test_publish_subscribe_two_groups_each_receive_every_message(broker):

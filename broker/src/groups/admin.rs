@@ -382,11 +382,15 @@ fn describe(client: &mut Client, group: &str) -> Result<(), String> {
             .as_ref()
             .map(|i| format!(" instance {i}"))
             .unwrap_or_default();
+        let host = if m.client_host.is_empty() {
+            String::new()
+        } else {
+            format!(" host {}", m.client_host)
+        };
         println!(
-            "  member {} client {}{instance} host '{}': {}",
+            "  member {} client {}{instance}{host}: {}",
             m.member_id,
             m.client_id,
-            m.client_host,
             assigned_partitions(&m.member_assignment).join(" ")
         );
     }
