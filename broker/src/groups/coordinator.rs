@@ -596,23 +596,25 @@ impl GroupCoordinator {
         let mut results = Vec::with_capacity(entries.len());
         let mut records = Vec::new();
         let mut written = Vec::new();
+        let mut in_request = std::collections::HashSet::new();
         let now = now_ms();
         for (i, entry) in entries.into_iter().enumerate() {
             let metadata = entry.metadata.unwrap_or_default();
+            let is_new = !self.has_offset(&group_id, &entry.topic, entry.partition)
+                && !in_request.contains(&(entry.topic.clone(), entry.partition));
             let code = if metadata.len() > self.config.offset_metadata_max_bytes as usize {
-                crate::groups::group::errors::OFFSET_METADATA_TOO_LARGE
+                errors::OFFSET_METADATA_TOO_LARGE
             } else if !known(&entry.topic, entry.partition) {
                 crate::protocol::codes::UNKNOWN_TOPIC_OR_PARTITION
-            } else if stored >= self.config.max_offsets_per_group as usize
-                && !self.has_offset(&group_id, &entry.topic, entry.partition)
-            {
+            } else if is_new && stored >= self.config.max_offsets_per_group as usize {
                 errors::INVALID_COMMIT_OFFSET_SIZE
             } else {
-                stored += 1;
+                stored += usize::from(is_new);
                 errors::NONE
             };
             results.push(code);
             if code == errors::NONE {
+                in_request.insert((entry.topic.clone(), entry.partition));
                 written.push(i);
                 records.push(OffsetRecord {
                     group: group_id.clone(),

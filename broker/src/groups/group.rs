@@ -808,9 +808,10 @@ impl Group {
         }
         self.generation += 1;
         if self.members.is_empty() {
+            // The protocol type stays, as in Kafka: an empty consumer group still lists as
+            // "consumer" (admin clients tell consumer groups from others by it).
             self.state = GroupState::Empty;
             self.protocol_name = None;
-            self.protocol_type = None;
             self.leader = None;
             self.empty_since_ms = crate::shard::ops::now_ms();
             return;
