@@ -1028,3 +1028,175 @@ fn next_offset_after(bytes: &[u8]) -> Option<i64> {
     }
     next
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+
+    /// A test body on its own executor (512 KiB of I/O memory fits RLIMIT_MEMLOCK).
+    fn run<G, F>(body: G)
+    where
+        G: FnOnce() -> F + Send + 'static,
+        F: Future<Output = ()> + 'static,
+    {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(512 << 10)
+            .spawn(body)
+            .expect("executor")
+            .join()
+            .expect("test body");
+    }
+
+    fn small_log() -> LogConfig {
+        LogConfig {
+            segment_bytes: 1 << 20,
+            preallocate_bytes: 1 << 20,
+            write_buffer_bytes: 64 << 10,
+            ..LogConfig::default()
+        }
+    }
+
+    fn entry(topic: &str, partition: i32, offset: i64) -> CommitEntry {
+        CommitEntry {
+            topic: topic.into(),
+            partition,
+            offset,
+            leader_epoch: 2,
+            metadata: Some(format!("m{offset}")),
+        }
+    }
+
+    async fn open(dir: &Path, shard: usize, shards: usize) -> (Rc<GroupCoordinator>, Migration) {
+        let storage = ShardStorage::new(1_000, 1 << 20);
+        let config = GroupsConfig {
+            offsets_compact_min_records: 10,
+            ..GroupsConfig::default()
+        };
+        GroupCoordinator::open(shard, shards, dir, small_log(), storage, config)
+            .await
+            .expect("open")
+    }
+
+    async fn simple_commit(
+        c: &GroupCoordinator,
+        group: &str,
+        entries: Vec<CommitEntry>,
+    ) -> Vec<i16> {
+        c.commit(group.into(), String::new(), None, -1, entries, |_, _| true)
+            .await
+    }
+
+    #[test]
+    fn commits_survive_a_reopen_and_a_compaction_keeps_only_the_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        run(move || async move {
+            let path = dir.path().to_path_buf();
+            let (c, _) = open(&path, 0, 1).await;
+            for n in 0..30 {
+                let codes =
+                    simple_commit(&c, "g", vec![entry("t", 0, n), entry("t", 1, 100 + n)]).await;
+                assert_eq!(codes, vec![0, 0]);
+            }
+            assert!(c.needs_compaction());
+            c.compact().await;
+            assert_eq!(c.generation.get(), 1);
+            assert_eq!(
+                c.log_records.get(),
+                2,
+                "only the live offsets were rewritten"
+            );
+            assert!(
+                !path.join(OFFSETS_DIR).join("0").join("0").exists(),
+                "old generation deleted"
+            );
+            simple_commit(&c, "g", vec![entry("t", 0, 77)]).await;
+            c.close().await;
+
+            let (c, migration) = open(&path, 0, 1).await;
+            assert!(migration.moving.is_empty());
+            let fetched = c.fetch_offsets("g", None);
+            assert_eq!(
+                fetched,
+                vec![(
+                    "t".to_string(),
+                    vec![
+                        (0, 77, 2, "m77".to_string(), 0),
+                        (1, 129, 2, "m129".to_string(), 0)
+                    ]
+                )]
+            );
+            c.close().await;
+        });
+    }
+
+    #[test]
+    fn offsets_of_groups_another_shard_now_coordinates_are_handed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        run(move || async move {
+            let path = dir.path().to_path_buf();
+            // With one shard, shard 0 coordinates every group.
+            let groups: Vec<String> = (0..20).map(|i| format!("group-{i}")).collect();
+            let (c, _) = open(&path, 0, 1).await;
+            for (i, g) in groups.iter().enumerate() {
+                simple_commit(&c, g, vec![entry("t", 0, i as i64)]).await;
+            }
+            c.close().await;
+            // With two shards, shard 0 keeps its groups and hands the others over.
+            let (c, migration) = open(&path, 0, 2).await;
+            let moving: Vec<&String> = groups
+                .iter()
+                .filter(|g| coordinator_shard(g, 2) == 1)
+                .collect();
+            assert!(!moving.is_empty());
+            assert_eq!(migration.moving.len(), moving.len());
+            assert_eq!(migration.leaving.len(), moving.len());
+            for g in &groups {
+                let kept = c.fetch_offsets(g, None);
+                assert_eq!(kept.is_empty(), coordinator_shard(g, 2) == 1, "{g}");
+            }
+            c.close().await;
+        });
+    }
+
+    #[test]
+    fn refused_commits_get_kafkas_errors_and_reach_no_log() {
+        let dir = tempfile::tempdir().unwrap();
+        run(move || async move {
+            let (c, _) = open(dir.path(), 0, 1).await;
+            let unknown = c
+                .commit(
+                    "g".into(),
+                    "m".into(),
+                    None,
+                    3,
+                    vec![entry("t", 0, 1)],
+                    |_, _| true,
+                )
+                .await;
+            assert_eq!(unknown, vec![errors::ILLEGAL_GENERATION]);
+            let unknown_topic = c
+                .commit(
+                    "g".into(),
+                    String::new(),
+                    None,
+                    -1,
+                    vec![entry("t", 0, 1)],
+                    |_, _| false,
+                )
+                .await;
+            assert_eq!(
+                unknown_topic,
+                vec![crate::protocol::codes::UNKNOWN_TOPIC_OR_PARTITION]
+            );
+            let mut big = entry("t", 0, 1);
+            big.metadata = Some("x".repeat(5000));
+            assert_eq!(
+                simple_commit(&c, "g", vec![big]).await,
+                vec![errors::OFFSET_METADATA_TOO_LARGE]
+            );
+            assert_eq!(c.log_records.get(), 0, "nothing refused reached the log");
+            c.close().await;
+        });
+    }
+}
