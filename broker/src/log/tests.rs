@@ -504,6 +504,71 @@ fn the_tail_cache_stays_within_its_budget_once_data_is_written() {
     });
 }
 
+#[test]
+fn concurrent_appends_flushes_and_reads_keep_every_batch_whole_and_in_offset_order() {
+    let dir = tempdir();
+    let path = dir.path().join("p");
+    run(move || async move {
+        // Tiny buffers and segments: backpressure, straddling batches and rolls all happen.
+        let config = LogConfig {
+            write_buffer_bytes: 8 << 10,
+            tail_cache_bytes: 2 << 10,
+            segment_bytes: 32 << 10,
+            ..small_config()
+        };
+        let (log, _) = PartitionLog::open(&path, config.clone()).await.unwrap();
+        let mut tasks = Vec::new();
+        for writer in 0..4 {
+            let log = log.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let mut mine = Vec::new();
+                for i in 0..40 {
+                    let b = encode_batch(
+                        1 + (i % 5),
+                        300 + writer * 50,
+                        writer as i64,
+                        (-1, -1, -1),
+                        Compression::None,
+                    );
+                    let info = log.append(b.clone(), 0).await.unwrap();
+                    mine.push((info.base_offset, stamped(&b, info.base_offset)));
+                }
+                mine
+            }));
+        }
+        let flusher = log.clone();
+        let flushing = glommio::spawn_local(async move {
+            for _ in 0..30 {
+                flusher.flush().await.unwrap();
+                glommio::executor().yield_task_queue_now().await;
+            }
+        });
+        let reader = log.clone();
+        let reading = glommio::spawn_local(async move {
+            for _ in 0..50 {
+                let (_, err) = read_all(&reader).await;
+                assert!(err.is_none(), "{err:?}");
+                glommio::executor().yield_task_queue_now().await;
+            }
+        });
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await);
+        }
+        flushing.await;
+        reading.await;
+        all.sort_by_key(|b| b.0);
+        let want: Vec<u8> = all.iter().flat_map(|b| b.1.iter().copied()).collect();
+        assert_bytes!(read_all(&log).await.0, want);
+        log.flush().await.unwrap();
+        log.crash().await;
+        let (log, report) = PartitionLog::open(&path, config).await.unwrap();
+        assert!(report.truncated_reason.is_none(), "{report}");
+        assert_bytes!(read_all(&log).await.0, want);
+        log.close().await.unwrap();
+    });
+}
+
 // ---------------------------------------------------------------------------------------
 // Idempotence
 
