@@ -1017,6 +1017,67 @@ fn damaged_or_missing_index_files_are_rebuilt() {
 }
 
 #[test]
+fn a_closed_segment_cut_at_rest_answers_corrupt_instead_of_nothing() {
+    let dir = tempdir();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let config = LogConfig { segment_bytes: 16 << 10, index_interval_bytes: 512, ..small_config() };
+        let (log, _) = PartitionLog::open(&path, config.clone()).await.unwrap();
+        let batches = fill(&log, 80, 5).await;
+        log.close().await.unwrap();
+        let mut segs: Vec<_> = std::fs::read_dir(&path)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        segs.sort();
+        assert!(segs.len() >= 3);
+        // Cut the first segment in the middle of its third batch.
+        let cut = (batches[0].1.len() + batches[1].1.len() + 10) as u64;
+        std::fs::OpenOptions::new().write(true).open(&segs[0]).unwrap().set_len(cut).unwrap();
+        let (log, _) = PartitionLog::open(&path, config).await.unwrap();
+        let (got, err) = read_all(&log).await;
+        let want: Vec<u8> = batches[..2].iter().flat_map(|b| b.1.iter().copied()).collect();
+        assert_bytes!(got, want);
+        assert!(matches!(err, Some(LogError::CorruptBatch(_))), "{err:?}");
+        // Later segments are unaffected.
+        let second: i64 = segs[1].file_stem().unwrap().to_str().unwrap().parse().unwrap();
+        assert!(log.read(second, 1).await.is_ok());
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_cut_or_garbled_index_of_the_last_segment_costs_only_a_rescan() {
+    for seed in 0..6u64 {
+        let dir = tempdir();
+        let path = dir.path().join("p");
+        run(move || async move {
+            let mut next = rng(seed + 77);
+            let config = LogConfig { segment_bytes: 1 << 30, index_interval_bytes: 512, ..small_config() };
+            let (log, _) = PartitionLog::open(&path, config.clone()).await.unwrap();
+            let batches = fill(&log, 60, seed).await;
+            log.flush().await.unwrap();
+            log.crash().await;
+            let index = path.join(format!("{:020}.index", 0));
+            let mut raw = std::fs::read(&index).unwrap();
+            if seed % 2 == 0 {
+                raw.truncate(next(raw.len() as u64 + 1) as usize);
+            } else {
+                let at = next(raw.len() as u64) as usize;
+                raw[at] ^= 0x80;
+            }
+            std::fs::write(&index, &raw).unwrap();
+            let (log, report) = PartitionLog::open(&path, config).await.unwrap();
+            assert!(report.truncated_reason.is_none(), "seed {seed}: {report}");
+            let want: Vec<u8> = batches.iter().flat_map(|b| b.1.iter().copied()).collect();
+            assert_bytes!(read_all(&log).await.0, want, "seed {seed}: {report}");
+            log.close().await.unwrap();
+        });
+    }
+}
+
+#[test]
 fn an_unclean_reopen_scans_only_from_the_last_index_entry() {
     let dir = tempdir();
     let path = dir.path().join("p");
