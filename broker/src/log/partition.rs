@@ -546,7 +546,8 @@ impl PartitionLog {
         }
         let mut bases = files::list_segments(&dir)?;
         let mut report = RecoveryReport::default();
-        if bases.is_empty() {
+        let is_new = bases.is_empty();
+        if is_new {
             bases.push(0);
         }
         let last_base = *bases.last().expect("one segment");
@@ -618,8 +619,12 @@ impl PartitionLog {
             seg.written_bytes = seg.size_bytes;
             segments.push(seg);
         }
-        if bases.len() == 1 && segments[0].size_bytes == 0 && segments[0].allocated_bytes == 0 {
+        if is_new {
+            // The directory and its first segment must survive a crash before any append.
             files::sync_dir(&dir)?;
+            if let Some(parent) = dir.parent() {
+                files::sync_dir(parent)?;
+            }
         }
         let log_start_offset = segments[0].base_offset;
 

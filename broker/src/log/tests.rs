@@ -588,16 +588,22 @@ fn a_retried_batch_is_answered_with_its_original_offsets_and_not_appended() {
     let path = dir.path().join("p");
     run(move || async move {
         let (log, _) = PartitionLog::open(&path, small_config()).await.unwrap();
+        // A producer the log does not know may start at any sequence.
+        assert_eq!(
+            log.append(idem(9, 4, 700, 3), 0).await.unwrap().base_offset,
+            0
+        );
+        assert!(log.append(idem(9, 4, 700, 3), 0).await.unwrap().duplicate);
         let first = log.append(idem(7, 0, 0, 10), 0).await.unwrap();
         let second = log.append(idem(7, 0, 10, 5), 0).await.unwrap();
-        assert_eq!((second.base_offset, second.last_offset), (10, 14));
+        assert_eq!((second.base_offset, second.last_offset), (13, 17));
         let retry = log.append(idem(7, 0, 0, 10), 0).await.unwrap();
         assert!(retry.duplicate);
         assert_eq!(
             (retry.base_offset, retry.last_offset),
             (first.base_offset, first.last_offset)
         );
-        assert_eq!(log.log_end_offset(), 15);
+        assert_eq!(log.log_end_offset(), 18);
         // A gap is out of order; an older epoch is fenced; a new epoch restarts at 0.
         assert!(matches!(
             log.append(idem(7, 0, 20, 1), 0).await,
@@ -623,7 +629,7 @@ fn a_retried_batch_is_answered_with_its_original_offsets_and_not_appended() {
         // Producer id -1 is never checked.
         log.append(plain(1, 1), 0).await.unwrap();
         log.append(plain(1, 1), 0).await.unwrap();
-        assert_eq!(log.log_end_offset(), 18);
+        assert_eq!(log.log_end_offset(), 21);
         log.close().await.unwrap();
     });
 }
@@ -1021,7 +1027,11 @@ fn a_closed_segment_cut_at_rest_answers_corrupt_instead_of_nothing() {
     let dir = tempdir();
     let path = dir.path().join("p");
     run(move || async move {
-        let config = LogConfig { segment_bytes: 16 << 10, index_interval_bytes: 512, ..small_config() };
+        let config = LogConfig {
+            segment_bytes: 16 << 10,
+            index_interval_bytes: 512,
+            ..small_config()
+        };
         let (log, _) = PartitionLog::open(&path, config.clone()).await.unwrap();
         let batches = fill(&log, 80, 5).await;
         log.close().await.unwrap();
@@ -1034,14 +1044,28 @@ fn a_closed_segment_cut_at_rest_answers_corrupt_instead_of_nothing() {
         assert!(segs.len() >= 3);
         // Cut the first segment in the middle of its third batch.
         let cut = (batches[0].1.len() + batches[1].1.len() + 10) as u64;
-        std::fs::OpenOptions::new().write(true).open(&segs[0]).unwrap().set_len(cut).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segs[0])
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
         let (log, _) = PartitionLog::open(&path, config).await.unwrap();
         let (got, err) = read_all(&log).await;
-        let want: Vec<u8> = batches[..2].iter().flat_map(|b| b.1.iter().copied()).collect();
+        let want: Vec<u8> = batches[..2]
+            .iter()
+            .flat_map(|b| b.1.iter().copied())
+            .collect();
         assert_bytes!(got, want);
         assert!(matches!(err, Some(LogError::CorruptBatch(_))), "{err:?}");
         // Later segments are unaffected.
-        let second: i64 = segs[1].file_stem().unwrap().to_str().unwrap().parse().unwrap();
+        let second: i64 = segs[1]
+            .file_stem()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(log.read(second, 1).await.is_ok());
         log.close().await.unwrap();
     });
@@ -1054,7 +1078,11 @@ fn a_cut_or_garbled_index_of_the_last_segment_costs_only_a_rescan() {
         let path = dir.path().join("p");
         run(move || async move {
             let mut next = rng(seed + 77);
-            let config = LogConfig { segment_bytes: 1 << 30, index_interval_bytes: 512, ..small_config() };
+            let config = LogConfig {
+                segment_bytes: 1 << 30,
+                index_interval_bytes: 512,
+                ..small_config()
+            };
             let (log, _) = PartitionLog::open(&path, config.clone()).await.unwrap();
             let batches = fill(&log, 60, seed).await;
             log.flush().await.unwrap();
