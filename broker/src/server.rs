@@ -18,6 +18,8 @@ use crate::shard::{Job, Shard};
 
 /// Jobs queued between two shards before the sender waits.
 const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// Longest a shutdown waits for requests already taken (long polls end at their deadline).
+const SHUTDOWN_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 /// Registered io_uring buffer memory per executor; RLIMIT_MEMLOCK is often only 8 MiB.
 const IO_MEMORY_BYTES: usize = 512 << 10;
 
@@ -149,8 +151,21 @@ async fn run_shard(
         }
     });
     let _ = stop.await;
+    // Stop taking connections and requests, let the requests already taken finish (bounded),
+    // then flush and sync every log so the next start needs no recovery scan.
     shard.shutting_down.set(true);
     drop(acceptor.cancel());
+    let deadline = std::time::Instant::now() + SHUTDOWN_DRAIN_MAX;
+    while shard.requests_in_flight.get() > 0 && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    if shard.requests_in_flight.get() > 0 {
+        tracing::warn!(
+            shard = id,
+            left = shard.requests_in_flight.get(),
+            "requests still running at shutdown"
+        );
+    }
     shard.close_logs().await;
 }
 

@@ -1,26 +1,72 @@
-//! TEMPORARY in-memory stand-in with the storage engine's API, so the front end can be
-//! built and exercised before the real engine (branch `log`) is merged. Replaced at merge.
-#![allow(dead_code, clippy::all)]
+//! Storage engine: one segmented, append-only commit log per partition, written with
+//! O_DIRECT through io_uring (glommio `DmaFile`), with group commit and crash recovery.
+//!
+//! This module owns the files of a partition directory (`<base offset>.log`, `.index`,
+//! `.timeindex`, the producer-state snapshot and the clean-shutdown marker), the aligned
+//! write buffers, the tail cache, and the per-producer idempotence state.
+//!
+//! It must never know Kafka requests: it sees only RecordBatch v2 headers (see [`batch`]),
+//! never decodes or decompresses records, and never shares state across shards (every type
+//! here is `!Send`, used from one glommio executor). `Bytes` it hands out are backed by
+//! heap memory that may cross threads, never by an `Rc`.
+//!
+//! ```no_run
+//! use shardlog::log::{LogConfig, PartitionLog};
+//! glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+//!     .io_memory(512 << 10)
+//!     .spawn(|| async move {
+//!         let (log, report) = PartitionLog::open("/tmp/topic-0", LogConfig::default()).await.unwrap();
+//!         println!("{report}");
+//!         # let batch = bytes::Bytes::new();
+//!         let info = log.append(batch, 0).await.unwrap();
+//!         log.flush().await.unwrap();
+//!         let read = log.read(info.base_offset, 1 << 20).await.unwrap();
+//!         assert!(read.bytes > 0);
+//!         log.close().await.unwrap();
+//!     })
+//!     .unwrap()
+//!     .join()
+//!     .unwrap();
+//! ```
 
-use std::cell::{Cell, RefCell};
-use std::path::Path;
-use std::rc::Rc;
-use std::time::Instant;
+pub mod batch;
+mod event;
+mod files;
+mod partition;
+mod producer;
+mod shard;
 
-use bytes::Bytes;
+#[cfg(test)]
+mod tests;
 
+pub use partition::{probe_direct_io, PartitionLog};
+pub use shard::ShardStorage;
+
+use std::fmt;
+
+/// Per-partition storage settings; `Default` gives Kafka's defaults.
 #[derive(Clone, Debug)]
 pub struct LogConfig {
+    /// Roll to a new segment once the active one would exceed this size.
     pub segment_bytes: u64,
+    /// Roll to a new segment once the active one is older than this.
     pub segment_ms: u64,
+    /// One sparse index entry per this many bytes of batches.
     pub index_interval_bytes: u32,
+    /// Delete whole segments whose newest batch is older than this; -1 = unlimited.
     pub retention_ms: i64,
+    /// Delete oldest segments while the log is larger than this; -1 = unlimited.
     pub retention_bytes: i64,
+    /// Largest accepted batch, log overhead included (Kafka `max.message.bytes`).
     pub max_batch_bytes: u32,
+    /// Recent batches kept in memory for readers near the head.
     pub tail_cache_bytes: usize,
+    /// Size of one aligned staging buffer; one fills while at most one more is written.
     pub write_buffer_bytes: usize,
+    /// Files grow in steps of this size, so most writes need no block allocation.
     pub preallocate_bytes: u64,
 }
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
@@ -29,7 +75,7 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             retention_ms: 7 * 24 * 3600 * 1000,
             retention_bytes: -1,
-            max_batch_bytes: 1048588,
+            max_batch_bytes: 1_048_588,
             tail_cache_bytes: 8 << 20,
             write_buffer_bytes: 1 << 20,
             preallocate_bytes: 64 << 20,
@@ -37,232 +83,161 @@ impl Default for LogConfig {
     }
 }
 
+/// Everything the storage engine can answer instead of a result.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("corrupt batch: {0}")]
+    /// A batch failed validation (length, record count, CRC).
+    #[error("corrupt record batch: {0}")]
     CorruptBatch(String),
-    #[error("batch too large: {size} > {max}")]
+    /// A batch is larger than `max_batch_bytes`.
+    #[error("record batch of {size} bytes exceeds the maximum of {max} bytes")]
     BatchTooLarge { size: usize, max: usize },
-    #[error("unsupported magic {0}")]
+    /// Only magic 2 (RecordBatch v2) is stored.
+    #[error("unsupported record batch magic {0}")]
     UnsupportedMagic(i8),
-    #[error("offset {requested} out of range [{start}, {end}]")]
+    /// The offset is outside `[log_start_offset, log_end_offset]`.
+    #[error("offset {requested} is out of range [{start}, {end}]")]
     OffsetOutOfRange {
         requested: i64,
         start: i64,
         end: i64,
     },
-    #[error("duplicate sequence")]
-    DuplicateSequence { producer_id: i64 },
-    #[error("out of order sequence")]
+    /// Part of a multi-batch append repeats sequences already written.
+    #[error("producer {producer_id}: duplicate sequence {base_sequence} mixed with new batches")]
+    DuplicateSequence {
+        producer_id: i64,
+        base_sequence: i32,
+    },
+    /// The batch's base sequence is not the one after the producer's last batch.
+    #[error("producer {producer_id}: expected sequence {expected}, got {received}")]
     OutOfOrderSequence {
         producer_id: i64,
         expected: i32,
-        got: i32,
+        received: i32,
     },
-    #[error("invalid producer epoch")]
+    /// The batch carries an epoch older than the producer's current one.
+    #[error("producer {producer_id}: epoch {received} is older than {current}")]
     InvalidProducerEpoch {
         producer_id: i64,
         current: i16,
-        got: i16,
+        received: i16,
     },
-    #[error("io: {0}")]
+    /// The device or file system failed.
+    #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    #[error("closed")]
+    /// The log was closed or deleted.
+    #[error("log is closed")]
     Closed,
+    /// An earlier background write failed; the log accepts nothing until reopened.
+    #[error("log failed after an earlier I/O error: {0}")]
+    Failed(String),
 }
 
-#[derive(Debug, Clone)]
+impl<T> From<glommio::GlommioError<T>> for LogError {
+    fn from(e: glommio::GlommioError<T>) -> Self {
+        LogError::Io(e.into())
+    }
+}
+
+/// Where an append landed.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppendInfo {
+    /// Offset of the first record of the first batch.
     pub base_offset: i64,
+    /// Offset of the last record of the last batch.
     pub last_offset: i64,
+    /// -1: batches keep their CreateTime; LogAppendTime is not rewritten.
     pub log_append_time_ms: i64,
+    /// Log start offset after the append.
     pub log_start_offset: i64,
+    /// The batch was a retry of one already written; nothing was appended.
     pub duplicate: bool,
 }
-#[derive(Debug, Clone, Default)]
+
+/// Whole batches read from the log, as slices ready for a vectored send.
+#[derive(Clone, Debug, Default)]
 pub struct ReadResult {
-    pub chunks: Vec<Bytes>,
+    /// Concatenated, the chunks are one or more whole record batches.
+    pub chunks: Vec<bytes::Bytes>,
+    /// Sum of the chunk lengths.
     pub bytes: usize,
+    /// Log start offset at the time of the read.
     pub log_start_offset: i64,
+    /// Log end offset at the time of the read.
     pub log_end_offset: i64,
 }
-#[derive(Debug, Default)]
-pub struct RecoveryReport;
-impl std::fmt::Display for RecoveryReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "in-memory")
-    }
+
+/// What `open` found on disk and what it did about it.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    /// The previous run closed the log cleanly: no segment was scanned.
+    pub clean_shutdown: bool,
+    /// Segments found on disk.
+    pub segments: usize,
+    /// Base offset of the segment that was scanned, if any.
+    pub scanned_segment: Option<i64>,
+    /// File position the scan started at (a validated index entry).
+    pub scanned_from_bytes: u64,
+    /// Bytes of batches validated by the scan.
+    pub scanned_bytes: u64,
+    /// Batches validated by the scan.
+    pub scanned_batches: u64,
+    /// Bytes past the last valid batch that were cut off (torn or corrupt data).
+    pub truncated_bytes: u64,
+    /// Why the scan stopped before the end of the file, if it found something invalid.
+    pub truncated_reason: Option<String>,
+    /// Segments whose index files were missing or damaged and were rebuilt.
+    pub rebuilt_indexes: Vec<i64>,
+    /// Offset the producer state snapshot was taken at, if one was loaded.
+    pub producer_snapshot_offset: Option<i64>,
+    /// Batches read to bring producer state up to the log end.
+    pub producer_batches_replayed: u64,
+    /// Log start and end offsets after recovery.
+    pub log_start_offset: i64,
+    /// Log end offset after recovery.
+    pub log_end_offset: i64,
 }
 
-pub struct PartitionLog {
-    batches: RefCell<Vec<(i64, i64, Bytes)>>,
-    end: Cell<i64>,
-    config: RefCell<LogConfig>,
-    waiters: RefCell<Vec<std::task::Waker>>,
-}
-
-impl PartitionLog {
-    pub async fn open(
-        _dir: impl AsRef<Path>,
-        config: LogConfig,
-    ) -> Result<(Rc<PartitionLog>, RecoveryReport), LogError> {
-        Ok((
-            Rc::new(PartitionLog {
-                batches: RefCell::new(vec![]),
-                end: Cell::new(0),
-                config: RefCell::new(config),
-                waiters: RefCell::new(vec![]),
-            }),
-            RecoveryReport,
-        ))
-    }
-    pub async fn append(&self, batches: Bytes, now_ms: i64) -> Result<AppendInfo, LogError> {
-        let mut pos = 0;
-        let base = self.end.get();
-        let mut parsed = vec![];
-        while pos < batches.len() {
-            if batches.len() - pos < 61 {
-                return Err(LogError::CorruptBatch("short".into()));
+impl fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} segment(s), offsets [{}, {}), {}",
+            self.segments,
+            self.log_start_offset,
+            self.log_end_offset,
+            if self.clean_shutdown {
+                "clean shutdown"
+            } else {
+                "unclean shutdown"
             }
-            let len =
-                i32::from_be_bytes(batches[pos + 8..pos + 12].try_into().unwrap()) as usize + 12;
-            if pos + len > batches.len() {
-                return Err(LogError::CorruptBatch("length".into()));
-            }
-            if batches[pos + 16] != 2 {
-                return Err(LogError::UnsupportedMagic(batches[pos + 16] as i8));
-            }
-            let crc = u32::from_be_bytes(batches[pos + 17..pos + 21].try_into().unwrap());
-            if crc32c::crc32c(&batches[pos + 21..pos + len]) != crc {
-                return Err(LogError::CorruptBatch("crc".into()));
-            }
-            if len > self.config.borrow().max_batch_bytes as usize {
-                return Err(LogError::BatchTooLarge {
-                    size: len,
-                    max: self.config.borrow().max_batch_bytes as usize,
-                });
-            }
-            let delta = i32::from_be_bytes(batches[pos + 23..pos + 27].try_into().unwrap()) as i64;
-            parsed.push((pos, len, delta));
-            pos += len;
+        )?;
+        if let Some(base) = self.scanned_segment {
+            write!(
+                f,
+                "; scanned segment {base} from byte {}: {} batch(es), {} bytes valid",
+                self.scanned_from_bytes, self.scanned_batches, self.scanned_bytes
+            )?;
         }
-        let mut next = base;
-        for (pos, len, delta) in parsed {
-            let mut b = batches.slice(pos..pos + len).to_vec();
-            b[0..8].copy_from_slice(&next.to_be_bytes());
-            self.batches
-                .borrow_mut()
-                .push((next, next + delta, Bytes::from(b)));
-            next += delta + 1;
-        }
-        self.end.set(next);
-        for w in self.waiters.borrow_mut().drain(..) {
-            w.wake();
-        }
-        Ok(AppendInfo {
-            base_offset: base,
-            last_offset: next - 1,
-            log_append_time_ms: now_ms,
-            log_start_offset: 0,
-            duplicate: false,
-        })
-    }
-    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, LogError> {
-        if offset < 0 || offset > self.end.get() {
-            return Err(LogError::OffsetOutOfRange {
-                requested: offset,
-                start: 0,
-                end: self.end.get(),
-            });
-        }
-        let mut r = ReadResult {
-            log_end_offset: self.end.get(),
-            ..Default::default()
-        };
-        for (base, last, b) in self.batches.borrow().iter() {
-            let _ = base;
-            if *last < offset {
-                continue;
-            }
-            if !r.chunks.is_empty() && r.bytes + b.len() > max_bytes {
-                break;
-            }
-            r.bytes += b.len();
-            r.chunks.push(b.clone());
-        }
-        Ok(r)
-    }
-    pub fn log_start_offset(&self) -> i64 {
-        0
-    }
-    pub fn log_end_offset(&self) -> i64 {
-        self.end.get()
-    }
-    pub fn durable_offset(&self) -> i64 {
-        self.end.get()
-    }
-    pub async fn offset_for_timestamp(&self, ts_ms: i64) -> Result<Option<(i64, i64)>, LogError> {
-        for (base, _, b) in self.batches.borrow().iter() {
-            let max_ts = i64::from_be_bytes(b[35..43].try_into().unwrap());
-            if max_ts >= ts_ms {
-                return Ok(Some((*base, max_ts)));
+        if self.truncated_bytes > 0 || self.truncated_reason.is_some() {
+            write!(f, "; truncated {} bytes", self.truncated_bytes)?;
+            if let Some(reason) = &self.truncated_reason {
+                write!(f, " ({reason})")?;
             }
         }
-        Ok(None)
-    }
-    pub async fn wait_for_data(&self, offset: i64, deadline: Instant) -> bool {
-        loop {
-            if self.end.get() > offset {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            let waiters = &self.waiters;
-            let wait = std::future::poll_fn(|cx| {
-                waiters.borrow_mut().push(cx.waker().clone());
-                std::task::Poll::Ready(())
-            });
-            wait.await;
-            let _ =
-                glommio::timer::sleep((deadline - now).min(std::time::Duration::from_millis(5)))
-                    .await;
+        if !self.rebuilt_indexes.is_empty() {
+            write!(
+                f,
+                "; rebuilt indexes of segments {:?}",
+                self.rebuilt_indexes
+            )?;
         }
-    }
-    pub async fn flush(&self) -> Result<i64, LogError> {
-        Ok(self.end.get())
-    }
-    pub fn dirty_bytes(&self) -> u64 {
-        0
-    }
-    pub async fn apply_retention(&self, _now_ms: i64) -> Result<usize, LogError> {
-        Ok(0)
-    }
-    pub fn set_config(&self, config: LogConfig) {
-        *self.config.borrow_mut() = config;
-    }
-    pub async fn close(&self) -> Result<(), LogError> {
+        if let Some(offset) = self.producer_snapshot_offset {
+            write!(f, "; producer snapshot at {offset}")?;
+        }
+        if self.producer_batches_replayed > 0 {
+            write!(f, ", {} batch(es) replayed", self.producer_batches_replayed)?;
+        }
         Ok(())
     }
-    pub async fn delete(&self) -> Result<(), LogError> {
-        Ok(())
-    }
-}
-
-pub struct ShardStorage;
-impl ShardStorage {
-    pub fn new(_flush_interval_ms: u64, _flush_bytes: u64) -> Rc<ShardStorage> {
-        Rc::new(ShardStorage)
-    }
-    pub fn register(&self, _log: &Rc<PartitionLog>) {}
-    pub fn unregister(&self, _log: &Rc<PartitionLog>) {}
-    pub async fn wait_durable(
-        &self,
-        _log: &Rc<PartitionLog>,
-        _offset: i64,
-    ) -> Result<(), LogError> {
-        Ok(())
-    }
-    pub async fn run_background(self: Rc<Self>, _retention_check_interval_ms: u64) {}
 }

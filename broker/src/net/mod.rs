@@ -84,6 +84,9 @@ async fn read_loop(
                 buf.reserve(4 + size - buf.len());
                 break;
             }
+            if shard.is_shutting_down() {
+                return Err("broker is shutting down".into());
+            }
             buf.advance(4);
             let frame = buf.split_to(size).freeze();
             let permit = budget
@@ -91,7 +94,16 @@ async fn read_loop(
                 .await
                 .map_err(|e| format!("buffer budget closed: {e}"))?;
             let handler = shard.clone();
-            let task = glommio::spawn_local(async move { protocol::handle(&handler, frame).await });
+            handler
+                .requests_in_flight
+                .set(handler.requests_in_flight.get() + 1);
+            let task = glommio::spawn_local(async move {
+                let reply = protocol::handle(&handler, frame).await;
+                handler
+                    .requests_in_flight
+                    .set(handler.requests_in_flight.get() - 1);
+                reply
+            });
             if queue
                 .send(Pending {
                     task,

@@ -65,9 +65,8 @@ pub async fn handle_create_topics(shard: &Rc<Shard>, request: &Request) -> Resul
         };
         let mut configs = Vec::new();
         for c in &topic.configs {
-            match &c.value {
-                Some(v) => configs.push((c.name.to_string(), v.to_string())),
-                None => {}
+            if let Some(v) = &c.value {
+                configs.push((c.name.to_string(), v.to_string()));
             }
         }
         if request.version >= 5 {

@@ -3,21 +3,19 @@
 //! Fetch reads every partition on its owner shard, concurrently across shards. When fewer
 //! than `min_bytes` came back, it asks each owner to wait until any of its partitions grows
 //! (the append wakes the waiter), takes the first shard that reports data or the deadline,
-//! and reads once more. Record batches are returned exactly as stored.
+//! and reads once more. Record batches are returned exactly as stored, spliced into the
+//! response without a copy (`fetch_encode`).
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
-use kafka_protocol::messages::{
-    BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
-};
+use kafka_protocol::messages::{FetchRequest, ListOffsetsRequest, ListOffsetsResponse, TopicName};
 
+use super::fetch_encode::{self, PartitionOut, TopicOut};
 use super::{codes, decode_body, encode_response, Reply, Request};
 use crate::shard::ops::{fetch_deadline, FetchPartition, FetchResult};
 use crate::shard::Shard;
@@ -56,56 +54,33 @@ pub async fn handle(shard: &Rc<Shard>, request: &Request) -> Result<Reply, Strin
     let max_bytes = body.max_bytes.max(0) as usize;
     let mut sent = 0usize;
     let mut results = results.into_iter();
-    let mut responses = Vec::with_capacity(topic_names.len());
-    let mut index = 0;
+    let mut partitions_in_order = wanted.iter();
+    let mut topics = Vec::with_capacity(topic_names.len());
     for (name, count) in topic_names {
         let mut partitions = Vec::with_capacity(count);
         for _ in 0..count {
-            let p = &wanted[index];
-            index += 1;
+            let p = partitions_in_order.next().expect("one entry per partition");
             let mut result = results.next().expect("one result per partition");
             if sent > 0 && sent + result.bytes > max_bytes {
                 result.chunks.clear();
                 result.bytes = 0;
             }
             sent += result.bytes;
-            partitions.push(partition_data(p.partition, result, request.version));
+            partitions.push(PartitionOut {
+                partition: p.partition,
+                result,
+            });
         }
-        responses.push(
-            FetchableTopicResponse::default()
-                .with_topic(name)
-                .with_partitions(partitions),
-        );
+        topics.push(TopicOut {
+            name: name.0.into_bytes(),
+            partitions,
+        });
     }
-    let response = FetchResponse::default().with_responses(responses);
-    Ok(encode_response(request, &response))
-}
-
-fn partition_data(partition: i32, result: FetchResult, version: i16) -> PartitionData {
-    let records = match result.chunks.len() {
-        0 => Bytes::new(),
-        1 => result.chunks.into_iter().next().expect("one chunk"),
-        _ => {
-            let mut joined = BytesMut::with_capacity(result.bytes);
-            for chunk in &result.chunks {
-                joined.extend_from_slice(chunk);
-            }
-            joined.freeze()
-        }
-    };
-    PartitionData::default()
-        .with_partition_index(partition)
-        .with_error_code(result.error)
-        .with_high_watermark(result.high_watermark)
-        .with_last_stable_offset(result.high_watermark)
-        // log_start_offset exists from v5; the crate refuses non-default values before that.
-        .with_log_start_offset(if version >= 5 {
-            result.log_start_offset
-        } else {
-            -1
-        })
-        .with_preferred_read_replica(BrokerId(-1))
-        .with_records(Some(records))
+    Ok(Reply::Frame(fetch_encode::encode(
+        request.header.correlation_id,
+        request.version,
+        topics,
+    )))
 }
 
 /// Read every wanted partition on its owner; results in the order of `wanted`.

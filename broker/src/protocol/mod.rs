@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod codes;
 pub mod fetch;
+pub mod fetch_encode;
 pub mod metadata;
 pub mod produce;
 pub mod versions;
@@ -32,6 +33,7 @@ pub enum Reply {
 }
 
 /// A decoded request header plus the undecoded body.
+#[derive(Debug)]
 pub struct Request {
     pub api_key: ApiKey,
     pub version: i16,
@@ -141,4 +143,57 @@ pub async fn handle(shard: &Rc<Shard>, frame: Bytes) -> Reply {
         other => Err(format!("api {other:?} is not implemented")),
     };
     outcome.unwrap_or_else(Reply::Close)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+    use kafka_protocol::messages::ProduceRequest;
+
+    /// A Produce v7 request header (key 0, version 7, correlation 9, client id "t").
+    fn produce_v7_header() -> BytesMut {
+        let mut frame = BytesMut::new();
+        frame.put_i16(0);
+        frame.put_i16(7);
+        frame.put_i32(9);
+        frame.put_i16(1);
+        frame.put_slice(b"t");
+        frame
+    }
+
+    #[test]
+    fn hostile_array_count_fails_to_decode_without_reserving_memory() {
+        let mut frame = produce_v7_header();
+        frame.put_i16(-1); // transactional id: null
+        frame.put_i16(1); // acks
+        frame.put_i32(1000); // timeout
+        frame.put_i32(i32::MAX); // topic count: 2^31-1 topics in a 30-byte frame
+        let request = parse_request(frame.freeze()).unwrap();
+        let err = decode_body::<ProduceRequest>(&request).err().unwrap();
+        assert!(err.contains("Produce"), "{err}");
+    }
+
+    #[test]
+    fn unknown_api_key_and_unsupported_version_are_refused() {
+        let mut frame = BytesMut::new();
+        frame.put_i16(999);
+        frame.put_i16(0);
+        frame.put_i32(1);
+        frame.put_i16(-1);
+        assert!(parse_request(frame.freeze())
+            .unwrap_err()
+            .contains("unknown api key"));
+        let mut frame = BytesMut::new();
+        frame.put_i16(0);
+        frame.put_i16(2); // Produce v2: advertised floor, but pre-RecordBatch
+        frame.put_i32(1);
+        frame.put_i16(-1);
+        assert!(parse_request(frame.freeze())
+            .unwrap_err()
+            .contains("unsupported version"));
+        assert!(parse_request(Bytes::from_static(b"abc"))
+            .unwrap_err()
+            .contains("too short"));
+    }
 }

@@ -14,14 +14,16 @@ use super::{codes, decode_body, encode_response, Reply, Request};
 use crate::shard::ops::ProduceResult;
 use crate::shard::Shard;
 
+/// (topic, partition, records) of one partition, as sent to its owner.
+type PartitionRecords = (String, i32, Option<Bytes>);
+
 pub async fn handle(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
     let body: ProduceRequest = decode_body(request)?;
     let acks = body.acks;
     // Index of every partition in request order, and the work per owner shard.
     let mut slots: Vec<(usize, usize, i32)> = Vec::new();
     let mut results: Vec<Vec<PartitionProduceResponse>> = Vec::with_capacity(body.topic_data.len());
-    let mut per_owner: BTreeMap<usize, (Vec<usize>, Vec<(String, i32, Option<Bytes>)>)> =
-        BTreeMap::new();
+    let mut per_owner: BTreeMap<usize, (Vec<usize>, Vec<PartitionRecords>)> = BTreeMap::new();
     let mut topic_names = Vec::with_capacity(body.topic_data.len());
     for (t, topic) in body.topic_data.into_iter().enumerate() {
         let name = topic.name.0.to_string();

@@ -14,7 +14,7 @@ use super::{codes, encode_response_version, Reply, Request};
 const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::Produce, 0, 9, 3),
     (ApiKey::Fetch, 4, 12, 4),
-    (ApiKey::ListOffsets, 1, 7, 1),
+    (ApiKey::ListOffsets, 1, 6, 1),
     (ApiKey::Metadata, 1, 12, 1),
     (ApiKey::ApiVersions, 0, 3, 0),
     (ApiKey::CreateTopics, 2, 7, 2),

@@ -51,6 +51,8 @@ pub struct Shard {
     /// Serialises catalog changes on the controller (shard 0).
     pub(crate) controller_lock: glommio::sync::Semaphore,
     pub(crate) shutting_down: Cell<bool>,
+    /// Requests being handled on this shard right now (for a clean shutdown).
+    pub(crate) requests_in_flight: Cell<usize>,
 }
 
 impl Shard {
@@ -66,6 +68,7 @@ impl Shard {
             senders,
             controller_lock: glommio::sync::Semaphore::new(1),
             shutting_down: Cell::new(false),
+            requests_in_flight: Cell::new(0),
         })
     }
 
@@ -203,6 +206,11 @@ impl Shard {
             .map_err(|_| "shard gone".to_string())??;
         }
         Ok(())
+    }
+
+    /// Whether a shutdown has begun: connections take no new requests.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
     }
 
     /// Flush and close every log this shard owns (clean shutdown).
