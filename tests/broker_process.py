@@ -38,12 +38,13 @@ def wait_until(condition, timeout_s, what, interval_s=0.02):
 class Broker:
     """One shardlog process (and its restarts) on one data dir."""
 
-    def __init__(self, binary, data_dir, log_dir, cores=1, extra_args=()):
+    def __init__(self, binary, data_dir, log_dir, cores=1, extra_args=(), env=None):
         self.binary = str(binary)
         self.data_dir = str(data_dir)
         self.log_dir = str(log_dir)
         self.cores = cores
         self.extra_args = list(extra_args)
+        self.env = dict(env or {})
         self.port = None
         self.proc = None
         self.starts = 0
@@ -91,6 +92,7 @@ class Broker:
         env = dict(os.environ)
         env.setdefault("SHARDLOG_LOG", "info")
         env["NO_COLOR"] = "1"  # plain log lines in failure reports
+        env.update(self.env)
         self.proc = subprocess.Popen(
             self._args(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )

@@ -260,3 +260,17 @@ def test_describe_and_alter_configs_round_trip(broker):
     assert _value(before["retention.bytes"]) == "-1"
     assert _value(after["retention.bytes"]) == "1073741824"
     assert _value(after["retention.ms"]) == "3600000", "an incremental change keeps the others"
+
+
+def test_legacy_alter_configs_round_trips(broker):
+    """AlterConfigs (key 33), which older clients use, as well as the incremental API."""
+    create_topic(broker, "legacy")
+    client = admin(broker)
+    try:
+        client.alter_configs([ConfigResource(ConfigResourceType.TOPIC, "legacy",
+                                             configs={"retention.ms": "7200000"})],
+                             incremental=False)
+        after = describe(client, "legacy")
+    finally:
+        client.close()
+    assert _value(after["retention.ms"]) == "7200000"
