@@ -140,3 +140,48 @@ def test_restart_takes_little_time_with_a_few_topics(start_broker):
 
     assert time.monotonic() - started < 10.0
     assert ck_offsets(broker, "topic-0", 0) == (0, 1000)
+
+
+def test_restart_after_sigterm_needs_no_recovery_scan(start_broker):
+    broker = start_broker(cores=2)
+    ck_create_topic(broker, "clean", partitions=4)
+    for p in range(4):
+        ck_produce(ck_producer(broker, acks="1"), "clean", sent_for(p, 50), partition=p)
+
+    broker.restart()
+
+    second_start = broker.log_text(last_only=True)
+    assert "unclean" not in second_start and "recovered log" not in second_start, second_start
+    for p in range(4):
+        assert ck_offsets(broker, "clean", p) == (0, 50)
+
+
+def test_sigterm_under_load_exits_0_and_keeps_every_acknowledged_message(start_broker):
+    broker = start_broker(cores=2)
+    ck_create_topic(broker, "busy", partitions=2)
+    producer = ck_producer(broker, acks="1", linger_ms=2, message_timeout_ms=5000)
+    delivered = []
+
+    def on_delivery(err, msg):
+        if err is None:
+            delivered.append((msg.partition(), msg.offset(), msg.value()))
+
+    n = 0
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline or not delivered:
+        producer.produce("busy", f"b{n}".encode(), partition=n % 2, on_delivery=on_delivery)
+        n += 1
+        producer.poll(0.001 if n % 20 == 0 else 0)
+
+    broker.stop()  # while the producer still sends; asserts exit code 0
+    producer.purge()
+    producer.flush(5)
+    broker.start()
+
+    for p in range(2):
+        mine = sorted((o, v) for part, o, v in delivered if part == p)
+        high_watermark = ck_offsets(broker, "busy", p)[1]
+        assert high_watermark >= len(mine)
+        got = dict((o, v) for o, _, v, _ in ck_read(broker, "busy", p, OFFSET_BEGINNING,
+                                                      high_watermark))
+        assert [(o, got.get(o)) for o, _ in mine] == mine
