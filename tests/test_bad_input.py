@@ -277,3 +277,26 @@ def test_a_producer_on_another_connection_is_not_disturbed_by_bad_input(broker, 
     assert reports and all(err is None for err, _, _ in reports)
     assert [offset for _, _, offset in reports] == list(range(len(reports)))
     bystander.check()
+
+
+def test_requests_for_topics_that_do_not_exist_get_unknown_topic_or_partition(start_broker):
+    broker = start_broker(args=["--auto-create-topics", "false"])
+    bystander = Bystander(broker)
+    with wire.Conn(broker.address) as conn:
+        assert wire.fetch(conn, "missing", 0, 0)[0] == wire.UNKNOWN_TOPIC_OR_PARTITION
+        assert wire.fetch(conn, "bystander", 9, 0)[0] == wire.UNKNOWN_TOPIC_OR_PARTITION
+        assert wire.fetch(conn, "bystander", -1, 0)[0] == wire.UNKNOWN_TOPIC_OR_PARTITION
+        assert wire.list_offset(conn, "missing", 0, -1)[0] == wire.UNKNOWN_TOPIC_OR_PARTITION
+        assert wire.produce(conn, "missing", {0: wire.record_batch([b"x"])}) == \
+            {0: (wire.UNKNOWN_TOPIC_OR_PARTITION, -1)}
+        assert wire.produce(conn, "bystander", {-1: wire.record_batch([b"x"])}) == \
+            {-1: (wire.UNKNOWN_TOPIC_OR_PARTITION, -1)}
+        assert wire.metadata(conn, ["missing"]) == {"missing": (wire.UNKNOWN_TOPIC_OR_PARTITION, {})}
+    bystander.check()
+
+
+def test_produce_with_null_or_empty_records_is_refused_for_that_partition(broker, bystander):
+    with wire.Conn(broker.address) as conn:
+        answer = wire.produce(conn, "bystander", {0: None, 1: b""})
+    assert answer[0][0] != wire.NONE and answer[1][0] != wire.NONE
+    bystander.check()
