@@ -47,10 +47,17 @@ python3 -m pip install --root-user-action=ignore "${pip_args[@]}" 2>/dev/null \
 step "cargo build --release -p shardlog"
 cargo build --release -p shardlog
 
+# Run both suites even when the first fails, so one run shows every failure.
+failed=()
 step "cargo test --workspace --release"
-cargo test --workspace --release
+cargo test --workspace --release || failed+=("cargo test")
 
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 export SHARDLOG_BIN="$target_dir/release/shardlog"
 step "pytest tests/ (broker: $SHARDLOG_BIN)"
-python3 -m pytest tests/ -q "$@"
+python3 -m pytest tests/ -q "$@" || failed+=("pytest")
+
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "FAILED: ${failed[*]}" >&2
+    exit 1
+fi
