@@ -4,6 +4,7 @@ limits (a first batch larger than the limit is still returned whole, as in KIP-7
 import time
 
 import wire
+from broker_process import wait_until
 from clients import ck_create_topic
 
 OFFSET_OUT_OF_RANGE = 1
@@ -71,3 +72,18 @@ def test_fetch_stops_at_max_bytes_but_always_returns_one_whole_batch(broker):
     assert [b["base_offset"] for b in some[2]] == list(range(35_000 // batch_bytes))
     assert [b["base_offset"] for b in everything[2]] == list(range(10))
     assert all(b["crc_ok"] for b in everything[2])
+
+
+def test_produce_with_acks_0_gets_no_response_but_is_appended(broker):
+    ck_create_topic(broker, "fire-and-forget")
+    with wire.Conn(broker.address) as conn:
+        conn.send(wire.API_PRODUCE, 3, wire.produce_body(
+            "fire-and-forget", {0: wire.record_batch([b"a", b"b"])}, acks=0))
+        # The next response on the connection answers the next request.
+        error, _ = wire.api_versions(conn)
+        assert error == wire.NONE
+        # Handlers of pipelined requests run concurrently: wait for the append.
+        answer = wait_until(lambda: (lambda a: a if a[1] == 2 else None)(
+            wire.fetch(conn, "fire-and-forget", 0, 0)), 10, "the acks=0 batch to be appended")
+    assert answer[:2] == (wire.NONE, 2)
+    assert [v for b in answer[2] for v in b["values"]] == [b"a", b"b"]

@@ -175,3 +175,35 @@ def test_long_poll_fetch_on_one_shard_wakes_when_another_shard_appends(broker2):
         assert waited_s < 5.0, f"the fetch waited {waited_s:.1f}s after the append"
     for conns in by_shard.values():
         conns[0].close()
+
+
+def test_pipelined_produce_requests_are_appended_in_request_order_on_both_paths(broker2):
+    """Kafka handles one request per connection at a time, so pipelined produce requests to a
+    partition are appended in the order sent (clients with several requests in flight and
+    no idempotence rely on it). Checked for a partition owned by the connection's shard and
+    for one owned by the other shard."""
+    ck_create_topic(broker2, "ordered", partitions=2)
+    by_shard = connections_by_shard(broker2)
+    conn = by_shard[0][0]
+    requests = 300
+
+    for p in range(2):
+        frames = [wire.frame(wire.API_PRODUCE, 3, i, wire.produce_body(
+            "ordered", {p: wire.record_batch([f"p{p}-{i}".encode()])}, acks=1))
+            for i in range(requests)]
+        conn.send_raw(b"".join(frames))
+        base_offsets = []
+        for i in range(requests):
+            r = wire.Reader(conn.recv_frame())
+            assert r.i32() == i
+            [(_, [(_, error, base_offset, _)])] = r.array(lambda r: (r.string(), r.array(
+                lambda r: (r.i32(), r.i16(), r.i64(), r.i64()))))
+            assert error == wire.NONE
+            base_offsets.append(base_offset)
+        assert base_offsets == list(range(requests))
+        _, high_watermark, batches = wire.fetch(conn, "ordered", p, 0, max_bytes=1 << 20)
+        assert high_watermark == requests
+        assert [v for b in batches for v in b["values"]] == \
+            [f"p{p}-{i}".encode() for i in range(requests)]
+    for conns in by_shard.values():
+        conns[0].close()
