@@ -4,9 +4,10 @@ every topic, config and acknowledged message is back, at the same offsets."""
 import time
 
 from confluent_kafka import OFFSET_BEGINNING
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions
 
 import wire
-from clients import (ck_create_topic, ck_offsets, ck_partition_count, ck_produce, ck_producer,
+from clients import (ck_admin, ck_create_topic, ck_offsets, ck_partition_count, ck_produce, ck_producer,
                      ck_read)
 from test_confluent_kafka import describe_topic
 
@@ -185,3 +186,26 @@ def test_sigterm_under_load_exits_0_and_keeps_every_acknowledged_message(start_b
         got = dict((o, v) for o, _, v, _ in ck_read(broker, "busy", p, OFFSET_BEGINNING,
                                                       high_watermark))
         assert [(o, got.get(o)) for o, _ in mine] == mine
+
+
+def test_sigkill_keeps_acknowledged_admin_changes(start_broker):
+    broker = start_broker(cores=2)
+    ck_create_topic(broker, "grown", partitions=2)
+    ck_create_topic(broker, "altered")
+    ck_create_topic(broker, "deleted")
+    admin = ck_admin(broker)
+    admin.create_partitions([NewPartitions("grown", 5)])["grown"].result(timeout=20)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, "altered", incremental_configs=[
+        ConfigEntry("retention.ms", "1234567", incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([resource])[resource].result(timeout=20)
+    admin.delete_topics(["deleted"], operation_timeout=10)["deleted"].result(timeout=20)
+    [(error, _, _)] = ck_produce(ck_producer(broker, acks="all"), "grown", [b"p4"], partition=4)
+    assert error is None
+
+    broker.kill()
+    broker.start()
+
+    assert ck_partition_count(broker, "grown") == 5
+    assert describe_topic(broker, "altered")["retention.ms"].value == "1234567"
+    assert "deleted" not in ck_admin(broker).list_topics(timeout=20).topics
+    assert_partition_holds(broker, "grown", 4, [b"p4"])
