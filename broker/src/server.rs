@@ -105,6 +105,10 @@ async fn run_shard(
         let _ = ready.send(Err(format!("shard {id}: {e}")));
         return;
     }
+    if let Err(e) = crate::groups::start(&shard).await {
+        let _ = ready.send(Err(format!("shard {id}: {e}")));
+        return;
+    }
     let background = glommio::executor().create_task_queue(
         glommio::Shares::Static(100),
         glommio::Latency::NotImportant,
@@ -167,6 +171,7 @@ async fn run_shard(
         );
     }
     shard.close_logs().await;
+    crate::groups::stop(&shard).await;
 }
 
 /// One listening socket per shard on the same address (resolving port 0 once).
