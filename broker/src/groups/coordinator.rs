@@ -31,10 +31,12 @@ use crate::shard::ops::now_ms;
 const TICK_MS: u64 = 100;
 /// Bytes read per step while replaying the offsets log at start.
 const REPLAY_READ_BYTES: usize = 1 << 20;
-/// Bytes of records per batch when rewriting many offsets (compaction, migration); well
-/// under the smallest `max_message_bytes` (1024 is the floor, but records are ~100 bytes
-/// plus metadata, so this budget is checked per record).
+/// Bytes of records per batch written to the offsets log (a large commit, compaction,
+/// migration are split at this size). A record is at most ~34 KiB (group id, topic name and
+/// metadata are bounded), so a batch stays below `OFFSETS_BATCH_MAX_BYTES`.
 const REWRITE_BATCH_BYTES: usize = 256 << 10;
+/// Largest batch the offsets log accepts, whatever `max_message_bytes` user topics have.
+const OFFSETS_BATCH_MAX_BYTES: u32 = 1 << 20;
 /// The offsets log is compacted (live offsets rewritten into a new generation, the old one
 /// deleted) once it holds `offsets_compact_min_records` records and more than this many
 /// times the live ones. Bounds both its disk size and the replay time at start.
@@ -216,6 +218,9 @@ impl GroupCoordinator {
             retention_ms: -1,
             retention_bytes: -1,
             tail_cache_bytes: log_config.tail_cache_bytes.min(1 << 20),
+            max_batch_bytes: OFFSETS_BATCH_MAX_BYTES,
+            segment_bytes: log_config.segment_bytes.min(64 << 20),
+            preallocate_bytes: log_config.preallocate_bytes.min(4 << 20),
             ..log_config
         };
         let (log, generation) = open_generation(&dir, &log_config).await?;
@@ -632,7 +637,7 @@ impl GroupCoordinator {
         if records.is_empty() {
             return results;
         }
-        if let Err(e) = self.write(records).await {
+        if let Err(e) = self.write_all(records).await {
             tracing::error!(group = %group_id, "offset commit failed: {e}");
             for i in written {
                 results[i] = errors::COORDINATOR_NOT_AVAILABLE;
@@ -906,7 +911,7 @@ impl GroupCoordinator {
             tombstones(group_id, group.offsets.keys().cloned())
         };
         if !tombstones.is_empty() {
-            if let Err(e) = self.write(tombstones).await {
+            if let Err(e) = self.write_all(tombstones).await {
                 tracing::error!(group = %group_id, "deleting group offsets failed: {e}");
                 return errors::COORDINATOR_NOT_AVAILABLE;
             }
@@ -960,7 +965,7 @@ impl GroupCoordinator {
             (answers, records)
         };
         if !records.is_empty() {
-            if let Err(e) = self.write(records).await {
+            if let Err(e) = self.write_all(records).await {
                 tracing::error!(group = %group_id, "deleting offsets failed: {e}");
                 return (errors::COORDINATOR_NOT_AVAILABLE, Vec::new());
             }
@@ -993,7 +998,7 @@ impl GroupCoordinator {
             return;
         }
         let count = records.len();
-        match self.write(records).await {
+        match self.write_all(records).await {
             Ok(()) => tracing::info!(shard = self.shard_id, count, "expired committed offsets"),
             Err(e) => tracing::error!(shard = self.shard_id, "expiring offsets failed: {e}"),
         }
