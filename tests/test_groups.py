@@ -6,6 +6,7 @@ Group joins take a while: every wait is on a condition with a generous deadline.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,14 @@ from groups_fixture import Broker, broker, shardlog_binary, wait_until  # noqa: 
 
 HERE = Path(__file__).resolve().parent
 JOIN_DEADLINE_S = 60
+
+
+@pytest.fixture(autouse=True)
+def remove_broker_data(tmp_path):
+    """Log segments are preallocated (tens of MiB each): drop the data dirs after each test,
+    keeping the broker and consumer logs next to them for reading."""
+    yield
+    shutil.rmtree(tmp_path / "data", ignore_errors=True)
 
 
 def create_topic(bootstrap, name, partitions):
