@@ -469,6 +469,30 @@ def test_the_offsets_log_is_compacted_and_still_restores_every_offset(tmp_path):
         b.kill9()
 
 
+@pytest.mark.skipif(not storage_is_durable(), reason="storage engine not merged yet: logs are in memory")
+def test_running_consumers_rejoin_after_a_broker_restart_and_skip_nothing(broker, tmp_path):
+    # Group membership is not persisted: after a restart members are unknown, rejoin, and
+    # resume from their committed offsets.
+    topic, group, partitions = "restart", "restart-group", 4
+    create_topic(broker.bootstrap, topic, partitions)
+    members = [
+        ConsumerProcess("confluent", broker.bootstrap, group, topic, tmp_path, "rd"),
+        ConsumerProcess("kafka-python", broker.bootstrap, group, topic, tmp_path, "kp"),
+    ]
+    wait_assigned(members, partitions, "two members")
+    before = [f"x{i}" for i in range(1_000)]
+    produce(broker.bootstrap, topic, before, partitions)
+    wait_until(lambda: set(before) <= set(consumed_values(members)), 60, "consumption before the restart")
+    broker.restart()
+    after = [f"y{i}" for i in range(1_000)]
+    produce(broker.bootstrap, topic, after, partitions)
+    wait_until(lambda: set(after) <= set(consumed_values(members)), 90, "consumption after the restart")
+    again = [v for v in consumed_values(members) if v.startswith("x")]
+    assert len(again) == len(before), "committed messages were consumed again after the restart"
+    for m in members:
+        m.terminate()
+
+
 def test_mixed_librdkafka_and_kafka_python_members_share_one_group(broker, tmp_path):
     topic, group, partitions = "mixed", "mixed-group", 6
     create_topic(broker.bootstrap, topic, partitions)
