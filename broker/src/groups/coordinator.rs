@@ -1,11 +1,23 @@
 //! The group coordinator of one shard: the groups whose id hashes to this shard, their
 //! committed offsets, and the shard's internal offsets log.
 //!
-//! A commit is appended to the offsets log as one batch and acknowledged only once the log
-//! is durable (`ShardStorage::wait_durable`, shared with every other sync of the shard: group
-//! commit); it then becomes visible to OffsetFetch. At start the log is replayed into memory.
-//! A timer tick (every `TICK_MS`) expires sessions and ends join phases; a slower one
-//! expires the offsets of groups that have been empty for `offsets_retention_ms`.
+//! A commit is appended to the offsets log as one batch (split at 256 KiB) and acknowledged
+//! only once the log is durable (`ShardStorage::wait_durable`, shared with every other sync
+//! of the shard: group commit); it then becomes visible to OffsetFetch. At start the log is
+//! replayed into memory. A timer tick (every `TICK_MS`) expires sessions and ends join
+//! phases; a slower one expires the offsets of groups that have been empty for
+//! `offsets_retention_ms`.
+//!
+//! On disk, `<data_dir>/__consumer_offsets/<shard>/` holds `CURRENT` (the generation number,
+//! absent = 0) and one log directory per generation. Compaction writes the live offsets into
+//! generation n+1, makes it durable, switches `CURRENT` atomically, then deletes generation
+//! n; a start removes any generation that is not current (an interrupted compaction).
+//! After a change of `cores`, each shard hands the offsets of groups it no longer
+//! coordinates to their new coordinator at start (and folds in the logs of shards beyond
+//! the new count), so committed offsets survive a resize.
+//!
+//! Group membership itself is not persisted: after a restart, members are unknown, get
+//! UNKNOWN_MEMBER_ID and rejoin (a rebalance), then resume from their committed offsets.
 //!
 //! Runs on its shard only (`Rc`, `RefCell`, `Cell`); a `RefCell` borrow is never held
 //! across an `.await`.

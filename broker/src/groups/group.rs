@@ -282,8 +282,8 @@ impl Group {
             && self.offsets.is_empty()
     }
 
-    /// Protocol names of the current members' subscriptions for `consumer` groups: the
-    /// metadata is ConsumerProtocolSubscription, whose topics we read for OffsetDelete.
+    /// Topics the current members subscribe to (`consumer` groups only: their member
+    /// metadata is a ConsumerProtocolSubscription). OffsetDelete refuses those topics.
     pub fn subscribed_topics(&self) -> Vec<String> {
         use kafka_protocol::messages::ConsumerProtocolSubscription;
         use kafka_protocol::protocol::Decodable;
