@@ -358,6 +358,13 @@ def test_replay_by_resetting_offsets_to_earliest_and_to_a_timestamp(broker):
     assert [tp.offset for tp in committed(broker.bootstrap, group, topic, 2)] == [200, 200]
     groups_cli(broker, "reset-offsets", group, "--topic", topic, "--to-latest")
     assert [tp.offset for tp in committed(broker.bootstrap, group, topic, 2)] == [500, 500]
+    groups_cli(broker, "reset-offsets", group, "--topic", topic, "--shift-by", "-120")
+    assert [tp.offset for tp in committed(broker.bootstrap, group, topic, 2)] == [380, 380]
+    assert sorted(consume_all(broker.bootstrap, group, topic, 240)) == sorted((old + new)[760:])
+
+    groups_cli(broker, "delete", group)
+    assert group not in groups_cli(broker, "list")
+    assert [tp.offset for tp in committed(broker.bootstrap, group, topic, 2)] == [-1001, -1001]
 
 
 def test_reset_offsets_is_refused_while_the_group_has_members(broker, tmp_path):
