@@ -1085,11 +1085,20 @@ mod tests {
     }
 
     async fn open(dir: &Path, shard: usize, shards: usize) -> (Rc<GroupCoordinator>, Migration) {
-        let storage = ShardStorage::new(1_000, 1 << 20);
         let config = GroupsConfig {
             offsets_compact_min_records: 10,
             ..GroupsConfig::default()
         };
+        open_with(dir, shard, shards, config).await
+    }
+
+    async fn open_with(
+        dir: &Path,
+        shard: usize,
+        shards: usize,
+        config: GroupsConfig,
+    ) -> (Rc<GroupCoordinator>, Migration) {
+        let storage = ShardStorage::new(1_000, 1 << 20);
         GroupCoordinator::open(shard, shards, dir, small_log(), storage, config)
             .await
             .expect("open")
@@ -1213,6 +1222,64 @@ mod tests {
                 vec![errors::OFFSET_METADATA_TOO_LARGE]
             );
             assert_eq!(c.log_records.get(), 0, "nothing refused reached the log");
+            c.close().await;
+        });
+    }
+
+    #[test]
+    fn offsets_of_empty_groups_expire_with_a_tombstone_that_outlives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        run(move || async move {
+            let path = dir.path().to_path_buf();
+            let config = GroupsConfig {
+                offsets_retention_ms: 60_000,
+                ..GroupsConfig::default()
+            };
+            let (c, _) = open_with(&path, 0, 1, config.clone()).await;
+            simple_commit(&c, "old", vec![entry("t", 0, 5)]).await;
+            c.expire_offsets(now_ms() + 30_000).await;
+            assert_eq!(c.fetch_offsets("old", None).len(), 1, "not yet expired");
+            c.expire_offsets(now_ms() + 61_000).await;
+            assert!(c.fetch_offsets("old", None).is_empty());
+            assert!(
+                c.list().is_empty(),
+                "a group with nothing left is forgotten"
+            );
+            c.close().await;
+            let (c, _) = open_with(&path, 0, 1, config).await;
+            assert!(
+                c.fetch_offsets("old", None).is_empty(),
+                "the expiry is durable"
+            );
+            c.close().await;
+        });
+    }
+
+    #[test]
+    fn a_new_group_beyond_max_groups_per_shard_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        run(move || async move {
+            let config = GroupsConfig {
+                max_groups_per_shard: 1,
+                ..GroupsConfig::default()
+            };
+            let (c, _) = open_with(dir.path(), 0, 1, config).await;
+            assert_eq!(
+                simple_commit(&c, "first", vec![entry("t", 0, 1)]).await,
+                vec![0]
+            );
+            assert_eq!(
+                simple_commit(&c, "second", vec![entry("t", 0, 1)]).await,
+                vec![errors::COORDINATOR_NOT_AVAILABLE]
+            );
+            let args = JoinArgs {
+                session_timeout_ms: 10_000,
+                protocol_type: "consumer".into(),
+                protocols: vec![("range".into(), Bytes::new())],
+                ..JoinArgs::default()
+            };
+            let joined = c.join("third".into(), args).await;
+            assert_eq!(joined.error, errors::COORDINATOR_NOT_AVAILABLE);
             c.close().await;
         });
     }
