@@ -670,7 +670,9 @@ impl Group {
         let (sender, receiver) = oneshot::channel();
         let member = self.members.get_mut(id).expect("caller checked the member");
         if let Some(old) = member.join_waiter.replace(sender) {
-            let _ = old.send(JoinOutcome::error(UNKNOWN_MEMBER_ID, id));
+            // A retried JoinGroup supersedes the parked one. Its answer must not make the
+            // client drop its member id, so it says "rejoin" rather than "unknown member".
+            let _ = old.send(JoinOutcome::error(REBALANCE_IN_PROGRESS, id));
         }
         member.protocols = args.protocols;
         member.session_timeout = Duration::from_millis(args.session_timeout_ms.max(0) as u64);
