@@ -417,7 +417,10 @@ impl Group {
                     .members
                     .get_mut(member_id)
                     .expect("member checked above");
-                member.sync_waiter = Some(sender);
+                if let Some(old) = member.sync_waiter.replace(sender) {
+                    // A retried SyncGroup supersedes the parked one (see update_member).
+                    let _ = old.send(SyncOutcome::error(REBALANCE_IN_PROGRESS));
+                }
                 member.heartbeat_deadline = now + member.session_timeout;
                 if self.leader.as_deref() == Some(member_id) {
                     let mut given: HashMap<String, Bytes> = assignments.into_iter().collect();
