@@ -32,6 +32,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let catalog = Catalog::load(&config.data_dir).map_err(anyhow::Error::msg)?;
     let listeners = bind_listeners(&config)?;
     let address = listeners.1;
+    let mut config = config;
+    if config.advertise_port == 0 {
+        // Listening on port 0 picks a free port: advertise the one actually bound, or
+        // clients would be told to connect to port 0.
+        config.advertise_port = address.port();
+    }
     let mesh = MeshBuilder::<Job, _>::full(config.cores, MESH_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let (drained_tx, drained_rx) = mpsc::channel::<usize>();
