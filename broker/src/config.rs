@@ -313,7 +313,7 @@ impl Config {
             ),
         )?;
         check(
-            self.preallocate_bytes % 4096 == 0,
+            self.preallocate_bytes.is_multiple_of(4096),
             format!(
                 "preallocate_bytes: must be a multiple of 4096, got {}",
                 self.preallocate_bytes
