@@ -160,6 +160,83 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// CPU time of the calling thread (user + system), from /proc, in clock ticks of 10 ms.
+fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // After the command name: state is field 0, utime 11, stime 12.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// The disk here is shared with other work and its speed swings by several times within
+/// a minute, so criterion's one-after-the-other figures are compared to a baseline taken
+/// at another moment. This alternates short rounds of raw writes and appends of the same
+/// byte count, so each ratio compares runs seconds apart.
+async fn interleaved(
+    raw: &mut RawWriter,
+    plain: &PartitionLog,
+    grouped: &PartitionLog,
+    batch: &Bytes,
+) {
+    const ROUNDS: usize = 8;
+    const ROUND_BYTES: u64 = 64 << 20;
+    let mut times = [Duration::ZERO; 3];
+    let mut append_cpu = Duration::ZERO;
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        for _ in 0..ROUND_BYTES / BLOCK_BYTES as u64 {
+            raw.write_block().await;
+        }
+        times[0] += started.elapsed();
+        for (i, log) in [plain, grouped].into_iter().enumerate() {
+            let cpu = thread_cpu();
+            let started = Instant::now();
+            let mut written = 0;
+            while written < ROUND_BYTES {
+                log.append(batch.clone(), 0).await.unwrap();
+                written += batch.len() as u64;
+            }
+            times[i + 1] += started.elapsed();
+            if i == 0 {
+                append_cpu += thread_cpu() - cpu;
+            }
+            log.apply_retention(now_ms()).await.unwrap();
+        }
+        raw.cleanup();
+    }
+    let rate =
+        |t: Duration| (ROUNDS as u64 * ROUND_BYTES) as f64 / t.as_secs_f64() / (1 << 20) as f64;
+    println!("\ninterleaved: {ROUNDS} rounds of {} MiB each (raw write, append, append with 5 ms group commit)", ROUND_BYTES >> 20);
+    println!("  raw_dma_write           {:>8.1} MiB/s", rate(times[0]));
+    println!(
+        "  append_no_fsync         {:>8.1} MiB/s  {:.2} x raw",
+        rate(times[1]),
+        times[0].as_secs_f64() / times[1].as_secs_f64()
+    );
+    println!(
+        "  append_group_commit_5ms {:>8.1} MiB/s  {:.2} x raw",
+        rate(times[2]),
+        times[0].as_secs_f64() / times[2].as_secs_f64()
+    );
+    let gib = (ROUNDS as u64 * ROUND_BYTES) as f64 / (1u64 << 30) as f64;
+    println!(
+        "  append CPU on the shard thread: {:.2} s per GiB appended (wall {:.2} s per GiB)",
+        append_cpu.as_secs_f64() / gib,
+        times[1].as_secs_f64() / gib
+    );
+}
+
 /// The executor thread: owns every log and file, runs commands until the channel closes.
 async fn serve(dir: PathBuf, commands: mpsc::Receiver<Command>) {
     probe_direct_io(&dir).await.unwrap();
@@ -288,6 +365,7 @@ async fn serve(dir: PathBuf, commands: mpsc::Receiver<Command>) {
         }
         reply.send(elapsed).unwrap();
     }
+    interleaved(&mut raw, &plain, &grouped, &batch).await;
     // Every iteration criterion ran, warm-up included, summed per bench: the ratios
     // against the raw baseline of this same run.
     let rate =

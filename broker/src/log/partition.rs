@@ -546,6 +546,9 @@ impl PartitionLog {
         }
         let mut bases = files::list_segments(&dir)?;
         let mut report = RecoveryReport::default();
+        if files::remove_orphans(&dir, &bases)? > 0 {
+            tracing::info!(dir = %dir.display(), "removed index files left without a segment");
+        }
         let is_new = bases.is_empty();
         if is_new {
             bases.push(0);
