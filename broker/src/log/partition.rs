@@ -149,16 +149,20 @@ impl Segment {
         }
     }
 
+    /// Appends index entries not yet in the files. Skips the syscalls when there are none:
+    /// flushes run every few milliseconds for every partition.
     fn persist_indexes(&mut self, dir: &Path) -> std::io::Result<()> {
-        let index = files::encode_index(&self.index[self.index_persisted..]);
-        files::append_file(&files::segment_path(dir, self.base_offset, "index"), &index)?;
-        self.index_persisted = self.index.len();
-        let time = files::encode_time_index(&self.time_index[self.time_index_persisted..]);
-        files::append_file(
-            &files::segment_path(dir, self.base_offset, "timeindex"),
-            &time,
-        )?;
-        self.time_index_persisted = self.time_index.len();
+        if self.index_persisted < self.index.len() {
+            let index = files::encode_index(&self.index[self.index_persisted..]);
+            files::append_file(&files::segment_path(dir, self.base_offset, "index"), &index)?;
+            self.index_persisted = self.index.len();
+        }
+        if self.time_index_persisted < self.time_index.len() {
+            let time = files::encode_time_index(&self.time_index[self.time_index_persisted..]);
+            let path = files::segment_path(dir, self.base_offset, "timeindex");
+            files::append_file(&path, &time)?;
+            self.time_index_persisted = self.time_index.len();
+        }
         Ok(())
     }
 
@@ -623,6 +627,7 @@ impl PartitionLog {
             segments.push(seg);
         }
         if is_new {
+            segments[0].rewrite_indexes(&dir)?;
             // The directory and its first segment must survive a crash before any append.
             files::sync_dir(&dir)?;
             if let Some(parent) = dir.parent() {

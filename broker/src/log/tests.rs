@@ -323,6 +323,28 @@ fn a_clean_reopen_scans_nothing_and_keeps_appending() {
 }
 
 #[test]
+fn an_empty_log_reopens_cleanly_and_orphaned_files_are_removed() {
+    let dir = tempdir();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let (log, _) = PartitionLog::open(&path, small_config()).await.unwrap();
+        log.close().await.unwrap();
+        // What a crash in the middle of retention would leave behind.
+        std::fs::write(path.join(format!("{:020}.index", 77)), b"").unwrap();
+        std::fs::write(path.join("producer.snapshot.tmp"), b"x").unwrap();
+        let (log, report) = PartitionLog::open(&path, small_config()).await.unwrap();
+        assert!(
+            report.clean_shutdown && report.rebuilt_indexes.is_empty(),
+            "{report}"
+        );
+        assert!(!path.join(format!("{:020}.index", 77)).exists());
+        assert!(!path.join("producer.snapshot.tmp").exists());
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (0, 0));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
 fn a_long_poll_wakes_on_append_and_times_out_without_one() {
     let dir = tempdir();
     let path = dir.path().join("p");
