@@ -40,6 +40,10 @@ const DISK_READ_BYTES_MAX: usize = 16 << 20;
 const TIME_LOOKUP_READ_BYTES: usize = 64 << 10;
 /// Bytes read per step while replaying producer state on open.
 const REPLAY_READ_BYTES: usize = 1 << 20;
+/// In-memory index density of closed segments. Every disk read fetches at least
+/// `DISK_READ_CHUNK_BYTES`, so an entry per this many bytes costs no extra I/O while it cuts
+/// the memory a closed segment's indexes hold 16-fold (the files keep every entry).
+const CLOSED_INDEX_STRIDE_BYTES: u64 = 64 << 10;
 /// Relative offsets and positions are u32 in the index files, as in Kafka.
 const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
 
@@ -132,6 +136,33 @@ impl Segment {
                 relative_offset: self.max_timestamp_relative,
             });
         }
+    }
+
+    /// Thins the in-memory indexes of a segment that will not grow again; see
+    /// `CLOSED_INDEX_STRIDE_BYTES`. Any subset of entries stays a correct (earlier) start.
+    fn thin_indexes(&mut self) {
+        let mut next_position = 0u64;
+        self.index.retain(|e| {
+            let keep = e.position as u64 >= next_position;
+            if keep {
+                next_position = e.position as u64 + CLOSED_INDEX_STRIDE_BYTES;
+            }
+            keep
+        });
+        let target = (self.size_bytes / CLOSED_INDEX_STRIDE_BYTES + 1) as usize;
+        let step = self.time_index.len().div_ceil(target).max(1);
+        let last = self.time_index.len().saturating_sub(1);
+        let mut i = 0;
+        // The last entry holds the segment's max timestamp: always kept.
+        self.time_index.retain(|_| {
+            let keep = i % step == 0 || i == last;
+            i += 1;
+            keep
+        });
+        self.index.shrink_to_fit();
+        self.time_index.shrink_to_fit();
+        self.index_persisted = self.index.len();
+        self.time_index_persisted = self.time_index.len();
     }
 
     /// File position of the batch containing or following `offset` is at or after this.
@@ -624,6 +655,9 @@ impl PartitionLog {
                 log_end_offset = clean.as_ref().map_or(base, |m| m.log_end_offset);
             }
             seg.written_bytes = seg.size_bytes;
+            if !is_last {
+                seg.thin_indexes();
+            }
             segments.push(seg);
         }
         if is_new {
@@ -1045,6 +1079,7 @@ impl PartitionLog {
             seg.allocated_bytes = old_size;
             seg.finish_time_index();
             seg.persist_indexes(&self.dir)?;
+            seg.thin_indexes();
         }
         let base = self.log_end_offset.get();
         let file = Rc::new(open_segment_file(&files::segment_path(&self.dir, base, "log")).await?);

@@ -239,6 +239,47 @@ fn old_data_is_read_from_disk_after_the_tail_cache_evicts_it() {
 }
 
 #[test]
+fn closed_segments_read_and_find_timestamps_through_their_thinned_indexes() {
+    let dir = tempdir();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let config = LogConfig {
+            segment_bytes: 400 << 10,
+            index_interval_bytes: 512,
+            tail_cache_bytes: 0,
+            ..small_config()
+        };
+        let (log, _) = PartitionLog::open(&path, config.clone()).await.unwrap();
+        let batches = fill(&log, 2000, 9).await;
+        assert!(log.segment_bases().len() >= 3);
+        for reopen in [false, true] {
+            let log = if reopen {
+                log.close().await.unwrap();
+                PartitionLog::open(&path, config.clone()).await.unwrap().0
+            } else {
+                log.clone()
+            };
+            let want: Vec<u8> = batches.iter().flat_map(|b| b.1.iter().copied()).collect();
+            assert_bytes!(read_all(&log).await.0, want);
+            for i in [0usize, 1, 777, 1500, 1999] {
+                let ts = BatchHeader::parse(&batches[i].1).unwrap().max_timestamp();
+                let first = batches
+                    .iter()
+                    .position(|b| BatchHeader::parse(&b.1).unwrap().max_timestamp() >= ts)
+                    .unwrap();
+                assert_eq!(
+                    log.offset_for_timestamp(ts).await.unwrap().map(|f| f.0),
+                    Some(batches[first].0)
+                );
+            }
+            if reopen {
+                log.close().await.unwrap();
+            }
+        }
+    });
+}
+
+#[test]
 fn batches_larger_than_the_write_buffer_straddle_buffers_and_survive_reopen() {
     let dir = tempdir();
     let path = dir.path().join("p");
