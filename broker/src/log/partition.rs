@@ -263,6 +263,8 @@ pub struct PartitionLog {
     state: RefCell<State>,
     staging: RefCell<Staging>,
     pending: RefCell<VecDeque<PendingWrite>>,
+    /// One written full-size buffer kept for reuse (at most one, so it adds one buffer).
+    spare: RefCell<Option<DmaBuffer>>,
     /// Sealed buffers not yet on the device: bounded to one by `append`'s backpressure
     /// (two when a `flush` seals while one is in flight).
     writes_in_flight: Cell<usize>,
@@ -718,6 +720,7 @@ impl PartitionLog {
             }),
             staging: RefCell::new(staging),
             pending: RefCell::new(VecDeque::new()),
+            spare: RefCell::new(None),
             writes_in_flight: Cell::new(0),
             append_lock: Semaphore::new(1),
             write_lock: Semaphore::new(1),
@@ -936,9 +939,17 @@ impl PartitionLog {
         old.as_bytes_mut()[len..aligned].fill(0);
         let partial_start = align_down(len as u64) as usize;
         let partial = len - partial_start;
-        let mut fresh = st.file.alloc_dma_buffer(st.capacity);
+        let spare = self
+            .spare
+            .borrow_mut()
+            .take()
+            .filter(|b| b.len() == st.capacity);
+        let mut fresh = spare.unwrap_or_else(|| st.file.alloc_dma_buffer(st.capacity));
         fresh.as_bytes_mut()[..partial].copy_from_slice(&old.as_bytes()[partial_start..len]);
-        old.trim_to_size(aligned);
+        if aligned < old.len() {
+            // Trimming is for good: this buffer will not come back as a spare.
+            old.trim_to_size(aligned);
+        }
         self.pending.borrow_mut().push_back(PendingWrite {
             buf: old,
             file: st.file.clone(),
@@ -1010,7 +1021,16 @@ impl PartitionLog {
             // inside the preallocated range has no file size to journal.
             w.file.pre_allocate(target, false).await?;
         }
-        let written = w.file.write_at(w.buf, w.file_start).await?;
+        let buf = Rc::new(w.buf);
+        let written = w.file.write_rc_at(buf.clone(), w.file_start).await?;
+        if let Ok(buf) = Rc::try_unwrap(buf) {
+            // A full buffer comes back as the next staging buffer: its pages are already
+            // faulted in, where a fresh allocation costs a page fault per 4 KiB.
+            let mut spare = self.spare.borrow_mut();
+            if spare.is_none() && buf.len() == self.staging.borrow().capacity {
+                *spare = Some(buf);
+            }
+        }
         if written != len {
             return Err(LogError::Io(std::io::Error::other(format!(
                 "short write: {written} of {len} bytes"
