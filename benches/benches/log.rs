@@ -27,12 +27,12 @@ const RECORD_VALUE_BYTES: usize = 100;
 /// Staging buffer and raw write block: the same size, so the baseline is like for like.
 const BLOCK_BYTES: usize = 1 << 20;
 /// Segments and raw files roll at this size; old ones are deleted to bound disk use.
-const FILE_BYTES: u64 = 256 << 20;
+const FILE_BYTES: u64 = 128 << 20;
 const PREALLOCATE_BYTES: u64 = 64 << 20;
 /// Producers waiting for durability at once in the acks=all bench.
 const ACKS_ALL_PRODUCERS: usize = 32;
 /// Data written before the read benches, and the read size per fetch.
-const READ_SET_BYTES: u64 = 192 << 20;
+const READ_SET_BYTES: u64 = 128 << 20;
 const FETCH_BYTES: usize = 1 << 20;
 
 fn batch() -> Bytes {
@@ -81,7 +81,7 @@ struct Command {
 fn config() -> LogConfig {
     LogConfig {
         segment_bytes: FILE_BYTES,
-        retention_bytes: 2 * FILE_BYTES as i64,
+        retention_bytes: FILE_BYTES as i64,
         retention_ms: -1,
         write_buffer_bytes: BLOCK_BYTES,
         preallocate_bytes: PREALLOCATE_BYTES,
@@ -201,8 +201,8 @@ async fn interleaved(
     grouped: &PartitionLog,
     batch: &Bytes,
 ) {
-    const ROUNDS: usize = 8;
-    const ROUND_BYTES: u64 = 64 << 20;
+    const ROUNDS: usize = 24;
+    const ROUND_BYTES: u64 = 32 << 20;
     let mut times = [Duration::ZERO; 3];
     let mut append_cpu = (Duration::ZERO, Duration::ZERO);
     for _ in 0..ROUNDS {
