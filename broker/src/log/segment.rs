@@ -28,9 +28,11 @@ pub(super) const DISK_READ_BYTES_MAX: usize = 16 << 20;
 /// `DISK_READ_CHUNK_BYTES`, so an entry per this many bytes costs no extra I/O while it cuts
 /// the memory a closed segment's indexes hold 16-fold (the files keep every entry).
 const CLOSED_INDEX_STRIDE_BYTES: u64 = 64 << 10;
+
 pub(super) fn align_down(v: u64) -> u64 {
     v & !(PAGE_BYTES - 1)
 }
+
 pub(super) fn align_up(v: u64) -> u64 {
     align_down(v + PAGE_BYTES - 1)
 }
