@@ -141,6 +141,18 @@ impl PartitionLog {
         }
         let last_base = *bases.last().expect("one segment");
         let clean = marker.filter(|m| m.active_base_offset == last_base);
+        // The marker vouches for a size: a last segment shorter than that was cut after the
+        // clean stop (a torn copy, a bad disk), and its tail must be scanned, not trusted.
+        let last_len =
+            std::fs::metadata(files::segment_path(&dir, last_base, "log")).map_or(0, |m| m.len());
+        let clean = clean.filter(|m| {
+            let intact = m.active_size_bytes <= last_len;
+            if !intact {
+                tracing::warn!(dir = %dir.display(), base = last_base, marker_bytes = m.active_size_bytes,
+                    file_bytes = last_len, "active segment is shorter than at the clean shutdown; scanning it");
+            }
+            intact
+        });
         report.clean_shutdown = clean.is_some();
         report.segments = bases.len();
         let interval = config.index_interval_bytes.max(1) as u64;
