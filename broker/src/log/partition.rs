@@ -208,8 +208,12 @@ impl PartitionLog {
                     // Cut torn bytes for good, so a later scan can never revive stale batches
                     // that happen to line up behind newly written ones.
                     seg.file.truncate(seg.size_bytes).await?;
-                    seg.file.fdatasync().await?;
                     seg.allocated_bytes = seg.size_bytes;
+                }
+                if !trusted || outcome.reason.is_some() {
+                    // After a crash, written but unsynced data may sit in the device cache;
+                    // everything found is reported durable, so make it so.
+                    seg.file.fdatasync().await?;
                 }
                 seg.created_ms = seg.time_index.first().map(|t| t.timestamp);
                 seg.rewrite_indexes(&dir)?;
