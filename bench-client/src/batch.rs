@@ -222,7 +222,10 @@ pub fn encode_batch_compressed(
                 producer_epoch: -1,
                 timestamp_type: TimestampType::Creation,
                 offset: i as i64,
-                sequence: -1,
+                // The crate starts a new batch whenever offset - sequence changes, and a
+                // Produce request must carry exactly one batch per partition: keep it constant,
+                // with the batch's base sequence at -1 (no idempotence).
+                sequence: i as i32 - 1,
                 timestamp: spec.timestamp_ms,
                 key: None,
                 value: Some(Bytes::from(value)),
@@ -368,6 +371,9 @@ mod tests {
         for c in [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
             let mut out = Vec::new();
             encode_batch_compressed(&mut out, &payloads, &spec(50), c).unwrap();
+            assert_eq!(i32::from_be_bytes(out[57..61].try_into().unwrap()), 50, "{c:?}: one batch of 50");
+            assert_eq!(i32::from_be_bytes(out[53..57].try_into().unwrap()), -1, "{c:?}: base sequence");
+            assert_eq!(12 + i32::from_be_bytes(out[8..12].try_into().unwrap()) as usize, out.len(), "{c:?}: one batch");
             encode_batch(&mut out, &payloads, &spec(3));
             let mut seen = Vec::new();
             let outcome = walk_batches(&Bytes::from(out), |r| seen.push((r.offset, read_value(r.value).unwrap()))).unwrap();

@@ -13,6 +13,7 @@
 
 mod batch;
 mod compare;
+mod mock;
 mod proto;
 mod raw;
 mod run;
@@ -47,6 +48,9 @@ enum Command {
     RawLoopback(raw::LoopbackArgs),
     /// Raw O_DIRECT disk write bandwidth (baseline).
     RawDisk(raw::DiskArgs),
+    /// In-memory Kafka broker for testing the bench itself.
+    #[command(hide = true)]
+    MockBroker(mock::MockArgs),
 }
 
 fn workload(args: &WorkloadArgs, mode: Mode) -> anyhow::Result<bool> {
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Command::Compare(a) => compare::compare(a),
         Command::RawLoopback(a) => raw::loopback(a).map(|b| baseline("raw-loopback", a.json, b)),
         Command::RawDisk(a) => raw::disk(a).map(|b| baseline("raw-disk", a.json, b)),
+        Command::MockBroker(a) => mock::serve(a).map(|_| true),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,

@@ -448,3 +448,74 @@ impl Progress {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mock::{spawn, MockArgs};
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        w: WorkloadArgs,
+    }
+
+    fn args(address: &str, extra: &[&str]) -> WorkloadArgs {
+        let mut v = vec!["t", "--bootstrap", address, "--quiet", "--warmup-s", "0", "--drain-timeout-s", "5", "--partitions", "3", "--batch-records", "50"];
+        v.extend_from_slice(extra);
+        T::parse_from(v).w
+    }
+
+    fn mock(api_versions_max: i16, drop_every: Option<u64>, corrupt_every: Option<u64>) -> String {
+        spawn(MockArgs { listen: String::new(), api_versions_max, drop_every, corrupt_every })
+    }
+
+    #[test]
+    fn produce_then_consume_verifies_every_message() {
+        let a = mock(3, None, None);
+        let p = run(&args(&a, &["--messages", "20000", "--producers", "2", "--connections", "2"]), Mode::Produce).unwrap();
+        assert!(p.verified, "{}", p.faults);
+        assert_eq!(p.sides[0].messages, 20000);
+        let c = run(&args(&a, &["--consumers", "2"]), Mode::Consume).unwrap();
+        assert!(c.verified, "{}", c.faults);
+        assert_eq!(c.checked, 20000);
+    }
+
+    #[test]
+    fn e2e_with_a_rate_and_falling_back_to_api_versions_v0() {
+        let a = mock(2, None, None);
+        let r = run(&args(&a, &["--duration-s", "1", "--rate", "50000", "--acks", "all", "--message-bytes", "300"]), Mode::EndToEnd).unwrap();
+        assert!(r.verified, "{}", r.faults);
+        let consumed = r.sides.iter().find(|s| s.name == "consume").unwrap();
+        assert!(consumed.messages > 40_000, "{}", consumed.messages);
+        assert!(consumed.latency.value_at_percentile(50.0) < 100_000);
+    }
+
+    #[test]
+    fn compressed_batches_verify() {
+        let a = mock(3, None, None);
+        for c in ["gzip", "zstd", "lz4", "snappy"] {
+            let r = run(&args(&a, &["--messages", "3000", "--compression", c, "--topic", c]), Mode::EndToEnd).unwrap();
+            assert!(r.verified, "{c}: {}", r.faults);
+            assert_eq!(r.checked, 3000);
+        }
+    }
+
+    #[test]
+    fn a_broker_that_loses_batches_fails_verification() {
+        let a = mock(3, Some(7), None);
+        let r = run(&args(&a, &["--messages", "5000"]), Mode::EndToEnd).unwrap();
+        assert!(!r.verified);
+        assert!(r.faults.lost > 0 || r.faults.offset_errors > 0, "{}", r.faults);
+    }
+
+    #[test]
+    fn a_broker_that_corrupts_payloads_fails_verification() {
+        let a = mock(3, None, Some(5));
+        run(&args(&a, &["--messages", "5000"]), Mode::Produce).unwrap();
+        let r = run(&args(&a, &[]), Mode::Consume).unwrap();
+        assert!(!r.verified);
+        assert!(r.faults.corrupted > 0, "{}", r.faults);
+    }
+}
