@@ -1,1 +1,13 @@
-pub mod log {}
+//! shardlog: a Kafka-compatible, thread-per-core message broker.
+//!
+//! Data flows `net` (frames) -> `protocol` (Kafka APIs) -> `shard` (owner routing over the
+//! mesh) -> `log` (the storage engine). `catalog` holds topics and placement. See
+//! ARCHITECTURE.md at the repository root.
+
+pub mod catalog;
+pub mod config;
+pub mod log;
+pub mod net;
+pub mod protocol;
+pub mod server;
+pub mod shard;

@@ -1,0 +1,391 @@
+//! Broker configuration: command-line flags, each with an environment-variable fallback,
+//! and an optional TOML file. Precedence: flag > environment > file > default.
+//!
+//! Every limit has a name with its unit last (`max_frame_bytes`, `flush_interval_ms`) and is
+//! validated at start: an invalid value stops the broker with a message naming the setting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Command line of `shardlog`. Every flag can also come from `SHARDLOG_<NAME>` or the TOML file.
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "shardlog",
+    version,
+    about = "A Kafka-compatible, thread-per-core message broker"
+)]
+pub struct Cli {
+    /// Optional TOML file with any of the settings below (same names, snake_case).
+    #[arg(long, env = "SHARDLOG_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory holding topics, logs and the catalog.
+    #[arg(long, env = "SHARDLOG_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to bind, HOST:PORT.
+    #[arg(long, env = "SHARDLOG_LISTEN")]
+    pub listen: Option<String>,
+    /// Address Metadata tells clients to connect to, HOST:PORT (default: the listen address).
+    #[arg(long, env = "SHARDLOG_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Number of shards (one pinned executor per core); default: every core.
+    #[arg(long, env = "SHARDLOG_CORES")]
+    pub cores: Option<usize>,
+    /// First CPU to pin shard 0 to; shard i runs on CPU first_cpu + i.
+    #[arg(long, env = "SHARDLOG_FIRST_CPU")]
+    pub first_cpu: Option<usize>,
+    /// Broker id reported in Metadata.
+    #[arg(long, env = "SHARDLOG_NODE_ID")]
+    pub node_id: Option<i32>,
+    /// Create a topic when a client asks Metadata or Produce for an unknown one.
+    #[arg(long, env = "SHARDLOG_AUTO_CREATE_TOPICS")]
+    pub auto_create_topics: Option<bool>,
+    /// Partitions of an auto-created topic.
+    #[arg(long, env = "SHARDLOG_NUM_PARTITIONS")]
+    pub num_partitions: Option<i32>,
+    /// Largest request frame accepted; larger frames close the connection.
+    #[arg(long, env = "SHARDLOG_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Requests read from one connection before its responses are written (pipelining bound).
+    #[arg(long, env = "SHARDLOG_MAX_INFLIGHT_REQUESTS")]
+    pub max_inflight_requests: Option<usize>,
+    /// Request bytes a shard holds at once across its connections; when reached, it stops
+    /// reading sockets until responses are written.
+    #[arg(long, env = "SHARDLOG_MAX_BUFFERED_BYTES_PER_SHARD")]
+    pub max_buffered_bytes_per_shard: Option<usize>,
+    /// Open connections per shard; further connections are closed at accept.
+    #[arg(long, env = "SHARDLOG_MAX_CONNECTIONS_PER_SHARD")]
+    pub max_connections_per_shard: Option<usize>,
+    /// A connection that sends nothing for this long is closed.
+    #[arg(long, env = "SHARDLOG_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Segment size at which a new segment is rolled (Kafka: log.segment.bytes).
+    #[arg(long, env = "SHARDLOG_SEGMENT_BYTES")]
+    pub segment_bytes: Option<u64>,
+    /// Segment age at which a new segment is rolled (Kafka: log.roll.ms).
+    #[arg(long, env = "SHARDLOG_SEGMENT_MS")]
+    pub segment_ms: Option<u64>,
+    /// Bytes between two sparse offset-index entries.
+    #[arg(long, env = "SHARDLOG_INDEX_INTERVAL_BYTES")]
+    pub index_interval_bytes: Option<u32>,
+    /// Delete segments older than this; -1 keeps forever (Kafka: retention.ms).
+    #[arg(long, env = "SHARDLOG_RETENTION_MS", allow_hyphen_values = true)]
+    pub retention_ms: Option<i64>,
+    /// Delete old segments beyond this partition size; -1 is unlimited.
+    #[arg(long, env = "SHARDLOG_RETENTION_BYTES", allow_hyphen_values = true)]
+    pub retention_bytes: Option<i64>,
+    /// Largest record batch accepted (Kafka: max.message.bytes).
+    #[arg(long, env = "SHARDLOG_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<u32>,
+    /// Recently appended bytes kept in memory per partition for consumers near the head.
+    #[arg(long, env = "SHARDLOG_TAIL_CACHE_BYTES")]
+    pub tail_cache_bytes: Option<usize>,
+    /// Background flush period for data whose producers did not ask for acks=all.
+    #[arg(long, env = "SHARDLOG_FLUSH_INTERVAL_MS")]
+    pub flush_interval_ms: Option<u64>,
+    /// Unflushed bytes per shard that trigger a background flush before the interval.
+    #[arg(long, env = "SHARDLOG_FLUSH_BYTES")]
+    pub flush_bytes: Option<u64>,
+    /// How often retention is applied.
+    #[arg(long, env = "SHARDLOG_RETENTION_CHECK_INTERVAL_MS")]
+    pub retention_check_interval_ms: Option<u64>,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `shardlog=debug`.
+    #[arg(long, env = "SHARDLOG_LOG")]
+    pub log: Option<String>,
+}
+
+/// The same settings as [`Cli`], read from the optional TOML file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    cores: Option<usize>,
+    first_cpu: Option<usize>,
+    node_id: Option<i32>,
+    auto_create_topics: Option<bool>,
+    num_partitions: Option<i32>,
+    max_frame_bytes: Option<usize>,
+    max_inflight_requests: Option<usize>,
+    max_buffered_bytes_per_shard: Option<usize>,
+    max_connections_per_shard: Option<usize>,
+    idle_timeout_ms: Option<u64>,
+    segment_bytes: Option<u64>,
+    segment_ms: Option<u64>,
+    index_interval_bytes: Option<u32>,
+    retention_ms: Option<i64>,
+    retention_bytes: Option<i64>,
+    max_message_bytes: Option<u32>,
+    tail_cache_bytes: Option<usize>,
+    flush_interval_ms: Option<u64>,
+    flush_bytes: Option<u64>,
+    retention_check_interval_ms: Option<u64>,
+    log: Option<String>,
+}
+
+/// Validated configuration of a running broker.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub advertise_host: String,
+    pub advertise_port: u16,
+    pub cores: usize,
+    pub first_cpu: usize,
+    pub node_id: i32,
+    pub auto_create_topics: bool,
+    pub num_partitions: i32,
+    pub max_frame_bytes: usize,
+    pub max_inflight_requests: usize,
+    pub max_buffered_bytes_per_shard: usize,
+    pub max_connections_per_shard: usize,
+    pub idle_timeout_ms: u64,
+    pub segment_bytes: u64,
+    pub segment_ms: u64,
+    pub index_interval_bytes: u32,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub max_message_bytes: u32,
+    pub tail_cache_bytes: usize,
+    pub flush_interval_ms: u64,
+    pub flush_bytes: u64,
+    pub retention_check_interval_ms: u64,
+    pub log: String,
+}
+
+impl Config {
+    /// Merge flags, environment (already folded into `cli` by clap) and the TOML file, then validate.
+    pub fn load(cli: Cli) -> Result<Config, String> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("config: cannot read {}: {e}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| format!("config: {}: {e}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        macro_rules! pick {
+            ($name:ident, $default:expr) => {
+                cli.$name.or(file.$name).unwrap_or_else(|| $default)
+            };
+        }
+        let cores_available = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let listen_text = pick!(listen, "127.0.0.1:9092".to_string());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|e| format!("listen: '{listen_text}' is not HOST:PORT ({e})"))?;
+        let advertise_text = pick!(advertise, listen_text.clone());
+        let (advertise_host, advertise_port) = split_host_port(&advertise_text)
+            .ok_or_else(|| format!("advertise: '{advertise_text}' is not HOST:PORT"))?;
+        let config = Config {
+            data_dir: pick!(data_dir, PathBuf::from("./data")),
+            listen,
+            advertise_host,
+            advertise_port,
+            cores: pick!(cores, cores_available),
+            first_cpu: pick!(first_cpu, 0),
+            node_id: pick!(node_id, 0),
+            auto_create_topics: pick!(auto_create_topics, true),
+            num_partitions: pick!(num_partitions, 1),
+            max_frame_bytes: pick!(max_frame_bytes, 100 << 20),
+            max_inflight_requests: pick!(max_inflight_requests, 64),
+            max_buffered_bytes_per_shard: pick!(max_buffered_bytes_per_shard, 256 << 20),
+            max_connections_per_shard: pick!(max_connections_per_shard, 10_000),
+            idle_timeout_ms: pick!(idle_timeout_ms, 600_000),
+            segment_bytes: pick!(segment_bytes, 1 << 30),
+            segment_ms: pick!(segment_ms, 7 * 24 * 3600 * 1000),
+            index_interval_bytes: pick!(index_interval_bytes, 4096),
+            retention_ms: pick!(retention_ms, 7 * 24 * 3600 * 1000),
+            retention_bytes: pick!(retention_bytes, -1),
+            max_message_bytes: pick!(max_message_bytes, 1_048_588),
+            tail_cache_bytes: pick!(tail_cache_bytes, 8 << 20),
+            flush_interval_ms: pick!(flush_interval_ms, 1000),
+            flush_bytes: pick!(flush_bytes, 64 << 20),
+            retention_check_interval_ms: pick!(retention_check_interval_ms, 300_000),
+            log: pick!(log, "info".to_string()),
+        };
+        config.validate(cores_available)?;
+        Ok(config)
+    }
+
+    fn validate(&self, cores_available: usize) -> Result<(), String> {
+        let check = |ok: bool, msg: String| if ok { Ok(()) } else { Err(msg) };
+        check(
+            self.cores >= 1 && self.first_cpu + self.cores <= cores_available,
+            format!(
+                "cores: {} shards from cpu {} do not fit the {cores_available} cores of this machine",
+                self.cores, self.first_cpu
+            ),
+        )?;
+        check(
+            self.num_partitions >= 1,
+            format!(
+                "num_partitions: must be at least 1, got {}",
+                self.num_partitions
+            ),
+        )?;
+        check(
+            self.max_frame_bytes >= 1024,
+            format!(
+                "max_frame_bytes: must be at least 1024, got {}",
+                self.max_frame_bytes
+            ),
+        )?;
+        check(
+            (self.max_message_bytes as usize) < self.max_frame_bytes,
+            format!(
+                "max_message_bytes: {} must be smaller than max_frame_bytes {}",
+                self.max_message_bytes, self.max_frame_bytes
+            ),
+        )?;
+        check(
+            self.max_buffered_bytes_per_shard >= self.max_frame_bytes,
+            format!(
+                "max_buffered_bytes_per_shard: {} must be at least max_frame_bytes {}",
+                self.max_buffered_bytes_per_shard, self.max_frame_bytes
+            ),
+        )?;
+        check(
+            self.max_inflight_requests >= 1,
+            "max_inflight_requests: must be at least 1".into(),
+        )?;
+        check(
+            self.max_connections_per_shard >= 1,
+            "max_connections_per_shard: must be at least 1".into(),
+        )?;
+        check(
+            self.segment_bytes >= 64 << 10,
+            format!(
+                "segment_bytes: must be at least 65536, got {}",
+                self.segment_bytes
+            ),
+        )?;
+        check(
+            self.segment_bytes <= u32::MAX as u64,
+            format!(
+                "segment_bytes: must fit 32-bit index positions, got {}",
+                self.segment_bytes
+            ),
+        )?;
+        check(
+            self.segment_ms >= 1,
+            "segment_ms: must be at least 1".into(),
+        )?;
+        check(
+            self.index_interval_bytes >= 1,
+            "index_interval_bytes: must be at least 1".into(),
+        )?;
+        check(
+            self.retention_ms == -1 || self.retention_ms >= 1,
+            format!(
+                "retention_ms: must be -1 or positive, got {}",
+                self.retention_ms
+            ),
+        )?;
+        check(
+            self.retention_bytes == -1 || self.retention_bytes >= 1,
+            format!(
+                "retention_bytes: must be -1 or positive, got {}",
+                self.retention_bytes
+            ),
+        )?;
+        check(
+            self.max_message_bytes >= 1024,
+            format!(
+                "max_message_bytes: must be at least 1024, got {}",
+                self.max_message_bytes
+            ),
+        )?;
+        check(
+            self.flush_interval_ms >= 1,
+            "flush_interval_ms: must be at least 1".into(),
+        )?;
+        check(
+            self.retention_check_interval_ms >= 1,
+            "retention_check_interval_ms: must be at least 1".into(),
+        )?;
+        check(
+            self.idle_timeout_ms >= 1,
+            "idle_timeout_ms: must be at least 1".into(),
+        )?;
+        Ok(())
+    }
+
+    /// The storage settings every new partition starts from (topic configs may override).
+    pub fn log_config(&self) -> crate::log::LogConfig {
+        crate::log::LogConfig {
+            segment_bytes: self.segment_bytes,
+            segment_ms: self.segment_ms,
+            index_interval_bytes: self.index_interval_bytes,
+            retention_ms: self.retention_ms,
+            retention_bytes: self.retention_bytes,
+            max_batch_bytes: self.max_message_bytes,
+            tail_cache_bytes: self.tail_cache_bytes,
+            ..crate::log::LogConfig::default()
+        }
+    }
+}
+
+/// Split "host:port" (or "[v6]:port") into its parts.
+fn split_host_port(text: &str) -> Option<(String, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut full = vec!["shardlog"];
+        full.extend_from_slice(args);
+        Cli::parse_from(full)
+    }
+
+    #[test]
+    fn defaults_listen_on_9092_with_data_in_dot_data() {
+        let config = Config::load(cli(&["--cores", "1"])).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9092");
+        assert_eq!(config.advertise_host, "127.0.0.1");
+        assert_eq!(config.advertise_port, 9092);
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.segment_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn invalid_values_are_refused_naming_the_setting() {
+        let err = Config::load(cli(&["--cores", "1", "--num-partitions", "0"])).unwrap_err();
+        assert!(err.starts_with("num_partitions:"), "{err}");
+        let err = Config::load(cli(&["--cores", "1", "--listen", "nowhere"])).unwrap_err();
+        assert!(err.starts_with("listen:"), "{err}");
+        let err = Config::load(cli(&["--cores", "4096"])).unwrap_err();
+        assert!(err.starts_with("cores:"), "{err}");
+    }
+
+    #[test]
+    fn file_values_apply_below_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shardlog.toml");
+        std::fs::write(
+            &path,
+            "num_partitions = 3\nsegment_bytes = 1048576\ncores = 1\n",
+        )
+        .unwrap();
+        let path_text = path.to_str().unwrap();
+        let config = Config::load(cli(&["--config", path_text, "--num-partitions", "5"])).unwrap();
+        assert_eq!(config.num_partitions, 5);
+        assert_eq!(config.segment_bytes, 1 << 20);
+        std::fs::write(&path, "no_such_setting = 1\n").unwrap();
+        let err = Config::load(cli(&["--config", path_text])).unwrap_err();
+        assert!(err.contains("no_such_setting"), "{err}");
+    }
+}

@@ -1,0 +1,243 @@
+//! Storage engine: one segmented, append-only commit log per partition, written with
+//! O_DIRECT through io_uring (glommio `DmaFile`), with group commit and crash recovery.
+//!
+//! This module owns the files of a partition directory (`<base offset>.log`, `.index`,
+//! `.timeindex`, the producer-state snapshot and the clean-shutdown marker), the aligned
+//! write buffers, the tail cache, and the per-producer idempotence state.
+//!
+//! It must never know Kafka requests: it sees only RecordBatch v2 headers (see [`batch`]),
+//! never decodes or decompresses records, and never shares state across shards (every type
+//! here is `!Send`, used from one glommio executor). `Bytes` it hands out are backed by
+//! heap memory that may cross threads, never by an `Rc`.
+//!
+//! ```no_run
+//! use shardlog::log::{LogConfig, PartitionLog};
+//! glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+//!     .io_memory(512 << 10)
+//!     .spawn(|| async move {
+//!         let (log, report) = PartitionLog::open("/tmp/topic-0", LogConfig::default()).await.unwrap();
+//!         println!("{report}");
+//!         # let batch = bytes::Bytes::new();
+//!         let info = log.append(batch, 0).await.unwrap();
+//!         log.flush().await.unwrap();
+//!         let read = log.read(info.base_offset, 1 << 20).await.unwrap();
+//!         assert!(read.bytes > 0);
+//!         log.close().await.unwrap();
+//!     })
+//!     .unwrap()
+//!     .join()
+//!     .unwrap();
+//! ```
+
+pub mod batch;
+mod event;
+mod files;
+mod partition;
+mod producer;
+mod shard;
+
+#[cfg(test)]
+mod tests;
+
+pub use partition::{probe_direct_io, PartitionLog};
+pub use shard::ShardStorage;
+
+use std::fmt;
+
+/// Per-partition storage settings; `Default` gives Kafka's defaults.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// Roll to a new segment once the active one would exceed this size.
+    pub segment_bytes: u64,
+    /// Roll to a new segment once the active one is older than this.
+    pub segment_ms: u64,
+    /// One sparse index entry per this many bytes of batches.
+    pub index_interval_bytes: u32,
+    /// Delete whole segments whose newest batch is older than this; -1 = unlimited.
+    pub retention_ms: i64,
+    /// Delete oldest segments while the log is larger than this; -1 = unlimited.
+    pub retention_bytes: i64,
+    /// Largest accepted batch, log overhead included (Kafka `max.message.bytes`).
+    pub max_batch_bytes: u32,
+    /// Recent batches kept in memory for readers near the head.
+    pub tail_cache_bytes: usize,
+    /// Size of one aligned staging buffer; one fills while at most one more is written.
+    pub write_buffer_bytes: usize,
+    /// Files grow in steps of this size, so most writes need no block allocation.
+    pub preallocate_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            index_interval_bytes: 4096,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            max_batch_bytes: 1_048_588,
+            tail_cache_bytes: 8 << 20,
+            write_buffer_bytes: 1 << 20,
+            preallocate_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Everything the storage engine can answer instead of a result.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A batch failed validation (length, record count, CRC).
+    #[error("corrupt record batch: {0}")]
+    CorruptBatch(String),
+    /// A batch is larger than `max_batch_bytes`.
+    #[error("record batch of {size} bytes exceeds the maximum of {max} bytes")]
+    BatchTooLarge { size: usize, max: usize },
+    /// Only magic 2 (RecordBatch v2) is stored.
+    #[error("unsupported record batch magic {0}")]
+    UnsupportedMagic(i8),
+    /// The offset is outside `[log_start_offset, log_end_offset]`.
+    #[error("offset {requested} is out of range [{start}, {end}]")]
+    OffsetOutOfRange {
+        requested: i64,
+        start: i64,
+        end: i64,
+    },
+    /// Part of a multi-batch append repeats sequences already written.
+    #[error("producer {producer_id}: duplicate sequence {base_sequence} mixed with new batches")]
+    DuplicateSequence {
+        producer_id: i64,
+        base_sequence: i32,
+    },
+    /// The batch's base sequence is not the one after the producer's last batch.
+    #[error("producer {producer_id}: expected sequence {expected}, got {received}")]
+    OutOfOrderSequence {
+        producer_id: i64,
+        expected: i32,
+        received: i32,
+    },
+    /// The batch carries an epoch older than the producer's current one.
+    #[error("producer {producer_id}: epoch {received} is older than {current}")]
+    InvalidProducerEpoch {
+        producer_id: i64,
+        current: i16,
+        received: i16,
+    },
+    /// The device or file system failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The log was closed or deleted.
+    #[error("log is closed")]
+    Closed,
+    /// An earlier background write failed; the log accepts nothing until reopened.
+    #[error("log failed after an earlier I/O error: {0}")]
+    Failed(String),
+}
+
+impl<T> From<glommio::GlommioError<T>> for LogError {
+    fn from(e: glommio::GlommioError<T>) -> Self {
+        LogError::Io(e.into())
+    }
+}
+
+/// Where an append landed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the first record of the first batch.
+    pub base_offset: i64,
+    /// Offset of the last record of the last batch.
+    pub last_offset: i64,
+    /// -1: batches keep their CreateTime; LogAppendTime is not rewritten.
+    pub log_append_time_ms: i64,
+    /// Log start offset after the append.
+    pub log_start_offset: i64,
+    /// The batch was a retry of one already written; nothing was appended.
+    pub duplicate: bool,
+}
+
+/// Whole batches read from the log, as slices ready for a vectored send.
+#[derive(Clone, Debug, Default)]
+pub struct ReadResult {
+    /// Concatenated, the chunks are one or more whole record batches.
+    pub chunks: Vec<bytes::Bytes>,
+    /// Sum of the chunk lengths.
+    pub bytes: usize,
+    /// Log start offset at the time of the read.
+    pub log_start_offset: i64,
+    /// Log end offset at the time of the read.
+    pub log_end_offset: i64,
+}
+
+/// What `open` found on disk and what it did about it.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    /// The previous run closed the log cleanly: no segment was scanned.
+    pub clean_shutdown: bool,
+    /// Segments found on disk.
+    pub segments: usize,
+    /// Base offset of the segment that was scanned, if any.
+    pub scanned_segment: Option<i64>,
+    /// File position the scan started at (a validated index entry).
+    pub scanned_from_bytes: u64,
+    /// Bytes of batches validated by the scan.
+    pub scanned_bytes: u64,
+    /// Batches validated by the scan.
+    pub scanned_batches: u64,
+    /// Bytes past the last valid batch that were cut off (torn or corrupt data).
+    pub truncated_bytes: u64,
+    /// Why the scan stopped before the end of the file, if it found something invalid.
+    pub truncated_reason: Option<String>,
+    /// Segments whose index files were missing or damaged and were rebuilt.
+    pub rebuilt_indexes: Vec<i64>,
+    /// Offset the producer state snapshot was taken at, if one was loaded.
+    pub producer_snapshot_offset: Option<i64>,
+    /// Batches read to bring producer state up to the log end.
+    pub producer_batches_replayed: u64,
+    /// Log start and end offsets after recovery.
+    pub log_start_offset: i64,
+    /// Log end offset after recovery.
+    pub log_end_offset: i64,
+}
+
+impl fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} segment(s), offsets [{}, {}), {}",
+            self.segments,
+            self.log_start_offset,
+            self.log_end_offset,
+            if self.clean_shutdown {
+                "clean shutdown"
+            } else {
+                "unclean shutdown"
+            }
+        )?;
+        if let Some(base) = self.scanned_segment {
+            write!(
+                f,
+                "; scanned segment {base} from byte {}: {} batch(es), {} bytes valid",
+                self.scanned_from_bytes, self.scanned_batches, self.scanned_bytes
+            )?;
+        }
+        if self.truncated_bytes > 0 || self.truncated_reason.is_some() {
+            write!(f, "; truncated {} bytes", self.truncated_bytes)?;
+            if let Some(reason) = &self.truncated_reason {
+                write!(f, " ({reason})")?;
+            }
+        }
+        if !self.rebuilt_indexes.is_empty() {
+            write!(
+                f,
+                "; rebuilt indexes of segments {:?}",
+                self.rebuilt_indexes
+            )?;
+        }
+        if let Some(offset) = self.producer_snapshot_offset {
+            write!(f, "; producer snapshot at {offset}")?;
+        }
+        if self.producer_batches_replayed > 0 {
+            write!(f, ", {} batch(es) replayed", self.producer_batches_replayed)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1459 @@
+//! One partition's log: segments on `DmaFile`, the aligned staging buffers, the tail cache,
+//! offsets, durability tracking and recovery.
+//!
+//! Owns every file of its directory and every byte buffered for it. Must never block on a
+//! lock shared with another shard, never hold a `RefCell` borrow across an `.await`, and
+//! never hand out a `Bytes` backed by shard-local memory (`Rc`, `DmaBuffer`).
+//!
+//! Write path: a batch is validated, its base offset stamped into an 8-byte chunk, and its
+//! bytes copied once into the current staging `DmaBuffer` (`write_buffer_bytes`). A full
+//! buffer is handed to a writer task and a fresh one continues from the partially filled
+//! last page, which the next write rewrites whole. At most one buffer is being written
+//! while another fills: when both are busy, `append` waits (backpressure). `flush` writes
+//! the partial buffer and fdatasyncs; concurrent flushes share one fdatasync.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::{Rc, Weak};
+use std::time::Instant;
+
+use bytes::Bytes;
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
+use glommio::sync::Semaphore;
+
+use super::batch::{self, BatchHeader, BATCH_HEADER_BYTES};
+use super::event::Event;
+use super::files::{self, CleanShutdown, IndexEntry, TimeEntry};
+use super::producer::{ProducerSnapshot, ProducerStates, SequenceCheck};
+use super::{AppendInfo, LogConfig, LogError, ReadResult, RecoveryReport};
+
+/// O_DIRECT alignment used for every write position and length (the device needs 512 B;
+/// 4 KiB matches the page and file-system block).
+pub(crate) const PAGE_BYTES: u64 = 4096;
+/// Smallest read when scanning a segment on recovery or reading old data: large enough
+/// that one io_uring read covers many batches.
+const DISK_READ_CHUNK_BYTES: usize = 256 << 10;
+/// Largest single read serving a fetch: bounds the memory one read can pin.
+const DISK_READ_BYTES_MAX: usize = 16 << 20;
+/// Bytes read per step while searching batches for a timestamp.
+const TIME_LOOKUP_READ_BYTES: usize = 64 << 10;
+/// Bytes read per step while replaying producer state on open.
+const REPLAY_READ_BYTES: usize = 1 << 20;
+/// Relative offsets and positions are u32 in the index files, as in Kafka.
+const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
+
+fn align_down(v: u64) -> u64 {
+    v & !(PAGE_BYTES - 1)
+}
+fn align_up(v: u64) -> u64 {
+    align_down(v + PAGE_BYTES - 1)
+}
+
+/// One `.log` file and its indexes, kept in memory.
+struct Segment {
+    base_offset: i64,
+    file: Rc<DmaFile>,
+    /// Bytes of whole batches appended to this segment.
+    size_bytes: u64,
+    /// Bytes that reached the device (written, maybe not yet synced).
+    written_bytes: u64,
+    /// File size after preallocation.
+    allocated_bytes: u64,
+    index: Vec<IndexEntry>,
+    time_index: Vec<TimeEntry>,
+    /// Entries already appended to the index files.
+    index_persisted: usize,
+    time_index_persisted: usize,
+    bytes_since_index: u64,
+    max_timestamp: i64,
+    max_timestamp_relative: u32,
+    /// When the segment got its first batch; drives `segment_ms`.
+    created_ms: Option<i64>,
+}
+
+impl Segment {
+    fn new(base_offset: i64, file: Rc<DmaFile>, allocated_bytes: u64) -> Segment {
+        Segment {
+            base_offset,
+            file,
+            size_bytes: 0,
+            written_bytes: 0,
+            allocated_bytes,
+            index: Vec::new(),
+            time_index: Vec::new(),
+            index_persisted: 0,
+            time_index_persisted: 0,
+            bytes_since_index: 0,
+            max_timestamp: -1,
+            max_timestamp_relative: 0,
+            created_ms: None,
+        }
+    }
+
+    /// Accounts a batch stored at `position`: indexes, max timestamp, size.
+    fn note_batch(&mut self, position: u64, h: &BatchHeader, index_interval_bytes: u64) {
+        let relative = (h.base_offset() - self.base_offset) as u32;
+        if h.max_timestamp() > self.max_timestamp || (self.size_bytes == 0 && position == 0) {
+            self.max_timestamp = self.max_timestamp.max(h.max_timestamp());
+            self.max_timestamp_relative = relative;
+        }
+        if self.index.is_empty() || self.bytes_since_index >= index_interval_bytes {
+            self.index.push(IndexEntry {
+                relative_offset: relative,
+                position: position as u32,
+            });
+            self.bytes_since_index = 0;
+            if self
+                .time_index
+                .last()
+                .is_none_or(|t| self.max_timestamp > t.timestamp)
+            {
+                self.time_index.push(TimeEntry {
+                    timestamp: self.max_timestamp,
+                    relative_offset: self.max_timestamp_relative,
+                });
+            }
+        }
+        self.bytes_since_index += h.total_bytes() as u64;
+        self.size_bytes = position + h.total_bytes() as u64;
+    }
+
+    /// Adds the closing time index entry so the segment's max timestamp survives reopen.
+    fn finish_time_index(&mut self) {
+        if self.size_bytes > 0
+            && self
+                .time_index
+                .last()
+                .is_none_or(|t| self.max_timestamp > t.timestamp)
+        {
+            self.time_index.push(TimeEntry {
+                timestamp: self.max_timestamp,
+                relative_offset: self.max_timestamp_relative,
+            });
+        }
+    }
+
+    /// File position of the batch containing or following `offset` is at or after this.
+    fn lookup(&self, offset: i64) -> (i64, u64) {
+        let relative = (offset - self.base_offset) as u32;
+        let at = self
+            .index
+            .partition_point(|e| e.relative_offset <= relative);
+        match at.checked_sub(1).map(|i| self.index[i]) {
+            Some(e) => (
+                self.base_offset + e.relative_offset as i64,
+                e.position as u64,
+            ),
+            None => (self.base_offset, 0),
+        }
+    }
+
+    fn persist_indexes(&mut self, dir: &Path) -> std::io::Result<()> {
+        let index = files::encode_index(&self.index[self.index_persisted..]);
+        files::append_file(&files::segment_path(dir, self.base_offset, "index"), &index)?;
+        self.index_persisted = self.index.len();
+        let time = files::encode_time_index(&self.time_index[self.time_index_persisted..]);
+        files::append_file(
+            &files::segment_path(dir, self.base_offset, "timeindex"),
+            &time,
+        )?;
+        self.time_index_persisted = self.time_index.len();
+        Ok(())
+    }
+
+    fn rewrite_indexes(&mut self, dir: &Path) -> std::io::Result<()> {
+        std::fs::write(
+            files::segment_path(dir, self.base_offset, "index"),
+            files::encode_index(&self.index),
+        )?;
+        std::fs::write(
+            files::segment_path(dir, self.base_offset, "timeindex"),
+            files::encode_time_index(&self.time_index),
+        )?;
+        self.index_persisted = self.index.len();
+        self.time_index_persisted = self.time_index.len();
+        Ok(())
+    }
+}
+
+/// A batch kept in memory for readers near the head: the stamped base offset and the
+/// rest of the batch as received, so serving it copies nothing.
+struct CachedBatch {
+    header: BatchHeader,
+    segment_base: i64,
+    end_position: u64,
+    offset_chunk: Bytes,
+    body: Bytes,
+}
+
+/// The buffer being filled, mapped onto the active segment from `file_start`.
+struct Staging {
+    buf: Option<DmaBuffer>,
+    capacity: usize,
+    segment_base: i64,
+    file: Rc<DmaFile>,
+    file_start: u64,
+    len: usize,
+    /// Leading bytes already handed to a write (the partial page carried over).
+    carried: usize,
+    /// Log end offset and appended byte total after the last whole batch in the buffer.
+    complete_offset: i64,
+    complete_total: u64,
+}
+
+/// A sealed buffer waiting for, or in, its write.
+struct PendingWrite {
+    buf: DmaBuffer,
+    file: Rc<DmaFile>,
+    segment_base: i64,
+    file_start: u64,
+    end_position: u64,
+    covered_offset: i64,
+    covered_total: u64,
+}
+
+struct State {
+    segments: Vec<Segment>,
+    cache: VecDeque<CachedBatch>,
+    cache_bytes: usize,
+    producers: ProducerStates,
+}
+
+/// A partition's commit log. Used as `Rc<PartitionLog>` from one shard.
+pub struct PartitionLog {
+    me: Weak<PartitionLog>,
+    dir: PathBuf,
+    config: RefCell<LogConfig>,
+    state: RefCell<State>,
+    staging: RefCell<Staging>,
+    pending: RefCell<VecDeque<PendingWrite>>,
+    /// Sealed buffers not yet on the device: bounded to one by `append`'s backpressure
+    /// (two when a `flush` seals while one is in flight).
+    writes_in_flight: Cell<usize>,
+    /// Serialises appends: offsets, buffer order and producer checks must not interleave.
+    append_lock: Semaphore,
+    /// Serialises writes: a rewritten partial page must land after the write before it.
+    write_lock: Semaphore,
+    syncing: Cell<bool>,
+    log_start_offset: Cell<i64>,
+    log_end_offset: Cell<i64>,
+    written_offset: Cell<i64>,
+    durable_offset: Cell<i64>,
+    appended_total: Cell<u64>,
+    written_total: Cell<u64>,
+    durable_total: Cell<u64>,
+    data_event: Event,
+    write_event: Event,
+    sync_event: Event,
+    closed: Cell<bool>,
+    failure: RefCell<Option<String>>,
+}
+
+struct ScanOutcome {
+    start_position: u64,
+    next_offset: i64,
+    batches: u64,
+    reason: Option<String>,
+    garbage_bytes: u64,
+}
+
+thread_local! {
+    static DIRECT_IO_PROBED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// glommio decides once per thread and device whether O_DIRECT I/O may use its polled
+/// (IOPOLL) ring, by reading the first file opened. When that file is empty the probe
+/// succeeds without touching the device, and every later read on a device without poll
+/// queues (virtio here) then fails with EOPNOTSUPP. Probing with a file that has data
+/// makes glommio see the real answer. Runs once per thread; `PartitionLog::open` calls it,
+/// and so should anything else opening a `DmaFile` on this thread first.
+pub async fn probe_direct_io(dir: &Path) -> Result<(), LogError> {
+    if DIRECT_IO_PROBED.with(|p| p.get()) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(".direct_io_probe");
+    std::fs::write(&path, vec![0u8; PAGE_BYTES as usize])?;
+    let probe = DmaFile::open(&path).await;
+    let _ = std::fs::remove_file(&path);
+    probe?.close().await?;
+    DIRECT_IO_PROBED.with(|p| p.set(true));
+    Ok(())
+}
+
+async fn open_segment_file(path: &Path) -> Result<DmaFile, LogError> {
+    Ok(OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .dma_open(path)
+        .await?)
+}
+
+/// Reads `[pos, pos + len)` into `buf` unless it already holds it; false if the file is
+/// shorter.
+async fn ensure_read(
+    file: &DmaFile,
+    buf: &mut Option<(u64, glommio::io::ReadResult)>,
+    pos: u64,
+    len: usize,
+    read_hint: usize,
+    file_end: u64,
+) -> Result<bool, LogError> {
+    if let Some((start, r)) = buf {
+        if *start <= pos && pos + len as u64 <= *start + r.len() as u64 {
+            return Ok(true);
+        }
+    }
+    if pos + len as u64 > file_end {
+        return Ok(false);
+    }
+    let want = (len.max(read_hint) as u64).min(file_end - pos) as usize;
+    let r = file.read_at(pos, want).await?;
+    let ok = r.len() >= len;
+    *buf = Some((pos, r));
+    Ok(ok)
+}
+
+fn slice_of(buf: &Option<(u64, glommio::io::ReadResult)>, pos: u64, len: usize) -> &[u8] {
+    let (start, r) = buf.as_ref().expect("ensured");
+    let at = (pos - start) as usize;
+    &r[at..at + len]
+}
+
+/// Validates the batches of a segment from its last trustworthy index entry (or from the
+/// start) up to `file_end`, rebuilding the index entries after that point. Stops at the
+/// first batch that is torn, fails its CRC, or breaks offset continuity.
+async fn scan_segment(
+    seg: &mut Segment,
+    file_end: u64,
+    use_index: bool,
+    index_interval_bytes: u64,
+) -> Result<ScanOutcome, LogError> {
+    let mut start = (0u64, seg.base_offset, 0usize);
+    if use_index {
+        for i in (0..seg.index.len()).rev() {
+            let e = seg.index[i];
+            let pos = e.position as u64;
+            let expected = seg.base_offset + e.relative_offset as i64;
+            let mut buf = None;
+            if !ensure_read(
+                &seg.file,
+                &mut buf,
+                pos,
+                BATCH_HEADER_BYTES,
+                BATCH_HEADER_BYTES,
+                file_end,
+            )
+            .await?
+            {
+                continue;
+            }
+            let Ok(h) = BatchHeader::parse(slice_of(&buf, pos, BATCH_HEADER_BYTES)) else {
+                continue;
+            };
+            if h.base_offset() != expected
+                || !ensure_read(
+                    &seg.file,
+                    &mut buf,
+                    pos,
+                    h.total_bytes(),
+                    DISK_READ_CHUNK_BYTES,
+                    file_end,
+                )
+                .await?
+                || !batch::crc_matches(slice_of(&buf, pos, h.total_bytes()), h.crc())
+            {
+                continue;
+            }
+            start = (pos, expected, i);
+            break;
+        }
+    }
+    let (start_position, start_offset, kept) = start;
+    seg.index.truncate(kept);
+    let start_relative = (start_offset - seg.base_offset) as u32;
+    seg.time_index
+        .retain(|t| t.relative_offset < start_relative);
+    seg.max_timestamp = seg.time_index.last().map_or(-1, |t| t.timestamp);
+    seg.max_timestamp_relative = seg.time_index.last().map_or(0, |t| t.relative_offset);
+    seg.bytes_since_index = 0;
+    seg.size_bytes = start_position;
+
+    let mut pos = start_position;
+    let mut expected = start_offset;
+    let mut batches = 0;
+    let mut reason = None;
+    let mut buf = None;
+    loop {
+        if pos >= file_end {
+            break;
+        }
+        let header_len = BATCH_HEADER_BYTES.min((file_end - pos) as usize);
+        ensure_read(
+            &seg.file,
+            &mut buf,
+            pos,
+            header_len,
+            DISK_READ_CHUNK_BYTES,
+            file_end,
+        )
+        .await?;
+        let head = slice_of(&buf, pos, header_len);
+        if head.iter().all(|&b| b == 0) {
+            // Zeros are preallocated space never written: the clean end of the data.
+            break;
+        }
+        let h = match BatchHeader::parse(head) {
+            Ok(h) => h,
+            Err(e) => {
+                reason = Some(format!("invalid batch header at byte {pos}: {e}"));
+                break;
+            }
+        };
+        if h.base_offset() != expected {
+            reason = Some(format!(
+                "batch at byte {pos} has offset {} instead of {expected}",
+                h.base_offset()
+            ));
+            break;
+        }
+        if !ensure_read(
+            &seg.file,
+            &mut buf,
+            pos,
+            h.total_bytes(),
+            DISK_READ_CHUNK_BYTES,
+            file_end,
+        )
+        .await?
+        {
+            reason = Some(format!(
+                "batch at byte {pos} is torn: {} bytes past the end",
+                h.total_bytes()
+            ));
+            break;
+        }
+        if !batch::crc_matches(slice_of(&buf, pos, h.total_bytes()), h.crc()) {
+            reason = Some(format!("batch at byte {pos} fails its CRC-32C"));
+            break;
+        }
+        seg.note_batch(pos, &h, index_interval_bytes);
+        pos += h.total_bytes() as u64;
+        expected = h.last_offset() + 1;
+        batches += 1;
+    }
+    let garbage_bytes = if reason.is_some() { file_end - pos } else { 0 };
+    Ok(ScanOutcome {
+        start_position,
+        next_offset: expected,
+        batches,
+        reason,
+        garbage_bytes,
+    })
+}
+
+impl PartitionLog {
+    /// Opens (creating if missing) the log in `dir`, recovering after an unclean stop.
+    pub async fn open(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+    ) -> Result<(Rc<PartitionLog>, RecoveryReport), LogError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)?;
+        probe_direct_io(&dir).await?;
+        let marker_path = dir.join(files::CLEAN_SHUTDOWN_FILE);
+        let marker: Option<CleanShutdown> = files::read_checked(&marker_path);
+        if marker_path.exists() {
+            // Removed before any write: a stale marker would hide data appended later.
+            std::fs::remove_file(&marker_path)?;
+            files::sync_dir(&dir)?;
+        }
+        let mut bases = files::list_segments(&dir)?;
+        let mut report = RecoveryReport::default();
+        if bases.is_empty() {
+            bases.push(0);
+        }
+        let last_base = *bases.last().expect("one segment");
+        let clean = marker.filter(|m| m.active_base_offset == last_base);
+        report.clean_shutdown = clean.is_some();
+        report.segments = bases.len();
+        let interval = config.index_interval_bytes.max(1) as u64;
+
+        let mut segments = Vec::with_capacity(bases.len());
+        let mut log_end_offset = last_base;
+        for (i, &base) in bases.iter().enumerate() {
+            let is_last = i + 1 == bases.len();
+            let file = Rc::new(open_segment_file(&files::segment_path(&dir, base, "log")).await?);
+            let file_len = file.file_size().await?;
+            let mut seg = Segment::new(base, file, file_len);
+            let size = match (&clean, is_last) {
+                (Some(m), true) => m.active_size_bytes.min(file_len),
+                _ => file_len,
+            };
+            let index = files::load_index(&files::segment_path(&dir, base, "index"), size);
+            let time_index = files::load_time_index(&files::segment_path(&dir, base, "timeindex"));
+            let indexes_ok = index.is_some() && time_index.is_some();
+            seg.index = index.unwrap_or_default();
+            seg.time_index = time_index.unwrap_or_default();
+            seg.index_persisted = seg.index.len();
+            seg.time_index_persisted = seg.time_index.len();
+            seg.max_timestamp = seg.time_index.last().map_or(-1, |t| t.timestamp);
+            seg.max_timestamp_relative = seg.time_index.last().map_or(0, |t| t.relative_offset);
+            seg.created_ms = seg.time_index.first().map(|t| t.timestamp);
+            let trusted = !is_last || clean.is_some();
+            if trusted && indexes_ok {
+                seg.size_bytes = size;
+                seg.bytes_since_index = seg.index.last().map_or(0, |e| size - e.position as u64);
+            } else {
+                // An unclean stop (last segment) or a damaged index (any segment): scan.
+                if !indexes_ok {
+                    seg.index.clear();
+                    seg.time_index.clear();
+                }
+                let outcome = scan_segment(&mut seg, file_len, !trusted, interval).await?;
+                if trusted {
+                    tracing::warn!(dir = %dir.display(), base, "rebuilt a missing or damaged index");
+                    report.rebuilt_indexes.push(base);
+                } else {
+                    report.scanned_segment = Some(base);
+                    report.scanned_from_bytes = outcome.start_position;
+                    report.scanned_bytes = seg.size_bytes - outcome.start_position;
+                    report.scanned_batches = outcome.batches;
+                    report.truncated_bytes = outcome.garbage_bytes;
+                    report.truncated_reason = outcome.reason.clone();
+                    log_end_offset = outcome.next_offset;
+                }
+                if let Some(reason) = &outcome.reason {
+                    tracing::warn!(dir = %dir.display(), base, %reason, "truncating the log at the first invalid batch");
+                }
+                if file_len > seg.size_bytes && (!trusted || outcome.reason.is_some()) {
+                    // Cut torn bytes for good, so a later scan can never revive stale batches
+                    // that happen to line up behind newly written ones.
+                    seg.file.truncate(seg.size_bytes).await?;
+                    seg.file.fdatasync().await?;
+                    seg.allocated_bytes = seg.size_bytes;
+                }
+                seg.created_ms = seg.time_index.first().map(|t| t.timestamp);
+                seg.rewrite_indexes(&dir)?;
+            }
+            if is_last && trusted {
+                log_end_offset = clean.as_ref().map_or(base, |m| m.log_end_offset);
+            }
+            seg.written_bytes = seg.size_bytes;
+            segments.push(seg);
+        }
+        if bases.len() == 1 && segments[0].size_bytes == 0 && segments[0].allocated_bytes == 0 {
+            files::sync_dir(&dir)?;
+        }
+        let log_start_offset = segments[0].base_offset;
+
+        let active = segments.last().expect("one segment");
+        let file_start = align_down(active.size_bytes);
+        let capacity =
+            align_up(config.write_buffer_bytes.max(2 * PAGE_BYTES as usize) as u64) as usize;
+        let mut buf = active.file.alloc_dma_buffer(capacity);
+        let carried = (active.size_bytes - file_start) as usize;
+        if carried > 0 {
+            let page = active.file.read_at(file_start, carried).await?;
+            if page.len() != carried {
+                return Err(LogError::CorruptBatch("short read of the last page".into()));
+            }
+            buf.as_bytes_mut()[..carried].copy_from_slice(&page);
+        }
+        let staging = Staging {
+            buf: Some(buf),
+            capacity,
+            segment_base: active.base_offset,
+            file: active.file.clone(),
+            file_start,
+            len: carried,
+            carried,
+            complete_offset: log_end_offset,
+            complete_total: 0,
+        };
+
+        let mut producers = ProducerStates::default();
+        let snapshot: Option<ProducerSnapshot> =
+            files::read_checked(&dir.join(files::PRODUCER_SNAPSHOT_FILE));
+        let mut replay_from = log_start_offset;
+        if let Some(s) = snapshot {
+            report.producer_snapshot_offset = Some(s.log_end_offset);
+            replay_from = s.log_end_offset.clamp(log_start_offset, log_end_offset);
+            producers = ProducerStates::from_snapshot(s);
+            producers.truncate_from(log_end_offset);
+        }
+
+        let log = Rc::new_cyclic(|me| PartitionLog {
+            me: me.clone(),
+            dir,
+            config: RefCell::new(config),
+            state: RefCell::new(State {
+                segments,
+                cache: VecDeque::new(),
+                cache_bytes: 0,
+                producers,
+            }),
+            staging: RefCell::new(staging),
+            pending: RefCell::new(VecDeque::new()),
+            writes_in_flight: Cell::new(0),
+            append_lock: Semaphore::new(1),
+            write_lock: Semaphore::new(1),
+            syncing: Cell::new(false),
+            log_start_offset: Cell::new(log_start_offset),
+            log_end_offset: Cell::new(log_end_offset),
+            written_offset: Cell::new(log_end_offset),
+            durable_offset: Cell::new(log_end_offset),
+            appended_total: Cell::new(0),
+            written_total: Cell::new(0),
+            durable_total: Cell::new(0),
+            data_event: Event::default(),
+            write_event: Event::default(),
+            sync_event: Event::default(),
+            closed: Cell::new(false),
+            failure: RefCell::new(None),
+        });
+
+        // Producer state: whatever the snapshot does not cover is replayed from headers.
+        let mut offset = replay_from;
+        while offset < log_end_offset {
+            let batches = match log.read_batches(offset, REPLAY_READ_BYTES).await {
+                Ok(batches) => batches,
+                Err(e) => {
+                    // A batch damaged at rest below the scanned tail: reads refuse it too.
+                    tracing::warn!(dir = %log.dir.display(), offset, error = %e, "producer state replay stopped");
+                    break;
+                }
+            };
+            let Some(last) = batches.last() else { break };
+            offset = last.0.last_offset() + 1;
+            let mut st = log.state.borrow_mut();
+            for (h, _) in &batches {
+                st.producers.record(h, h.base_offset());
+            }
+            report.producer_batches_replayed += batches.len() as u64;
+        }
+        report.log_start_offset = log_start_offset;
+        report.log_end_offset = log_end_offset;
+        if report.clean_shutdown {
+            tracing::info!(dir = %log.dir.display(), %report, "opened log");
+        } else {
+            tracing::warn!(dir = %log.dir.display(), %report, "recovered log");
+        }
+        Ok((log, report))
+    }
+
+    fn check_usable(&self) -> Result<(), LogError> {
+        if let Some(f) = &*self.failure.borrow() {
+            return Err(LogError::Failed(f.clone()));
+        }
+        if self.closed.get() {
+            return Err(LogError::Closed);
+        }
+        Ok(())
+    }
+
+    fn fail(&self, e: &LogError) {
+        tracing::error!(dir = %self.dir.display(), error = %e, "log write failed; refusing further appends");
+        self.failure
+            .borrow_mut()
+            .get_or_insert_with(|| e.to_string());
+        self.write_event.notify();
+        self.sync_event.notify();
+    }
+
+    /// Validates and appends one or more concatenated RecordBatch v2 (a Produce partition's
+    /// records field), assigning consecutive offsets. See the module doc for the write path.
+    pub async fn append(&self, batches: Bytes, now_ms: i64) -> Result<AppendInfo, LogError> {
+        let max_batch_bytes = self.config.borrow().max_batch_bytes as usize;
+        let parsed = batch::validate_all(&batches, max_batch_bytes)?;
+        let _permit = self
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        self.check_usable()?;
+        let headers: Vec<BatchHeader> = parsed.iter().map(|p| p.1).collect();
+        let checks = self.state.borrow().producers.check_all(&headers)?;
+        let duplicates: Vec<(i64, i64)> = checks
+            .iter()
+            .filter_map(|c| match c {
+                SequenceCheck::Duplicate {
+                    base_offset,
+                    last_offset,
+                } => Some((*base_offset, *last_offset)),
+                SequenceCheck::Fresh => None,
+            })
+            .collect();
+        if !duplicates.is_empty() {
+            if duplicates.len() == checks.len() {
+                return Ok(AppendInfo {
+                    base_offset: duplicates[0].0,
+                    last_offset: duplicates[duplicates.len() - 1].1,
+                    log_append_time_ms: -1,
+                    log_start_offset: self.log_start_offset.get(),
+                    duplicate: true,
+                });
+            }
+            let h = headers[checks
+                .iter()
+                .position(|c| *c != SequenceCheck::Fresh)
+                .expect("one")];
+            return Err(LogError::DuplicateSequence {
+                producer_id: h.producer_id(),
+                base_sequence: h.base_sequence(),
+            });
+        }
+        let records: i64 = headers
+            .iter()
+            .map(|h| h.last_offset_delta() as i64 + 1)
+            .sum();
+        if self.should_roll(batches.len() as u64, records, now_ms) {
+            self.roll().await.inspect_err(|e| self.fail(e))?;
+        }
+        let base_offset = self.log_end_offset.get();
+        let interval = self.config.borrow().index_interval_bytes.max(1) as u64;
+        for (at, header) in parsed {
+            let size = header.total_bytes();
+            let offset = self.log_end_offset.get();
+            let stamped = header.with_base_offset(offset);
+            let offset_chunk = Bytes::copy_from_slice(&offset.to_be_bytes());
+            let body = batches.slice(at + 8..at + size);
+            self.copy_into_staging(&offset_chunk).await?;
+            self.copy_into_staging(&body).await?;
+            let next = stamped.last_offset() + 1;
+            let total = self.appended_total.get() + size as u64;
+            {
+                let mut st = self.state.borrow_mut();
+                let st = &mut *st;
+                let seg = st.segments.last_mut().expect("active segment");
+                let position = seg.size_bytes;
+                if seg.size_bytes == 0 {
+                    seg.created_ms = Some(now_ms);
+                }
+                seg.note_batch(position, &stamped, interval);
+                st.producers.record(&stamped, offset);
+                st.cache.push_back(CachedBatch {
+                    header: stamped,
+                    segment_base: seg.base_offset,
+                    end_position: position + size as u64,
+                    offset_chunk,
+                    body,
+                });
+                st.cache_bytes += size;
+            }
+            let mut staging = self.staging.borrow_mut();
+            staging.complete_offset = next;
+            staging.complete_total = total;
+            self.appended_total.set(total);
+            self.log_end_offset.set(next);
+        }
+        self.evict_cache();
+        self.data_event.notify();
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: self.log_end_offset.get() - 1,
+            log_append_time_ms: -1,
+            log_start_offset: self.log_start_offset.get(),
+            duplicate: false,
+        })
+    }
+
+    fn should_roll(&self, bytes: u64, records: i64, now_ms: i64) -> bool {
+        let config = self.config.borrow();
+        let st = self.state.borrow();
+        let seg = st.segments.last().expect("active segment");
+        if seg.size_bytes == 0 {
+            return false;
+        }
+        let segment_bytes = config.segment_bytes.min(SEGMENT_BYTES_MAX);
+        seg.size_bytes + bytes > segment_bytes
+            || seg
+                .created_ms
+                .is_some_and(|c| now_ms.saturating_sub(c) >= config.segment_ms as i64)
+            || self.log_end_offset.get() + records - seg.base_offset > u32::MAX as i64
+    }
+
+    /// Copies bytes into the staging buffer, sealing and handing off full buffers.
+    async fn copy_into_staging(&self, mut rest: &[u8]) -> Result<(), LogError> {
+        while !rest.is_empty() {
+            let full = {
+                let mut st = self.staging.borrow_mut();
+                let st = &mut *st;
+                let n = (st.capacity - st.len).min(rest.len());
+                let buf = st.buf.as_mut().expect("staging buffer");
+                buf.as_bytes_mut()[st.len..st.len + n].copy_from_slice(&rest[..n]);
+                st.len += n;
+                rest = &rest[n..];
+                st.len == st.capacity
+            };
+            if full {
+                // Backpressure: a second full buffer waits for the first one's write.
+                while self.writes_in_flight.get() > 0 {
+                    self.check_usable()?;
+                    self.write_event.listen().await;
+                }
+                self.check_usable()?;
+                self.seal();
+                self.spawn_writer();
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the staging buffer's new bytes to the write queue and starts a fresh buffer
+    /// holding the partially filled last page. Returns false when there was nothing new.
+    fn seal(&self) -> bool {
+        let mut st = self.staging.borrow_mut();
+        if st.len == st.carried {
+            return false;
+        }
+        let len = st.len;
+        let aligned = align_up(len as u64) as usize;
+        let mut old = st.buf.take().expect("staging buffer");
+        old.as_bytes_mut()[len..aligned].fill(0);
+        let partial_start = align_down(len as u64) as usize;
+        let partial = len - partial_start;
+        let mut fresh = st.file.alloc_dma_buffer(st.capacity);
+        fresh.as_bytes_mut()[..partial].copy_from_slice(&old.as_bytes()[partial_start..len]);
+        old.trim_to_size(aligned);
+        self.pending.borrow_mut().push_back(PendingWrite {
+            buf: old,
+            file: st.file.clone(),
+            segment_base: st.segment_base,
+            file_start: st.file_start,
+            end_position: st.file_start + len as u64,
+            covered_offset: st.complete_offset,
+            covered_total: st.complete_total,
+        });
+        self.writes_in_flight.set(self.writes_in_flight.get() + 1);
+        st.buf = Some(fresh);
+        st.file_start += partial_start as u64;
+        st.len = partial;
+        st.carried = partial;
+        true
+    }
+
+    fn spawn_writer(&self) {
+        if let Some(me) = self.me.upgrade() {
+            glommio::spawn_local(async move {
+                // Errors are recorded in `failure` and reported to the next caller.
+                let _ = me.drain_writes().await;
+            })
+            .detach();
+        }
+    }
+
+    /// Writes every sealed buffer in order, one at a time.
+    async fn drain_writes(&self) -> Result<(), LogError> {
+        let _permit = self
+            .write_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        loop {
+            let Some(w) = self.pending.borrow_mut().pop_front() else {
+                break;
+            };
+            let result = self.write_one(w).await;
+            self.writes_in_flight.set(self.writes_in_flight.get() - 1);
+            self.write_event.notify();
+            if let Err(e) = result {
+                self.fail(&e);
+                return Err(e);
+            }
+        }
+        self.evict_cache();
+        match &*self.failure.borrow() {
+            Some(f) => Err(LogError::Failed(f.clone())),
+            None => Ok(()),
+        }
+    }
+
+    async fn write_one(&self, w: PendingWrite) -> Result<(), LogError> {
+        self.check_failed()?;
+        let len = w.buf.len();
+        let end = w.file_start + len as u64;
+        let grow = {
+            let st = self.state.borrow();
+            let step = self.config.borrow().preallocate_bytes.max(PAGE_BYTES);
+            st.segments
+                .iter()
+                .find(|s| s.base_offset == w.segment_base)
+                .filter(|s| end > s.allocated_bytes)
+                .map(|s| align_up(end.max(s.allocated_bytes + step)))
+        };
+        if let Some(target) = grow {
+            // keep_size = false: the size is set once per step, so fdatasync after a write
+            // inside the preallocated range has no file size to journal.
+            w.file.pre_allocate(target, false).await?;
+        }
+        let written = w.file.write_at(w.buf, w.file_start).await?;
+        if written != len {
+            return Err(LogError::Io(std::io::Error::other(format!(
+                "short write: {written} of {len} bytes"
+            ))));
+        }
+        let mut st = self.state.borrow_mut();
+        if let Some(seg) = st
+            .segments
+            .iter_mut()
+            .find(|s| s.base_offset == w.segment_base)
+        {
+            seg.written_bytes = seg.written_bytes.max(w.end_position);
+            if let Some(target) = grow {
+                seg.allocated_bytes = target;
+            }
+        }
+        self.written_offset
+            .set(self.written_offset.get().max(w.covered_offset));
+        self.written_total
+            .set(self.written_total.get().max(w.covered_total));
+        Ok(())
+    }
+
+    fn check_failed(&self) -> Result<(), LogError> {
+        match &*self.failure.borrow() {
+            Some(f) => Err(LogError::Failed(f.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Drops cached batches beyond `tail_cache_bytes`, oldest first, but only those already
+    /// on the device: unwritten batches have no other copy a reader could use.
+    fn evict_cache(&self) {
+        let limit = self.config.borrow().tail_cache_bytes;
+        let mut st = self.state.borrow_mut();
+        let st = &mut *st;
+        let active = st.segments.last().expect("active segment");
+        let (active_base, written) = (active.base_offset, active.written_bytes);
+        while st.cache_bytes > limit {
+            let Some(front) = st.cache.front() else { break };
+            if front.segment_base == active_base && front.end_position > written {
+                break;
+            }
+            st.cache_bytes -= front.header.total_bytes();
+            st.cache.pop_front();
+        }
+    }
+
+    /// Rolls to a new segment at the log end: the old one is written, synced, trimmed to
+    /// its data and gets its final indexes; the caller holds the append lock.
+    async fn roll(&self) -> Result<(), LogError> {
+        self.drain_writes().await?;
+        self.seal();
+        self.drain_writes().await?;
+        self.sync_written().await?;
+        let (old_file, old_size) = {
+            let st = self.state.borrow();
+            let seg = st.segments.last().expect("active segment");
+            (seg.file.clone(), seg.size_bytes)
+        };
+        old_file.truncate(old_size).await?;
+        old_file.fdatasync().await?;
+        {
+            let mut st = self.state.borrow_mut();
+            let seg = st.segments.last_mut().expect("active segment");
+            seg.allocated_bytes = old_size;
+            seg.finish_time_index();
+            seg.persist_indexes(&self.dir)?;
+        }
+        let base = self.log_end_offset.get();
+        let file = Rc::new(open_segment_file(&files::segment_path(&self.dir, base, "log")).await?);
+        std::fs::File::create(files::segment_path(&self.dir, base, "index"))?;
+        std::fs::File::create(files::segment_path(&self.dir, base, "timeindex"))?;
+        files::sync_dir(&self.dir)?;
+        let capacity = align_up(
+            self.config
+                .borrow()
+                .write_buffer_bytes
+                .max(2 * PAGE_BYTES as usize) as u64,
+        ) as usize;
+        let buf = file.alloc_dma_buffer(capacity);
+        {
+            let mut st = self.state.borrow_mut();
+            st.segments.push(Segment::new(base, file.clone(), 0));
+            let producers = st.producers.to_snapshot(base);
+            drop(st);
+            files::write_atomic(
+                &self.dir,
+                files::PRODUCER_SNAPSHOT_FILE,
+                &files::encode_checked(&producers),
+            )?;
+        }
+        let mut staging = self.staging.borrow_mut();
+        let complete_total = staging.complete_total;
+        *staging = Staging {
+            buf: Some(buf),
+            capacity,
+            segment_base: base,
+            file,
+            file_start: 0,
+            len: 0,
+            carried: 0,
+            complete_offset: base,
+            complete_total,
+        };
+        Ok(())
+    }
+
+    /// fdatasyncs the active file until everything written so far is durable; callers that
+    /// arrive during a sync wait for it and then share the next one (group commit).
+    async fn sync_written(&self) -> Result<i64, LogError> {
+        let target = self.written_offset.get();
+        loop {
+            self.check_failed()?;
+            if self.durable_offset.get() >= target {
+                return Ok(self.durable_offset.get());
+            }
+            if self.syncing.get() {
+                self.sync_event.listen().await;
+                continue;
+            }
+            self.syncing.set(true);
+            let covered = self.written_offset.get();
+            let covered_total = self.written_total.get();
+            let file = self
+                .state
+                .borrow()
+                .segments
+                .last()
+                .expect("active segment")
+                .file
+                .clone();
+            let result = file.fdatasync().await;
+            self.syncing.set(false);
+            if result.is_ok() {
+                self.durable_offset
+                    .set(self.durable_offset.get().max(covered));
+                self.durable_total
+                    .set(self.durable_total.get().max(covered_total));
+            }
+            self.sync_event.notify();
+            if let Err(e) = result {
+                let e = LogError::from(e);
+                self.fail(&e);
+                return Err(e);
+            }
+        }
+    }
+
+    /// Writes out everything buffered and fdatasyncs; returns the new durable offset.
+    /// Concurrent callers share one sync (group commit).
+    pub async fn flush(&self) -> Result<i64, LogError> {
+        self.check_failed()?;
+        if self.closed.get() {
+            return Ok(self.durable_offset.get());
+        }
+        self.drain_writes().await?;
+        self.seal();
+        self.drain_writes().await?;
+        let durable = self.sync_written().await?;
+        // Index entries go to the page cache after the data they point to is durable.
+        self.state
+            .borrow_mut()
+            .segments
+            .last_mut()
+            .expect("active segment")
+            .persist_indexes(&self.dir)?;
+        Ok(durable)
+    }
+
+    /// Whole batches from the one containing `offset`, up to `max_bytes` but at least one
+    /// batch (KIP-74). `offset == log_end_offset` gives no chunks.
+    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, LogError> {
+        let batches = self.read_batches(offset, max_bytes).await?;
+        let mut out = ReadResult {
+            chunks: Vec::with_capacity(batches.len() * 2),
+            bytes: 0,
+            log_start_offset: self.log_start_offset.get(),
+            log_end_offset: self.log_end_offset.get(),
+        };
+        for (_, chunks) in batches {
+            for c in chunks {
+                out.bytes += c.len();
+                out.chunks.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn read_batches(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<(BatchHeader, Vec<Bytes>)>, LogError> {
+        if self.closed.get() {
+            return Err(LogError::Closed);
+        }
+        let (start, end) = (self.log_start_offset.get(), self.log_end_offset.get());
+        if offset < start || offset > end {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                start,
+                end,
+            });
+        }
+        if offset == end {
+            return Ok(Vec::new());
+        }
+        if let Some(hit) = self.read_cache(offset, max_bytes) {
+            return Ok(hit);
+        }
+        self.read_disk(offset, max_bytes).await
+    }
+
+    fn read_cache(&self, offset: i64, max_bytes: usize) -> Option<Vec<(BatchHeader, Vec<Bytes>)>> {
+        let st = self.state.borrow();
+        if st
+            .cache
+            .front()
+            .is_none_or(|b| b.header.base_offset() > offset)
+        {
+            return None;
+        }
+        let first = st
+            .cache
+            .partition_point(|b| b.header.last_offset() < offset);
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for b in st.cache.range(first..) {
+            let size = b.header.total_bytes();
+            if !out.is_empty() && bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
+            out.push((b.header, vec![b.offset_chunk.clone(), b.body.clone()]));
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Some(out)
+    }
+
+    /// Reads whole batches of one segment from the device, checking each CRC so that a
+    /// batch damaged at rest is never returned. Copies into heap `Bytes` because glommio's
+    /// read buffers are shard-local.
+    async fn read_disk(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<(BatchHeader, Vec<Bytes>)>, LogError> {
+        let (file, mut expected, mut pos, disk_end) = {
+            let st = self.state.borrow();
+            let i = st.segments.partition_point(|s| s.base_offset <= offset);
+            let Some(i) = i.checked_sub(1) else {
+                return Ok(Vec::new());
+            };
+            let seg = &st.segments[i];
+            let (entry_offset, position) = seg.lookup(offset);
+            let disk_end = if i + 1 == st.segments.len() {
+                seg.written_bytes.min(seg.size_bytes)
+            } else {
+                seg.size_bytes
+            };
+            (seg.file.clone(), entry_offset, position, disk_end)
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut buf = None;
+        while pos + BATCH_HEADER_BYTES as u64 <= disk_end {
+            // One read should cover the whole answer: what is left of max_bytes, bounded.
+            let hint = max_bytes
+                .saturating_sub(bytes)
+                .clamp(DISK_READ_CHUNK_BYTES, DISK_READ_BYTES_MAX);
+            if !ensure_read(&file, &mut buf, pos, BATCH_HEADER_BYTES, hint, disk_end).await? {
+                break;
+            }
+            let corrupt = |msg: String| -> Result<Vec<(BatchHeader, Vec<Bytes>)>, LogError> {
+                Err(LogError::CorruptBatch(msg))
+            };
+            let h = match BatchHeader::parse(slice_of(&buf, pos, BATCH_HEADER_BYTES)) {
+                Ok(h) if h.base_offset() == expected => h,
+                Ok(h) if out.is_empty() => {
+                    return corrupt(format!(
+                        "batch at byte {pos} has offset {} instead of {expected}",
+                        h.base_offset()
+                    ))
+                }
+                Err(e) if out.is_empty() => return corrupt(format!("batch at byte {pos}: {e}")),
+                _ => break,
+            };
+            let size = h.total_bytes();
+            if pos + size as u64 > disk_end {
+                break;
+            }
+            expected = h.last_offset() + 1;
+            if h.last_offset() < offset {
+                pos += size as u64;
+                continue;
+            }
+            if !out.is_empty() && bytes + size > max_bytes {
+                break;
+            }
+            let hint = max_bytes
+                .saturating_sub(bytes)
+                .clamp(DISK_READ_CHUNK_BYTES, DISK_READ_BYTES_MAX);
+            ensure_read(&file, &mut buf, pos, size, hint, disk_end).await?;
+            let slice = slice_of(&buf, pos, size);
+            if !batch::crc_matches(slice, h.crc()) {
+                if out.is_empty() {
+                    return corrupt(format!("batch at byte {pos} fails its CRC-32C"));
+                }
+                break;
+            }
+            out.push((h, vec![Bytes::copy_from_slice(slice)]));
+            bytes += size;
+            pos += size as u64;
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Offset of the log's first batch.
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset.get()
+    }
+
+    /// Next offset to be assigned.
+    pub fn log_end_offset(&self) -> i64 {
+        self.log_end_offset.get()
+    }
+
+    /// Offsets below this are fsynced.
+    pub fn durable_offset(&self) -> i64 {
+        self.durable_offset.get()
+    }
+
+    /// Bytes appended but not yet durable.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.appended_total.get() - self.durable_total.get()
+    }
+
+    /// True once `close` or `delete` ran.
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    /// The partition directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A copy of the current settings.
+    pub fn config(&self) -> LogConfig {
+        self.config.borrow().clone()
+    }
+
+    /// First batch whose max timestamp is at or after `ts_ms`, as (base offset, max
+    /// timestamp), found through the time index.
+    pub async fn offset_for_timestamp(&self, ts_ms: i64) -> Result<Option<(i64, i64)>, LogError> {
+        let mut offset = {
+            let st = self.state.borrow();
+            let Some(seg) = st
+                .segments
+                .iter()
+                .find(|s| s.size_bytes > 0 && s.max_timestamp >= ts_ms)
+            else {
+                return Ok(None);
+            };
+            let at = seg.time_index.partition_point(|t| t.timestamp < ts_ms);
+            match at.checked_sub(1) {
+                Some(i) => seg.base_offset + seg.time_index[i].relative_offset as i64,
+                None => seg.base_offset,
+            }
+        };
+        loop {
+            offset = offset.max(self.log_start_offset.get());
+            if offset >= self.log_end_offset.get() {
+                return Ok(None);
+            }
+            let batches = self.read_batches(offset, TIME_LOOKUP_READ_BYTES).await?;
+            let Some(last) = batches.last() else {
+                return Ok(None);
+            };
+            if let Some((h, _)) = batches.iter().find(|(h, _)| h.max_timestamp() >= ts_ms) {
+                return Ok(Some((h.base_offset(), h.max_timestamp())));
+            }
+            offset = last.0.last_offset() + 1;
+        }
+    }
+
+    /// Resolves true once `log_end_offset > offset`, false at the deadline or on close.
+    pub async fn wait_for_data(&self, offset: i64, deadline: Instant) -> bool {
+        loop {
+            if self.log_end_offset.get() > offset {
+                return true;
+            }
+            let now = Instant::now();
+            if self.closed.get() || now >= deadline {
+                return false;
+            }
+            let listen = self.data_event.listen();
+            let timed_out = futures_lite::future::or(
+                async {
+                    listen.await;
+                    false
+                },
+                async {
+                    glommio::timer::sleep(deadline - now).await;
+                    true
+                },
+            )
+            .await;
+            if timed_out {
+                return self.log_end_offset.get() > offset;
+            }
+        }
+    }
+
+    /// Deletes whole segments (never the active one) older than `retention_ms` or beyond
+    /// `retention_bytes`, oldest first; returns how many were deleted.
+    pub async fn apply_retention(&self, now_ms: i64) -> Result<usize, LogError> {
+        self.check_usable()?;
+        let config = self.config.borrow().clone();
+        let deleted: Vec<Segment> = {
+            let mut st = self.state.borrow_mut();
+            let mut total: u64 = st.segments.iter().map(|s| s.size_bytes).sum();
+            let mut count = 0;
+            for seg in &st.segments[..st.segments.len() - 1] {
+                let by_time = config.retention_ms >= 0
+                    && now_ms.saturating_sub(seg.max_timestamp) > config.retention_ms;
+                let by_size = config.retention_bytes >= 0
+                    && total - seg.size_bytes >= config.retention_bytes as u64;
+                if !(by_time || by_size) {
+                    break;
+                }
+                total -= seg.size_bytes;
+                count += 1;
+            }
+            let deleted: Vec<Segment> = st.segments.drain(..count).collect();
+            if count > 0 {
+                let start = st.segments[0].base_offset;
+                while st
+                    .cache
+                    .front()
+                    .is_some_and(|b| b.header.base_offset() < start)
+                {
+                    let b = st.cache.pop_front().expect("front");
+                    st.cache_bytes -= b.header.total_bytes();
+                }
+                self.log_start_offset.set(start);
+            }
+            deleted
+        };
+        for seg in &deleted {
+            tracing::info!(dir = %self.dir.display(), base = seg.base_offset, "retention deletes segment");
+            for ext in ["log", "index", "timeindex"] {
+                match std::fs::remove_file(files::segment_path(&self.dir, seg.base_offset, ext)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+            }
+        }
+        if !deleted.is_empty() {
+            files::sync_dir(&self.dir)?;
+        }
+        Ok(deleted.len())
+    }
+
+    /// Replaces the settings; size limits apply from the next append or roll.
+    pub fn set_config(&self, config: LogConfig) {
+        *self.config.borrow_mut() = config;
+        self.evict_cache();
+    }
+
+    /// Flushes, syncs, persists indexes and producer state, and leaves a clean-shutdown
+    /// marker so that the next open needs no scan.
+    pub async fn close(&self) -> Result<(), LogError> {
+        if self.closed.get() {
+            return Ok(());
+        }
+        let _permit = self
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        if self.closed.get() {
+            return Ok(());
+        }
+        let result = self.close_locked().await;
+        self.closed.set(true);
+        self.data_event.notify();
+        self.sync_event.notify();
+        self.write_event.notify();
+        result
+    }
+
+    async fn close_locked(&self) -> Result<(), LogError> {
+        self.flush().await?;
+        let log_end_offset = self.log_end_offset.get();
+        let (marker, snapshot) = {
+            let mut st = self.state.borrow_mut();
+            let seg = st.segments.last_mut().expect("active segment");
+            seg.finish_time_index();
+            seg.persist_indexes(&self.dir)?;
+            let marker = CleanShutdown {
+                active_base_offset: seg.base_offset,
+                active_size_bytes: seg.size_bytes,
+                log_end_offset,
+            };
+            (marker, st.producers.to_snapshot(log_end_offset))
+        };
+        files::write_atomic(
+            &self.dir,
+            files::PRODUCER_SNAPSHOT_FILE,
+            &files::encode_checked(&snapshot),
+        )?;
+        files::write_atomic(
+            &self.dir,
+            files::CLEAN_SHUTDOWN_FILE,
+            &files::encode_checked(&marker),
+        )?;
+        Ok(())
+    }
+
+    /// Closes the log and removes its directory.
+    pub async fn delete(&self) -> Result<(), LogError> {
+        let closed = self.close().await;
+        if let Err(e) = &closed {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "close before delete failed");
+        }
+        self.closed.set(true);
+        std::fs::remove_dir_all(&self.dir)?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn cache_bytes(&self) -> usize {
+        self.state.borrow().cache_bytes
+    }
+
+    #[cfg(test)]
+    pub(crate) fn segment_bases(&self) -> Vec<i64> {
+        self.state
+            .borrow()
+            .segments
+            .iter()
+            .map(|s| s.base_offset)
+            .collect()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn producer_count(&self) -> usize {
+        self.state.borrow().producers.len()
+    }
+
+    /// Simulates a process crash at a quiet point: writes already handed to the device
+    /// complete, the staging buffer is lost, and no clean-shutdown marker is left.
+    #[cfg(test)]
+    pub(crate) async fn crash(&self) {
+        let _permit = self.append_lock.acquire_permit(1).await.expect("lock");
+        let _ = self.drain_writes().await;
+        self.closed.set(true);
+        self.data_event.notify();
+    }
+}

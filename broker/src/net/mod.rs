@@ -1,0 +1,239 @@
+//! Connections: framing, pipelining with in-order responses, and backpressure.
+//!
+//! Each connection runs two tasks on its shard. The reader splits the byte stream into
+//! frames (zero-copy `Bytes` slices of one read buffer), starts a handler task per request,
+//! and queues the handler in a bounded channel. The writer takes handlers in request order,
+//! waits for each, and writes every response that is ready with one vectored send.
+//!
+//! Limits, each named in the config: `max_frame_bytes` (a larger or negative size closes the
+//! connection before anything is allocated for it), `max_inflight_requests` (the queue
+//! bound: the reader stops reading the socket when it is full), `max_buffered_bytes_per_shard`
+//! (request bytes held by a shard across connections: a semaphore of bytes, released when the
+//! response is written), and `idle_timeout_ms`.
+
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver};
+use glommio::net::TcpStream;
+use glommio::sync::{Semaphore, StaticPermit};
+use glommio::Task;
+
+use crate::protocol::{self, Reply};
+use crate::shard::Shard;
+
+/// Bytes read from the socket per read call when no larger frame is pending.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Most iovecs handed to one sendmsg (Linux allows 1024).
+const IOVECS_PER_SEND_MAX: usize = 256;
+
+/// A request being handled, with the share of the shard's buffer budget it holds.
+struct Pending {
+    task: Task<Reply>,
+    _budget: StaticPermit,
+}
+
+/// Serve one accepted connection until the peer closes it or it misbehaves.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, budget: Rc<Semaphore>) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let _ = stream.set_nodelay(true);
+    let idle = Duration::from_millis(shard.config.idle_timeout_ms);
+    let _ = stream.set_read_timeout(Some(idle));
+    // A second handle on the same socket for the writer, so reading and writing need no lock.
+    let write_fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    if write_fd < 0 {
+        tracing::warn!(%peer, "dup failed: {}", std::io::Error::last_os_error());
+        return;
+    }
+    let writer = unsafe { TcpStream::from_raw_fd(write_fd) };
+    let (queue, handlers) = local_channel::new_bounded(shard.config.max_inflight_requests);
+    let writer_task = glommio::spawn_local(write_loop(writer, handlers));
+    let outcome = read_loop(&shard, stream, &budget, queue).await;
+    if let Err(why) = &outcome {
+        tracing::info!(%peer, "closing connection: {why}");
+    }
+    if let Err(why) = writer_task.await {
+        tracing::info!(%peer, "closing connection: {why}");
+    }
+}
+
+async fn read_loop(
+    shard: &Rc<Shard>,
+    mut stream: TcpStream,
+    budget: &Rc<Semaphore>,
+    queue: local_channel::LocalSender<Pending>,
+) -> Result<(), String> {
+    let max_frame_bytes = shard.config.max_frame_bytes;
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    loop {
+        // Hand every complete frame in the buffer to a handler.
+        while buf.len() >= 4 {
+            let size = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            if size < 0 || size as usize > max_frame_bytes {
+                return Err(format!("frame size {size} outside 0..={max_frame_bytes}"));
+            }
+            let size = size as usize;
+            if buf.len() < 4 + size {
+                buf.reserve(4 + size - buf.len());
+                break;
+            }
+            if shard.is_shutting_down() {
+                return Err("broker is shutting down".into());
+            }
+            buf.advance(4);
+            let frame = buf.split_to(size).freeze();
+            let permit = budget
+                .acquire_static_permit(size.max(1) as u64)
+                .await
+                .map_err(|e| format!("buffer budget closed: {e}"))?;
+            let handler = shard.clone();
+            handler
+                .requests_in_flight
+                .set(handler.requests_in_flight.get() + 1);
+            let task = glommio::spawn_local(async move {
+                let reply = protocol::handle(&handler, frame).await;
+                handler
+                    .requests_in_flight
+                    .set(handler.requests_in_flight.get() - 1);
+                reply
+            });
+            if queue
+                .send(Pending {
+                    task,
+                    _budget: permit,
+                })
+                .await
+                .is_err()
+            {
+                return Err("writer stopped".into());
+            }
+        }
+        let start = buf.len();
+        let want = buf.capacity().saturating_sub(start).max(READ_CHUNK_BYTES);
+        buf.resize(start + want, 0);
+        let read = stream.read(&mut buf[start..]).await;
+        match read {
+            Ok(0) => {
+                buf.truncate(start);
+                return if buf.is_empty() {
+                    Ok(())
+                } else {
+                    Err("peer closed mid-frame".into())
+                };
+            }
+            Ok(n) => buf.truncate(start + n),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(format!("idle for {} ms", shard.config.idle_timeout_ms))
+            }
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+async fn write_loop(mut writer: TcpStream, handlers: LocalReceiver<Pending>) -> Result<(), String> {
+    let mut next: Option<Pending> = None;
+    loop {
+        let first = match next.take() {
+            Some(p) => p,
+            None => match handlers.recv().await {
+                Some(p) => p,
+                None => return Ok(()),
+            },
+        };
+        let mut out: Vec<Bytes> = Vec::new();
+        let mut done = vec![];
+        let mut close: Option<String> = None;
+        let reply = first.task.await;
+        done.push(first._budget);
+        collect(reply, &mut out, &mut close);
+        // Coalesce responses that are already finished into the same send.
+        while close.is_none() && out.len() < IOVECS_PER_SEND_MAX {
+            let Some(Some(mut pending)) = futures_lite::future::poll_once(handlers.recv()).await
+            else {
+                break;
+            };
+            match futures_lite::future::poll_once(&mut pending.task).await {
+                Some(reply) => {
+                    done.push(pending._budget);
+                    collect(reply, &mut out, &mut close);
+                }
+                None => {
+                    next = Some(pending);
+                    break;
+                }
+            }
+        }
+        if !out.is_empty() {
+            send_all(&mut writer, out)
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+        }
+        drop(done);
+        if let Some(why) = close {
+            let _ = writer.shutdown(std::net::Shutdown::Both).await;
+            return Err(why);
+        }
+    }
+}
+
+fn collect(reply: Reply, out: &mut Vec<Bytes>, close: &mut Option<String>) {
+    match reply {
+        Reply::Frame(chunks) => out.extend(chunks.into_iter().filter(|c| !c.is_empty())),
+        Reply::None => {}
+        Reply::Close(why) => *close = Some(why),
+    }
+}
+
+/// Write every chunk: one non-blocking vectored send for as much as the socket takes, then
+/// the executor's own (waiting) writes for the rest.
+async fn send_all(writer: &mut TcpStream, mut chunks: Vec<Bytes>) -> std::io::Result<()> {
+    let fd = writer.as_raw_fd();
+    let mut first = 0;
+    while first < chunks.len() {
+        let end = (first + IOVECS_PER_SEND_MAX).min(chunks.len());
+        let sent = match send_vectored_nonblocking(fd, &chunks[first..end]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        let mut left = sent;
+        while first < end && left >= chunks[first].len() {
+            left -= chunks[first].len();
+            first += 1;
+        }
+        if first < end {
+            chunks[first].advance(left);
+            // The socket is full: let the executor wait for room for this chunk.
+            writer.write_all(&chunks[first]).await?;
+            first += 1;
+        }
+    }
+    Ok(())
+}
+
+fn send_vectored_nonblocking(fd: RawFd, chunks: &[Bytes]) -> std::io::Result<usize> {
+    let slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+    let msg = libc::msghdr {
+        msg_name: std::ptr::null_mut(),
+        msg_namelen: 0,
+        msg_iov: slices.as_ptr() as *mut libc::iovec,
+        msg_iovlen: slices.len(),
+        msg_control: std::ptr::null_mut(),
+        msg_controllen: 0,
+        msg_flags: 0,
+    };
+    // SAFETY: msg points at `slices`, which outlive the call; IoSlice is ABI-compatible with iovec.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}

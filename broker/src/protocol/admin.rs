@@ -1,0 +1,463 @@
+//! Admin APIs: CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs, AlterConfigs,
+//! IncrementalAlterConfigs, and InitProducerId. Every catalog change runs on the controller
+//! (shard 0), which persists it and pushes it to every shard before answering.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as IncrementalResult;
+use kafka_protocol::messages::{
+    AlterConfigsRequest, AlterConfigsResponse, CreatePartitionsRequest, CreatePartitionsResponse,
+    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse, InitProducerIdRequest, InitProducerIdResponse, ProducerId,
+    TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use uuid::Uuid;
+
+use super::{codes, decode_body, encode_response, Reply, Request};
+use crate::catalog::TOPIC_CONFIG_NAMES;
+use crate::shard::ops::NewTopic;
+use crate::shard::Shard;
+
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+const SOURCE_TOPIC: i8 = 1;
+const SOURCE_STATIC_BROKER: i8 = 4;
+const TYPE_STRING: i8 = 2;
+const TYPE_INT: i8 = 3;
+const TYPE_LONG: i8 = 5;
+const TYPE_LIST: i8 = 7;
+
+fn str_bytes(text: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(text.into())
+}
+
+pub async fn handle_create_topics(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
+    let body: CreateTopicsRequest = decode_body(request)?;
+    let mut new_topics = Vec::new();
+    let mut results: Vec<CreatableTopicResult> = Vec::with_capacity(body.topics.len());
+    for topic in &body.topics {
+        let name = topic.name.0.to_string();
+        let mut result = CreatableTopicResult::default().with_name(topic.name.clone());
+        // One node: replication factor -1 (broker default) or 1 only.
+        if topic.replication_factor != -1 && topic.replication_factor != 1 {
+            result.error_code = codes::INVALID_REPLICATION_FACTOR;
+            result.error_message = Some(str_bytes(format!(
+                "replication factor {} is larger than the 1 available broker",
+                topic.replication_factor
+            )));
+        } else if !topic.assignments.is_empty() {
+            result.error_code = codes::INVALID_REQUEST;
+            result.error_message = Some(str_bytes("manual replica assignment is not supported"));
+        }
+        let partitions = if topic.num_partitions == -1 {
+            shard.config.num_partitions
+        } else {
+            topic.num_partitions
+        };
+        let mut configs = Vec::new();
+        for c in &topic.configs {
+            if let Some(v) = &c.value {
+                configs.push((c.name.to_string(), v.to_string()));
+            }
+        }
+        if request.version >= 5 {
+            result.num_partitions = partitions;
+            result.replication_factor = 1;
+        }
+        if result.error_code == codes::NONE {
+            new_topics.push((
+                results.len(),
+                NewTopic {
+                    name,
+                    partitions,
+                    configs,
+                },
+            ));
+        }
+        results.push(result);
+    }
+    let validate_only = body.validate_only;
+    let (indexes, topics): (Vec<usize>, Vec<NewTopic>) = new_topics.into_iter().unzip();
+    if !topics.is_empty() {
+        let outcomes = shard
+            .call(0, move |c| async move {
+                c.create_topics(topics, validate_only).await
+            })
+            .await
+            .map_err(|_| "controller gone".to_string())?;
+        for (i, (code, message)) in indexes.into_iter().zip(outcomes) {
+            results[i].error_code = code;
+            results[i].error_message = message.map(str_bytes);
+        }
+    }
+    let catalog = shard.catalog();
+    for result in &mut results {
+        if let Some(topic) = catalog.topics.get(result.name.0.as_str()) {
+            if result.error_code == codes::NONE && request.version >= 7 {
+                result.topic_id = Uuid::from_bytes(topic.id);
+            }
+        }
+        if result.error_code != codes::NONE && request.version >= 5 {
+            result.num_partitions = -1;
+            result.replication_factor = -1;
+        }
+    }
+    Ok(encode_response(
+        request,
+        &CreateTopicsResponse::default().with_topics(results),
+    ))
+}
+
+pub async fn handle_delete_topics(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
+    let body: DeleteTopicsRequest = decode_body(request)?;
+    // v6 names topics in `topics` (by name or id); earlier versions in `topic_names`.
+    let catalog = shard.catalog();
+    let mut names: Vec<Option<String>> = body
+        .topic_names
+        .iter()
+        .map(|n| Some(n.0.to_string()))
+        .collect();
+    let mut ids = vec![Uuid::nil(); names.len()];
+    for t in &body.topics {
+        let name = match &t.name {
+            Some(name) => Some(name.0.to_string()),
+            None => catalog
+                .topics
+                .values()
+                .find(|x| x.id == *t.topic_id.as_bytes())
+                .map(|x| x.name.clone()),
+        };
+        names.push(name);
+        ids.push(t.topic_id);
+    }
+    let known: Vec<String> = names.iter().flatten().cloned().collect();
+    let outcomes = shard
+        .call(0, move |c| async move { c.delete_topics(known).await })
+        .await
+        .map_err(|_| "controller gone".to_string())?;
+    let mut outcomes = outcomes.into_iter();
+    let responses = names
+        .into_iter()
+        .zip(ids)
+        .map(|(name, id)| {
+            let code = match &name {
+                Some(_) => outcomes.next().unwrap_or(codes::UNKNOWN_SERVER_ERROR),
+                None => codes::UNKNOWN_TOPIC_OR_PARTITION,
+            };
+            DeletableTopicResult::default()
+                .with_name(name.map(|n| TopicName(str_bytes(n))))
+                .with_topic_id(id)
+                .with_error_code(code)
+        })
+        .collect();
+    Ok(encode_response(
+        request,
+        &DeleteTopicsResponse::default().with_responses(responses),
+    ))
+}
+
+pub async fn handle_create_partitions(
+    shard: &Rc<Shard>,
+    request: &Request,
+) -> Result<Reply, String> {
+    let body: CreatePartitionsRequest = decode_body(request)?;
+    let asks: Vec<(String, i32)> = body
+        .topics
+        .iter()
+        .map(|t| (t.name.0.to_string(), t.count))
+        .collect();
+    let validate_only = body.validate_only;
+    let outcomes = shard
+        .call(0, move |c| async move {
+            c.create_partitions(asks, validate_only).await
+        })
+        .await
+        .map_err(|_| "controller gone".to_string())?;
+    let results = body
+        .topics
+        .into_iter()
+        .zip(outcomes)
+        .map(|(t, (code, message))| {
+            CreatePartitionsTopicResult::default()
+                .with_name(t.name)
+                .with_error_code(code)
+                .with_error_message(message.map(str_bytes))
+        })
+        .collect();
+    Ok(encode_response(
+        request,
+        &CreatePartitionsResponse::default().with_results(results),
+    ))
+}
+
+/// Effective value, whether it is a topic override, and its type, for a topic config.
+fn topic_config_value(
+    shard: &Shard,
+    configs: &std::collections::BTreeMap<String, String>,
+    name: &str,
+) -> (String, bool, i8) {
+    if let Some(v) = configs.get(name) {
+        let kind = match name {
+            "cleanup.policy" => TYPE_LIST,
+            "max.message.bytes" => TYPE_INT,
+            _ => TYPE_LONG,
+        };
+        return (v.clone(), true, kind);
+    }
+    let c = &shard.config;
+    match name {
+        "retention.ms" => (c.retention_ms.to_string(), false, TYPE_LONG),
+        "retention.bytes" => (c.retention_bytes.to_string(), false, TYPE_LONG),
+        "segment.bytes" => (c.segment_bytes.to_string(), false, TYPE_INT),
+        "segment.ms" => (c.segment_ms.to_string(), false, TYPE_LONG),
+        "max.message.bytes" => (c.max_message_bytes.to_string(), false, TYPE_INT),
+        "cleanup.policy" => ("delete".to_string(), false, TYPE_LIST),
+        _ => (String::new(), false, TYPE_STRING),
+    }
+}
+
+pub async fn handle_describe_configs(
+    shard: &Rc<Shard>,
+    request: &Request,
+) -> Result<Reply, String> {
+    let body: DescribeConfigsRequest = decode_body(request)?;
+    let catalog = shard.catalog();
+    let mut results = Vec::with_capacity(body.resources.len());
+    for resource in body.resources {
+        let mut result = DescribeConfigsResult::default()
+            .with_resource_type(resource.resource_type)
+            .with_resource_name(resource.resource_name.clone());
+        let keys: Option<Vec<String>> = resource
+            .configuration_keys
+            .map(|k| k.iter().map(|s| s.to_string()).collect());
+        let wanted = |name: &str| keys.as_ref().is_none_or(|k| k.iter().any(|x| x == name));
+        match resource.resource_type {
+            RESOURCE_TOPIC => match catalog.topics.get(resource.resource_name.as_str()) {
+                Some(topic) => {
+                    for name in TOPIC_CONFIG_NAMES.iter().filter(|n| wanted(n)) {
+                        let (value, is_override, kind) =
+                            topic_config_value(shard, &topic.configs, name);
+                        result.configs.push(
+                            DescribeConfigsResourceResult::default()
+                                .with_name(str_bytes(*name))
+                                .with_value(Some(str_bytes(value)))
+                                .with_config_source(if is_override {
+                                    SOURCE_TOPIC
+                                } else {
+                                    SOURCE_STATIC_BROKER
+                                })
+                                .with_config_type(if request.version >= 3 { kind } else { 0 }),
+                        );
+                    }
+                }
+                None => {
+                    result.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION;
+                    result.error_message = Some(str_bytes("unknown topic"));
+                }
+            },
+            RESOURCE_BROKER => {
+                let c = &shard.config;
+                let broker_configs = [
+                    ("num.partitions", c.num_partitions.to_string(), TYPE_INT),
+                    (
+                        "auto.create.topics.enable",
+                        c.auto_create_topics.to_string(),
+                        1,
+                    ),
+                    ("log.segment.bytes", c.segment_bytes.to_string(), TYPE_INT),
+                    ("log.retention.ms", c.retention_ms.to_string(), TYPE_LONG),
+                    (
+                        "log.retention.bytes",
+                        c.retention_bytes.to_string(),
+                        TYPE_LONG,
+                    ),
+                    (
+                        "message.max.bytes",
+                        c.max_message_bytes.to_string(),
+                        TYPE_INT,
+                    ),
+                    (
+                        "log.flush.interval.ms",
+                        c.flush_interval_ms.to_string(),
+                        TYPE_LONG,
+                    ),
+                ];
+                for (name, value, kind) in broker_configs.into_iter().filter(|(n, _, _)| wanted(n))
+                {
+                    result.configs.push(
+                        DescribeConfigsResourceResult::default()
+                            .with_name(str_bytes(name))
+                            .with_value(Some(str_bytes(value)))
+                            .with_read_only(true)
+                            .with_config_source(SOURCE_STATIC_BROKER)
+                            .with_config_type(if request.version >= 3 { kind } else { 0 }),
+                    );
+                }
+            }
+            _ => {
+                result.error_code = codes::INVALID_REQUEST;
+                result.error_message = Some(str_bytes("unsupported resource type"));
+            }
+        }
+        results.push(result);
+    }
+    Ok(encode_response(
+        request,
+        &DescribeConfigsResponse::default().with_results(results),
+    ))
+}
+
+/// AlterConfigs replaces a topic's whole set of overrides.
+pub async fn handle_alter_configs(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
+    let body: AlterConfigsRequest = decode_body(request)?;
+    let mut responses = Vec::with_capacity(body.resources.len());
+    for resource in body.resources {
+        let name = resource.resource_name.to_string();
+        let (code, message) = if resource.resource_type != RESOURCE_TOPIC {
+            (
+                codes::INVALID_REQUEST,
+                Some("only topic configs can be altered".to_string()),
+            )
+        } else {
+            let current: Vec<String> = shard
+                .catalog()
+                .topics
+                .get(&name)
+                .map(|t| t.configs.keys().cloned().collect())
+                .unwrap_or_default();
+            let mut set: Vec<(String, Option<String>)> =
+                current.into_iter().map(|k| (k, None)).collect();
+            for c in resource.configs {
+                set.push((c.name.to_string(), c.value.map(|v| v.to_string())));
+            }
+            let validate_only = body.validate_only;
+            shard
+                .call(0, move |c| async move {
+                    c.alter_topic_configs(name, set, validate_only).await
+                })
+                .await
+                .map_err(|_| "controller gone".to_string())?
+        };
+        responses.push(
+            AlterConfigsResourceResponse::default()
+                .with_error_code(code)
+                .with_error_message(message.map(str_bytes))
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name),
+        );
+    }
+    Ok(encode_response(
+        request,
+        &AlterConfigsResponse::default().with_responses(responses),
+    ))
+}
+
+/// IncrementalAlterConfigs: SET (0) and DELETE (1) of single topic configs.
+pub async fn handle_incremental_alter_configs(
+    shard: &Rc<Shard>,
+    request: &Request,
+) -> Result<Reply, String> {
+    let body: IncrementalAlterConfigsRequest = decode_body(request)?;
+    let mut responses = Vec::with_capacity(body.resources.len());
+    for resource in body.resources {
+        let name = resource.resource_name.to_string();
+        let mut set = Vec::new();
+        let mut bad = None;
+        for c in resource.configs {
+            match c.config_operation {
+                0 => set.push((c.name.to_string(), c.value.map(|v| v.to_string()))),
+                1 => set.push((c.name.to_string(), None)),
+                op => {
+                    bad = Some(format!(
+                        "config operation {op} is not supported on {}",
+                        c.name
+                    ))
+                }
+            }
+        }
+        let (code, message) = if resource.resource_type != RESOURCE_TOPIC {
+            (
+                codes::INVALID_REQUEST,
+                Some("only topic configs can be altered".to_string()),
+            )
+        } else if let Some(why) = bad {
+            (codes::INVALID_REQUEST, Some(why))
+        } else {
+            let validate_only = body.validate_only;
+            shard
+                .call(0, move |c| async move {
+                    c.alter_topic_configs(name, set, validate_only).await
+                })
+                .await
+                .map_err(|_| "controller gone".to_string())?
+        };
+        responses.push(
+            IncrementalResult::default()
+                .with_error_code(code)
+                .with_error_message(message.map(str_bytes))
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name),
+        );
+    }
+    Ok(encode_response(
+        request,
+        &IncrementalAlterConfigsResponse::default().with_responses(responses),
+    ))
+}
+
+/// InitProducerId for idempotent producers. Transactions are not offered (their APIs are not
+/// advertised), so a transactional id is refused.
+pub async fn handle_init_producer_id(
+    shard: &Rc<Shard>,
+    request: &Request,
+) -> Result<Reply, String> {
+    let body: InitProducerIdRequest = decode_body(request)?;
+    let mut response = InitProducerIdResponse::default()
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    if body.transactional_id.is_some() {
+        response.error_code = codes::INVALID_REQUEST;
+    } else if body.producer_id.0 >= 0 && body.producer_epoch >= 0 {
+        // KIP-360: an existing producer bumps its epoch to reset its sequences.
+        if body.producer_epoch == i16::MAX {
+            match allocate(shard).await {
+                Ok(id) => {
+                    response = response
+                        .with_producer_id(ProducerId(id))
+                        .with_producer_epoch(0)
+                }
+                Err(_) => response.error_code = codes::KAFKA_STORAGE_ERROR,
+            }
+        } else {
+            response = response
+                .with_producer_id(body.producer_id)
+                .with_producer_epoch(body.producer_epoch + 1);
+        }
+    } else {
+        match allocate(shard).await {
+            Ok(id) => {
+                response = response
+                    .with_producer_id(ProducerId(id))
+                    .with_producer_epoch(0)
+            }
+            Err(_) => response.error_code = codes::KAFKA_STORAGE_ERROR,
+        }
+    }
+    Ok(encode_response(request, &response))
+}
+
+async fn allocate(shard: &Rc<Shard>) -> Result<i64, String> {
+    shard
+        .call(0, |c| async move { c.allocate_producer_id().await })
+        .await
+        .map_err(|_| "controller gone".to_string())?
+}

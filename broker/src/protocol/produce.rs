@@ -1,0 +1,120 @@
+//! Produce: split the request by owner shard, append on each owner concurrently, join the
+//! answers back into request order. Record batches travel as `Bytes` slices of the request
+//! frame; they are never decoded here (the log validates their headers).
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::StrBytes;
+
+use super::{codes, decode_body, encode_response, Reply, Request};
+use crate::shard::ops::ProduceResult;
+use crate::shard::Shard;
+
+/// (topic, partition, records) of one partition, as sent to its owner.
+type PartitionRecords = (String, i32, Option<Bytes>);
+
+pub async fn handle(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
+    let body: ProduceRequest = decode_body(request)?;
+    let acks = body.acks;
+    // Index of every partition in request order, and the work per owner shard.
+    let mut slots: Vec<(usize, usize, i32)> = Vec::new();
+    let mut results: Vec<Vec<PartitionProduceResponse>> = Vec::with_capacity(body.topic_data.len());
+    let mut per_owner: BTreeMap<usize, (Vec<usize>, Vec<PartitionRecords>)> = BTreeMap::new();
+    let mut topic_names = Vec::with_capacity(body.topic_data.len());
+    for (t, topic) in body.topic_data.into_iter().enumerate() {
+        let name = topic.name.0.to_string();
+        topic_names.push(topic.name);
+        results.push(Vec::with_capacity(topic.partition_data.len()));
+        for data in topic.partition_data {
+            let slot = slots.len();
+            slots.push((t, results[t].len(), data.index));
+            results[t].push(partition_response(data.index, codes::NONE));
+            if !matches!(acks, -1..=1) {
+                results[t].last_mut().expect("just pushed").error_code =
+                    codes::INVALID_REQUIRED_ACKS;
+                continue;
+            }
+            match shard.owner_of(&name, data.index) {
+                Some(owner) => {
+                    let work = per_owner.entry(owner).or_default();
+                    work.0.push(slot);
+                    work.1.push((name.clone(), data.index, data.records));
+                }
+                None => {
+                    results[t].last_mut().expect("just pushed").error_code =
+                        codes::UNKNOWN_TOPIC_OR_PARTITION;
+                }
+            }
+        }
+    }
+    let calls = per_owner.into_iter().map(|(owner, (slot_ids, work))| {
+        let shard = shard.clone();
+        async move {
+            let answer = shard
+                .call(
+                    owner,
+                    move |s| async move { s.produce_local(work, acks).await },
+                )
+                .await;
+            (slot_ids, answer)
+        }
+    });
+    for (slot_ids, answer) in futures_util::future::join_all(calls).await {
+        match answer {
+            Ok(answers) => {
+                for (slot, answer) in slot_ids.into_iter().zip(answers) {
+                    let (t, p, _) = slots[slot];
+                    fill(&mut results[t][p], answer, request.version);
+                }
+            }
+            Err(_) => {
+                for slot in slot_ids {
+                    let (t, p, _) = slots[slot];
+                    results[t][p].error_code = codes::KAFKA_STORAGE_ERROR;
+                }
+            }
+        }
+    }
+    if acks == 0 {
+        return Ok(Reply::None);
+    }
+    let responses = topic_names
+        .into_iter()
+        .zip(results)
+        .map(|(name, partitions)| {
+            TopicProduceResponse::default()
+                .with_name(name)
+                .with_partition_responses(partitions)
+        })
+        .collect();
+    Ok(encode_response(
+        request,
+        &ProduceResponse::default().with_responses(responses),
+    ))
+}
+
+fn partition_response(index: i32, error_code: i16) -> PartitionProduceResponse {
+    PartitionProduceResponse::default()
+        .with_index(index)
+        .with_error_code(error_code)
+        .with_base_offset(-1)
+        .with_log_append_time_ms(-1)
+        .with_log_start_offset(-1)
+}
+
+fn fill(response: &mut PartitionProduceResponse, answer: ProduceResult, version: i16) {
+    response.error_code = answer.error;
+    response.base_offset = answer.base_offset;
+    response.log_append_time_ms = answer.log_append_time_ms;
+    // Fields newer than the request's version must keep their defaults.
+    if version >= 5 {
+        response.log_start_offset = answer.log_start_offset;
+    }
+    if version >= 8 {
+        response.error_message = answer.message.map(StrBytes::from_string);
+    }
+}

@@ -1,0 +1,218 @@
+//! Server start and stop: one pinned glommio executor per shard, a listening socket per
+//! shard on the same address (SO_REUSEPORT spreads connections), the channel mesh between
+//! shards, and a clean shutdown on SIGTERM/SIGINT (flush and sync every log, exit 0).
+
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::mpsc;
+
+use futures_channel::oneshot;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+use glommio::sync::Semaphore;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::shard::{Job, Shard};
+
+/// Jobs queued between two shards before the sender waits.
+const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// Longest a shutdown waits for requests already taken (long polls end at their deadline).
+const SHUTDOWN_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+/// Registered io_uring buffer memory per executor; RLIMIT_MEMLOCK is often only 8 MiB.
+const IO_MEMORY_BYTES: usize = 512 << 10;
+
+/// Run the broker until SIGTERM or SIGINT.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        anyhow::anyhow!("data_dir: cannot create {}: {e}", config.data_dir.display())
+    })?;
+    let _lock = lock_data_dir(&config)?;
+    let catalog = Catalog::load(&config.data_dir).map_err(anyhow::Error::msg)?;
+    let listeners = bind_listeners(&config)?;
+    let address = listeners.1;
+    let mesh = MeshBuilder::<Job, _>::full(config.cores, MESH_CHANNEL_CAPACITY);
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let mut stops = Vec::new();
+    let mut threads = Vec::new();
+    for (id, fd) in listeners.0.into_iter().enumerate() {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        stops.push(stop_tx);
+        let config = config.clone();
+        let catalog = catalog.clone();
+        let mesh = mesh.clone();
+        let ready = ready_tx.clone();
+        let cpu = config.first_cpu + id;
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("shard-{id}"))
+            .io_memory(IO_MEMORY_BYTES)
+            .spawn(move || async move {
+                let listener = unsafe { TcpListener::from_raw_fd(fd) };
+                run_shard(id, config, catalog, mesh, listener, ready, stop_rx).await
+            })
+            .map_err(|e| anyhow::anyhow!("cores: cannot start shard {id} on cpu {cpu}: {e}"))?;
+        threads.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..config.cores {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => anyhow::bail!("{e}"),
+            Err(_) => anyhow::bail!("a shard stopped during start"),
+        }
+    }
+    tracing::info!(shards = config.cores, data_dir = %config.data_dir.display(), "listening on {address}");
+    eprintln!("listening on {address}");
+
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    if let Some(signal) = signals.forever().next() {
+        tracing::info!(signal, "shutting down: flushing and syncing every log");
+    }
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for handle in threads {
+        let _ = handle.join();
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn run_shard(
+    id: usize,
+    config: Config,
+    catalog: Catalog,
+    mesh: MeshBuilder<Job, glommio::channels::channel_mesh::Full>,
+    listener: TcpListener,
+    ready: mpsc::Sender<Result<(), String>>,
+    stop: oneshot::Receiver<()>,
+) {
+    let config = Rc::new(config);
+    let (senders, receivers) = match mesh.join().await {
+        Ok(pair) => pair,
+        Err(_) => {
+            let _ = ready.send(Err(format!("shard {id}: cannot join the mesh")));
+            return;
+        }
+    };
+    let shard = Shard::new(id, config.clone(), senders);
+    shard.spawn_mesh_receivers(receivers);
+    if let Err(e) = shard.apply_catalog(catalog).await {
+        let _ = ready.send(Err(format!("shard {id}: {e}")));
+        return;
+    }
+    let background = glommio::executor().create_task_queue(
+        glommio::Shares::Static(100),
+        glommio::Latency::NotImportant,
+        "background",
+    );
+    let storage = shard.storage.clone();
+    let retention_ms = config.retention_check_interval_ms;
+    glommio::spawn_local_into(
+        async move { storage.run_background(retention_ms).await },
+        background,
+    )
+    .map(|t| t.detach())
+    .ok();
+    let _ = ready.send(Ok(()));
+
+    let budget = Rc::new(Semaphore::new(config.max_buffered_bytes_per_shard as u64));
+    let connections = Rc::new(std::cell::Cell::new(0usize));
+    let accept_shard = shard.clone();
+    let acceptor = glommio::spawn_local(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(shard = id, "accept failed: {e}");
+                    continue;
+                }
+            };
+            if connections.get() >= accept_shard.config.max_connections_per_shard {
+                tracing::warn!(
+                    shard = id,
+                    "connection limit reached; closing new connection"
+                );
+                drop(stream);
+                continue;
+            }
+            connections.set(connections.get() + 1);
+            let (shard, budget, connections) =
+                (accept_shard.clone(), budget.clone(), connections.clone());
+            glommio::spawn_local(async move {
+                crate::net::serve(shard, stream, budget).await;
+                connections.set(connections.get() - 1);
+            })
+            .detach();
+        }
+    });
+    let _ = stop.await;
+    // Stop taking connections and requests, let the requests already taken finish (bounded),
+    // then flush and sync every log so the next start needs no recovery scan.
+    shard.shutting_down.set(true);
+    drop(acceptor.cancel());
+    let deadline = std::time::Instant::now() + SHUTDOWN_DRAIN_MAX;
+    while shard.requests_in_flight.get() > 0 && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    if shard.requests_in_flight.get() > 0 {
+        tracing::warn!(
+            shard = id,
+            left = shard.requests_in_flight.get(),
+            "requests still running at shutdown"
+        );
+    }
+    shard.close_logs().await;
+}
+
+/// One listening socket per shard on the same address (resolving port 0 once).
+fn bind_listeners(config: &Config) -> anyhow::Result<(Vec<i32>, std::net::SocketAddr)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut address = config.listen;
+    let mut fds = Vec::with_capacity(config.cores);
+    for _ in 0..config.cores {
+        let socket = Socket::new(
+            Domain::for_address(address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        socket.set_reuse_port(true)?;
+        socket.set_reuse_address(true)?;
+        socket
+            .bind(&address.into())
+            .map_err(|e| anyhow::anyhow!("listen: cannot bind {address}: {e}"))?;
+        socket.listen(1024)?;
+        if address.port() == 0 {
+            address = socket.local_addr()?.as_socket().expect("inet socket");
+        }
+        fds.push(socket.into_raw_fd());
+    }
+    Ok((fds, address))
+}
+
+/// Refuse to run two brokers on one data dir: an flock held for the process's life.
+fn lock_data_dir(config: &Config) -> anyhow::Result<std::fs::File> {
+    let path = config.data_dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if rc != 0 {
+        anyhow::bail!(
+            "data_dir: {} is in use by another shardlog process",
+            config.data_dir.display()
+        );
+    }
+    Ok(file)
+}

@@ -1,0 +1,224 @@
+//! A shard: one pinned executor, the partitions it owns, its copy of the catalog, and the
+//! mesh to every other shard.
+//!
+//! Each partition is owned by exactly one shard; only that shard touches its log. Work for a
+//! partition owned elsewhere travels as a [`Job`] (a `Send` closure) over glommio's channel
+//! mesh and runs on the owner, which answers over a oneshot channel. Nothing on the data path
+//! is shared between shards: no lock, no atomic, no shared map.
+//!
+//! ```text
+//! connection shard                 owner shard
+//!   Shard::call(owner, f) ──Job──▶  mesh receiver task ─▶ f(owner_shard).await
+//!         ▲                                                      │
+//!         └──────────────── oneshot reply ◀──────────────────────┘
+//! ```
+//!
+//! Shard 0 is also the controller of the catalog (see `catalog/`): it applies topic changes,
+//! persists them, and pushes a copy to every shard with [`Shard::apply_catalog`].
+
+pub mod ops;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use futures_channel::oneshot;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+
+use crate::catalog::{self, Catalog};
+use crate::config::Config;
+use crate::log::{PartitionLog, ShardStorage};
+
+/// Work sent to another shard: runs there with that shard's state.
+pub type Job = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+/// Error returned when a peer shard is gone (only during shutdown).
+#[derive(Debug)]
+pub struct ShardGone;
+
+/// State of one shard. Lives on its executor only (`!Send`).
+pub struct Shard {
+    pub id: usize,
+    pub nr_shards: usize,
+    pub config: Rc<Config>,
+    catalog: RefCell<Rc<Catalog>>,
+    /// Logs of the partitions this shard owns, by topic then partition number.
+    logs: RefCell<HashMap<String, Vec<Option<Rc<PartitionLog>>>>>,
+    pub storage: Rc<ShardStorage>,
+    senders: Senders<Job>,
+    /// Serialises catalog changes on the controller (shard 0).
+    pub(crate) controller_lock: glommio::sync::Semaphore,
+    pub(crate) shutting_down: Cell<bool>,
+    /// Requests being handled on this shard right now (for a clean shutdown).
+    pub(crate) requests_in_flight: Cell<usize>,
+}
+
+impl Shard {
+    pub fn new(id: usize, config: Rc<Config>, senders: Senders<Job>) -> Rc<Shard> {
+        let storage = ShardStorage::new(config.flush_interval_ms, config.flush_bytes);
+        Rc::new(Shard {
+            id,
+            nr_shards: config.cores,
+            config,
+            catalog: RefCell::new(Rc::new(Catalog::default())),
+            logs: RefCell::new(HashMap::new()),
+            storage,
+            senders,
+            controller_lock: glommio::sync::Semaphore::new(1),
+            shutting_down: Cell::new(false),
+            requests_in_flight: Cell::new(0),
+        })
+    }
+
+    /// Run `f` on shard `target` and return its result. Local calls run inline.
+    pub async fn call<R, F, Fut>(self: &Rc<Self>, target: usize, f: F) -> Result<R, ShardGone>
+    where
+        R: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = R> + 'static,
+    {
+        if target == self.id {
+            return Ok(f(self.clone()).await);
+        }
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |shard| {
+            Box::pin(async move {
+                // The asker may have gone (connection closed): nothing to do then.
+                let _ = reply.send(f(shard).await);
+            })
+        });
+        self.senders
+            .send_to(target, job)
+            .await
+            .map_err(|_| ShardGone)?;
+        answer.await.map_err(|_| ShardGone)
+    }
+
+    /// Serve jobs that other shards send here, each as its own task so a slow job (a long
+    /// poll, an fsync) never holds up the next one.
+    pub fn spawn_mesh_receivers(self: &Rc<Self>, mut receivers: Receivers<Job>) {
+        for (_, stream) in receivers.streams() {
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                while let Some(job) = stream.recv().await {
+                    glommio::spawn_local(job(shard.clone())).detach();
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// This shard's copy of the catalog.
+    pub fn catalog(&self) -> Rc<Catalog> {
+        self.catalog.borrow().clone()
+    }
+
+    /// Owner shard of a partition, if topic and partition exist.
+    pub fn owner_of(&self, topic: &str, partition: i32) -> Option<usize> {
+        let catalog = self.catalog.borrow();
+        let owners = &catalog.topics.get(topic)?.owners;
+        let owner = *owners.get(usize::try_from(partition).ok()?)?;
+        Some(owner as usize % self.nr_shards)
+    }
+
+    /// The log of a partition this shard owns.
+    pub fn log(&self, topic: &str, partition: i32) -> Option<Rc<PartitionLog>> {
+        let logs = self.logs.borrow();
+        logs.get(topic)?
+            .get(usize::try_from(partition).ok()?)?
+            .clone()
+    }
+
+    /// Every log this shard owns.
+    pub fn all_logs(&self) -> Vec<Rc<PartitionLog>> {
+        self.logs
+            .borrow()
+            .values()
+            .flatten()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// Adopt a new catalog: open the logs of partitions this shard now owns, delete those of
+    /// topics that are gone, and pass changed topic configs to the logs.
+    pub async fn apply_catalog(self: &Rc<Self>, catalog: Catalog) -> Result<(), String> {
+        if catalog.version < self.catalog.borrow().version {
+            return Ok(());
+        }
+        let catalog = Rc::new(catalog);
+        let base = self.config.log_config();
+        // Topics removed (or re-created under the same name with a new id): delete their logs.
+        let old = self.catalog.replace(catalog.clone());
+        for (name, old_topic) in &old.topics {
+            let gone = catalog
+                .topics
+                .get(name)
+                .is_none_or(|t| t.id != old_topic.id);
+            if gone {
+                let logs = self.logs.borrow_mut().remove(name).unwrap_or_default();
+                for log in logs.into_iter().flatten() {
+                    self.storage.unregister(&log);
+                    if let Err(e) = log.delete().await {
+                        tracing::warn!(topic = %name, "deleting partition log failed: {e}");
+                    }
+                }
+            }
+        }
+        for (name, topic) in &catalog.topics {
+            let log_config = catalog::topic_log_config(&base, topic);
+            for (partition, owner) in topic.owners.iter().enumerate() {
+                if *owner as usize % self.nr_shards != self.id {
+                    continue;
+                }
+                let partition = partition as i32;
+                if let Some(log) = self.log(name, partition) {
+                    log.set_config(log_config.clone());
+                    continue;
+                }
+                let dir = catalog::partition_dir(&self.config.data_dir, name, partition);
+                let (log, report) = PartitionLog::open(&dir, log_config.clone())
+                    .await
+                    .map_err(|e| format!("opening {}: {e}", dir.display()))?;
+                tracing::debug!(topic = %name, partition, "opened log: {report}");
+                self.storage.register(&log);
+                let mut logs = self.logs.borrow_mut();
+                let slots = logs.entry(name.clone()).or_default();
+                if slots.len() <= partition as usize {
+                    slots.resize(partition as usize + 1, None);
+                }
+                slots[partition as usize] = Some(log);
+            }
+        }
+        Ok(())
+    }
+
+    /// Push a catalog to every shard (including this one) and wait until all adopted it.
+    pub async fn broadcast_catalog(self: &Rc<Self>, catalog: &Catalog) -> Result<(), String> {
+        for target in 0..self.nr_shards {
+            let copy = catalog.clone();
+            self.call(target, move |shard| async move {
+                shard.apply_catalog(copy).await
+            })
+            .await
+            .map_err(|_| "shard gone".to_string())??;
+        }
+        Ok(())
+    }
+
+    /// Whether a shutdown has begun: connections take no new requests.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
+    /// Flush and close every log this shard owns (clean shutdown).
+    pub async fn close_logs(&self) {
+        for log in self.all_logs() {
+            if let Err(e) = log.close().await {
+                tracing::error!(shard = self.id, "closing a log failed: {e}");
+            }
+        }
+    }
+}

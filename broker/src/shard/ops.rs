@@ -1,0 +1,425 @@
+//! What a shard does for requests: partition operations that run on the partition's owner,
+//! and catalog changes that run on the controller (shard 0). Results are plain data with
+//! Kafka error codes so they can travel back over the mesh; the protocol layer turns them
+//! into responses.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::Shard;
+use crate::catalog::{self, Topic};
+use crate::log::LogError;
+use crate::protocol::codes;
+
+/// Outcome of appending one partition's records.
+#[derive(Debug, Clone)]
+pub struct ProduceResult {
+    pub partition: i32,
+    pub error: i16,
+    pub message: Option<String>,
+    pub base_offset: i64,
+    pub log_append_time_ms: i64,
+    pub log_start_offset: i64,
+}
+
+/// One partition of a fetch.
+#[derive(Debug, Clone)]
+pub struct FetchPartition {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub max_bytes: usize,
+}
+
+/// Outcome of reading one partition.
+#[derive(Debug, Clone)]
+pub struct FetchResult {
+    pub error: i16,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub chunks: Vec<Bytes>,
+    pub bytes: usize,
+}
+
+/// A topic to create.
+#[derive(Debug, Clone)]
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: i32,
+    pub configs: Vec<(String, String)>,
+}
+
+/// Kafka error code for a storage error.
+pub fn log_error_code(error: &LogError) -> i16 {
+    match error {
+        LogError::CorruptBatch(_) => codes::CORRUPT_MESSAGE,
+        LogError::BatchTooLarge { .. } => codes::MESSAGE_TOO_LARGE,
+        LogError::UnsupportedMagic(_) => codes::UNSUPPORTED_FOR_MESSAGE_FORMAT,
+        LogError::OffsetOutOfRange { .. } => codes::OFFSET_OUT_OF_RANGE,
+        LogError::DuplicateSequence { .. } => codes::DUPLICATE_SEQUENCE_NUMBER,
+        LogError::OutOfOrderSequence { .. } => codes::OUT_OF_ORDER_SEQUENCE_NUMBER,
+        LogError::InvalidProducerEpoch { .. } => codes::INVALID_PRODUCER_EPOCH,
+        LogError::Io(_) => codes::KAFKA_STORAGE_ERROR,
+        #[allow(unreachable_patterns)]
+        _ => codes::KAFKA_STORAGE_ERROR,
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Shard {
+    /// Append each partition's records (this shard owns them all). With acks=-1 (all), answer
+    /// only once the batches are durable; one group-commit round covers every partition.
+    pub async fn produce_local(
+        self: &Rc<Self>,
+        partitions: Vec<(String, i32, Option<Bytes>)>,
+        acks: i16,
+    ) -> Vec<ProduceResult> {
+        let mut results = Vec::with_capacity(partitions.len());
+        let mut durable_waits = Vec::new();
+        for (topic, partition, records) in partitions {
+            let topic = topic.as_str();
+            let mut result = ProduceResult {
+                partition,
+                error: codes::NONE,
+                message: None,
+                base_offset: -1,
+                log_append_time_ms: -1,
+                log_start_offset: -1,
+            };
+            let Some(log) = self.log(topic, partition) else {
+                result.error = codes::UNKNOWN_TOPIC_OR_PARTITION;
+                results.push(result);
+                continue;
+            };
+            let Some(records) = records.filter(|r| !r.is_empty()) else {
+                result.error = codes::CORRUPT_MESSAGE;
+                result.message = Some("empty records".into());
+                results.push(result);
+                continue;
+            };
+            match log.append(records, now_ms()).await {
+                Ok(info) => {
+                    result.base_offset = info.base_offset;
+                    result.log_start_offset = info.log_start_offset;
+                    if acks == -1 && !info.duplicate {
+                        durable_waits.push((results.len(), log.clone(), info.last_offset));
+                    }
+                }
+                Err(e) => {
+                    result.error = log_error_code(&e);
+                    result.message = Some(e.to_string());
+                    if result.error == codes::KAFKA_STORAGE_ERROR {
+                        tracing::error!(topic, partition, "append failed: {e}");
+                    }
+                }
+            }
+            results.push(result);
+        }
+        if !durable_waits.is_empty() {
+            let storage = self.storage.clone();
+            let outcomes = futures_util::future::join_all(
+                durable_waits
+                    .iter()
+                    .map(|(_, log, last)| storage.wait_durable(log, *last)),
+            )
+            .await;
+            for ((index, _, _), outcome) in durable_waits.iter().zip(outcomes) {
+                if let Err(e) = outcome {
+                    tracing::error!("sync failed: {e}");
+                    results[*index].error = codes::KAFKA_STORAGE_ERROR;
+                    results[*index].message = Some(e.to_string());
+                }
+            }
+        }
+        results
+    }
+
+    /// Read each partition (this shard owns them all).
+    pub async fn fetch_local(&self, partitions: Vec<FetchPartition>) -> Vec<FetchResult> {
+        let mut results = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            let Some(log) = self.log(&p.topic, p.partition) else {
+                results.push(FetchResult {
+                    error: codes::UNKNOWN_TOPIC_OR_PARTITION,
+                    high_watermark: -1,
+                    log_start_offset: -1,
+                    chunks: Vec::new(),
+                    bytes: 0,
+                });
+                continue;
+            };
+            let mut result = FetchResult {
+                error: codes::NONE,
+                high_watermark: log.log_end_offset(),
+                log_start_offset: log.log_start_offset(),
+                chunks: Vec::new(),
+                bytes: 0,
+            };
+            match log.read(p.offset, p.max_bytes).await {
+                Ok(read) => {
+                    result.high_watermark = read.log_end_offset;
+                    result.log_start_offset = read.log_start_offset;
+                    result.chunks = read.chunks;
+                    result.bytes = read.bytes;
+                }
+                Err(e) => result.error = log_error_code(&e),
+            }
+            results.push(result);
+        }
+        results
+    }
+
+    /// Resolve as soon as any partition has data past its offset, or at the deadline.
+    pub async fn wait_any_local(&self, partitions: Vec<(String, i32, i64)>, deadline: Instant) {
+        let waits: Vec<_> = partitions
+            .into_iter()
+            .filter_map(|(topic, partition, offset)| {
+                let log = self.log(&topic, partition)?;
+                Some(Box::pin(async move {
+                    log.wait_for_data(offset, deadline).await
+                }))
+            })
+            .collect();
+        if waits.is_empty() {
+            let _ = glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+            return;
+        }
+        futures_util::future::select_all(waits).await;
+    }
+
+    /// ListOffsets for one partition: -1 latest, -2 earliest, -3 max timestamp, else a time.
+    /// Returns (error, timestamp, offset).
+    pub async fn list_offset_local(
+        &self,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+    ) -> (i16, i64, i64) {
+        let Some(log) = self.log(topic, partition) else {
+            return (codes::UNKNOWN_TOPIC_OR_PARTITION, -1, -1);
+        };
+        match timestamp {
+            -1 => (codes::NONE, -1, log.log_end_offset()),
+            -2 => (codes::NONE, -1, log.log_start_offset()),
+            -3 => match log.offset_for_timestamp(i64::MIN + 1).await {
+                // Max-timestamp lookup (KIP-734) is not indexed: answer the latest batch.
+                Ok(_) => (codes::NONE, -1, (log.log_end_offset() - 1).max(-1)),
+                Err(e) => (log_error_code(&e), -1, -1),
+            },
+            ts => match log.offset_for_timestamp(ts).await {
+                Ok(Some((offset, found_ts))) => (codes::NONE, found_ts, offset),
+                Ok(None) => (codes::NONE, -1, -1),
+                Err(e) => (log_error_code(&e), -1, -1),
+            },
+        }
+    }
+
+    /// Controller: create topics, persist the catalog, hand it to every shard.
+    /// Returns one (error code, message) per topic, in order.
+    pub async fn create_topics(
+        self: &Rc<Self>,
+        topics: Vec<NewTopic>,
+        validate_only: bool,
+    ) -> Vec<(i16, Option<String>)> {
+        debug_assert_eq!(self.id, 0, "catalog changes run on the controller");
+        let _permit = self.controller_lock.acquire_permit(1).await;
+        let mut catalog = (*self.catalog()).clone();
+        let mut results = Vec::with_capacity(topics.len());
+        let mut changed = false;
+        for new in topics {
+            let outcome = self.check_new_topic(&catalog, &new);
+            if outcome.0 == codes::NONE && !validate_only {
+                let base = catalog.topics.len() + self.id;
+                let owners = (0..new.partitions)
+                    .map(|p| ((base + p as usize) % self.nr_shards) as u32)
+                    .collect();
+                let topic = Topic {
+                    name: new.name.clone(),
+                    id: catalog::new_topic_id(),
+                    owners,
+                    configs: new.configs.into_iter().collect(),
+                };
+                catalog.topics.insert(new.name, topic);
+                changed = true;
+            }
+            results.push(outcome);
+        }
+        if changed {
+            if let Err(e) = self.commit_catalog(catalog).await {
+                return results
+                    .into_iter()
+                    .map(|_| (codes::KAFKA_STORAGE_ERROR, Some(e.clone())))
+                    .collect();
+            }
+        }
+        results
+    }
+
+    fn check_new_topic(&self, catalog: &catalog::Catalog, new: &NewTopic) -> (i16, Option<String>) {
+        if !catalog::valid_topic_name(&new.name) {
+            return (
+                codes::INVALID_TOPIC_EXCEPTION,
+                Some(format!("invalid topic name '{}'", new.name)),
+            );
+        }
+        if catalog.topics.contains_key(&new.name) {
+            return (
+                codes::TOPIC_ALREADY_EXISTS,
+                Some(format!("topic '{}' already exists", new.name)),
+            );
+        }
+        if !(1..=100_000).contains(&new.partitions) {
+            return (
+                codes::INVALID_PARTITIONS,
+                Some(format!("invalid partition count {}", new.partitions)),
+            );
+        }
+        for (name, value) in &new.configs {
+            if let Err(msg) = catalog::validate_topic_config(name, value) {
+                return (codes::INVALID_CONFIG, Some(msg));
+            }
+        }
+        (codes::NONE, None)
+    }
+
+    /// Controller: delete topics. One error code per name.
+    pub async fn delete_topics(self: &Rc<Self>, names: Vec<String>) -> Vec<i16> {
+        let _permit = self.controller_lock.acquire_permit(1).await;
+        let mut catalog = (*self.catalog()).clone();
+        let results: Vec<i16> = names
+            .iter()
+            .map(|name| match catalog.topics.remove(name) {
+                Some(_) => codes::NONE,
+                None => codes::UNKNOWN_TOPIC_OR_PARTITION,
+            })
+            .collect();
+        if results.contains(&codes::NONE) {
+            if let Err(e) = self.commit_catalog(catalog).await {
+                tracing::error!("delete topics: {e}");
+                return results.iter().map(|_| codes::KAFKA_STORAGE_ERROR).collect();
+            }
+        }
+        results
+    }
+
+    /// Controller: grow topics to a new partition count.
+    pub async fn create_partitions(
+        self: &Rc<Self>,
+        requests: Vec<(String, i32)>,
+        validate_only: bool,
+    ) -> Vec<(i16, Option<String>)> {
+        let _permit = self.controller_lock.acquire_permit(1).await;
+        let mut catalog = (*self.catalog()).clone();
+        let mut changed = false;
+        let mut results = Vec::with_capacity(requests.len());
+        for (name, count) in requests {
+            let Some(topic) = catalog.topics.get_mut(&name) else {
+                results.push((
+                    codes::UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(format!("no topic '{name}'")),
+                ));
+                continue;
+            };
+            let current = topic.owners.len() as i32;
+            if count <= current || count > 100_000 {
+                results.push((
+                    codes::INVALID_PARTITIONS,
+                    Some(format!(
+                        "topic '{name}' has {current} partitions; asked for {count}"
+                    )),
+                ));
+                continue;
+            }
+            if !validate_only {
+                let start = topic.owners.last().map_or(0, |o| *o as usize + 1);
+                for i in 0..(count - current) as usize {
+                    topic.owners.push(((start + i) % self.nr_shards) as u32);
+                }
+                changed = true;
+            }
+            results.push((codes::NONE, None));
+        }
+        if changed {
+            if let Err(e) = self.commit_catalog(catalog).await {
+                return results
+                    .into_iter()
+                    .map(|_| (codes::KAFKA_STORAGE_ERROR, Some(e.clone())))
+                    .collect();
+            }
+        }
+        results
+    }
+
+    /// Controller: set (replace) topic config values. Err(code, message) on invalid input.
+    pub async fn alter_topic_configs(
+        self: &Rc<Self>,
+        topic: String,
+        set: Vec<(String, Option<String>)>,
+        validate_only: bool,
+    ) -> (i16, Option<String>) {
+        let _permit = self.controller_lock.acquire_permit(1).await;
+        let mut catalog = (*self.catalog()).clone();
+        let Some(entry) = catalog.topics.get_mut(&topic) else {
+            return (
+                codes::UNKNOWN_TOPIC_OR_PARTITION,
+                Some(format!("no topic '{topic}'")),
+            );
+        };
+        for (name, value) in set {
+            match value {
+                Some(value) => {
+                    if let Err(msg) = catalog::validate_topic_config(&name, &value) {
+                        return (codes::INVALID_CONFIG, Some(msg));
+                    }
+                    entry.configs.insert(name, value);
+                }
+                None => {
+                    entry.configs.remove(&name);
+                }
+            }
+        }
+        if validate_only {
+            return (codes::NONE, None);
+        }
+        match self.commit_catalog(catalog).await {
+            Ok(()) => (codes::NONE, None),
+            Err(e) => (codes::KAFKA_STORAGE_ERROR, Some(e)),
+        }
+    }
+
+    /// Controller: hand out a new producer id, persisted so ids are never reused.
+    pub async fn allocate_producer_id(self: &Rc<Self>) -> Result<i64, String> {
+        let _permit = self.controller_lock.acquire_permit(1).await;
+        let mut catalog = (*self.catalog()).clone();
+        let id = catalog.next_producer_id.max(1000);
+        catalog.next_producer_id = id + 1;
+        self.commit_catalog(catalog).await?;
+        Ok(id)
+    }
+
+    /// Persist a changed catalog (bumping its version) and adopt it on every shard.
+    async fn commit_catalog(self: &Rc<Self>, mut catalog: catalog::Catalog) -> Result<(), String> {
+        catalog.version += 1;
+        let data_dir = self.config.data_dir.clone();
+        let to_save = catalog.clone();
+        // A small file, written rarely (control plane); a blocking write on a helper thread
+        // keeps the executor free.
+        glommio::executor()
+            .spawn_blocking(move || to_save.save(&data_dir))
+            .await
+            .map_err(|e| format!("saving catalog: {e}"))?;
+        self.broadcast_catalog(&catalog).await
+    }
+}
+
+/// Deadline for a long poll: now + max_wait, capped so a hostile value cannot pin a task.
+pub fn fetch_deadline(max_wait_ms: i32) -> Instant {
+    Instant::now() + Duration::from_millis(max_wait_ms.clamp(0, 300_000) as u64)
+}
