@@ -61,8 +61,9 @@ pub struct WorkloadArgs {
     /// Total messages to produce (or consume) instead of a duration.
     #[arg(long)]
     pub messages: Option<u64>,
-    #[arg(long, default_value_t = 1.0)]
-    pub warmup_s: f64,
+    /// Seconds before measuring starts (default 1 with a duration, else 0).
+    #[arg(long)]
+    pub warmup_s: Option<f64>,
     /// Target messages per second over all producers: open loop, latency from intended send time.
     #[arg(long)]
     pub rate: Option<f64>,
@@ -231,8 +232,9 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
         (None, None, Mode::Produce | Mode::EndToEnd) => Some(10.0),
         _ => None,
     };
+    let warmup_s = args.warmup_s.unwrap_or(if duration_s.is_some() { 1.0 } else { 0.0 });
     let start_ns = now_ns();
-    let measure_from_ns = start_ns + (args.warmup_s * 1e9) as u64;
+    let measure_from_ns = start_ns + (warmup_s * 1e9) as u64;
     let shared = Arc::new(Shared {
         stop_producing: AtomicBool::new(false),
         abort: AtomicBool::new(false),
@@ -308,7 +310,7 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
                 }
             }
         } else if mode == Mode::Consume && duration_s.is_none() && drain_deadline_ns == u64::MAX {
-            drain_deadline_ns = start_ns + ((args.warmup_s + args.drain_timeout_s.max(60.0)) * 1e9) as u64;
+            drain_deadline_ns = start_ns + ((warmup_s + args.drain_timeout_s.max(60.0)) * 1e9) as u64;
         }
         if now >= drain_deadline_ns {
             eprintln!("drain timeout: aborting; unfinished work counts as lost");
