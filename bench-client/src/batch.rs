@@ -52,7 +52,11 @@ impl Payloads {
         let crcs = (0..PAYLOAD_VARIANTS)
             .map(|v| crc32c::crc32c(&filler[v..v + payload_bytes]))
             .collect();
-        Ok(Payloads { value_bytes, filler, crcs })
+        Ok(Payloads {
+            value_bytes,
+            filler,
+            crcs,
+        })
     }
 
     /// Bytes of each value.
@@ -63,11 +67,20 @@ impl Payloads {
     fn payload(&self, sequence: u64) -> (&[u8], u32) {
         let variant = (sequence % PAYLOAD_VARIANTS as u64) as usize;
         let payload_bytes = self.value_bytes - VALUE_HEADER_BYTES;
-        (&self.filler[variant..variant + payload_bytes], self.crcs[variant])
+        (
+            &self.filler[variant..variant + payload_bytes],
+            self.crcs[variant],
+        )
     }
 
     /// Writes the value of message `sequence` into `out`.
-    pub fn write_value(&self, out: &mut Vec<u8>, producer_id: u32, sequence: u64, send_time_ns: u64) {
+    pub fn write_value(
+        &self,
+        out: &mut Vec<u8>,
+        producer_id: u32,
+        sequence: u64,
+        send_time_ns: u64,
+    ) {
         let (payload, crc) = self.payload(sequence);
         out.extend_from_slice(&producer_id.to_le_bytes());
         out.extend_from_slice(&sequence.to_le_bytes());
@@ -117,7 +130,7 @@ fn put_varint(out: &mut Vec<u8>, v: i64) {
 #[inline]
 fn varint_bytes(v: i64) -> usize {
     let u = ((v << 1) ^ (v >> 63)) as u64;
-    ((64 - (u | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (u | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Reads a zigzag varint at `*pos`, advancing it.
@@ -213,7 +226,12 @@ pub fn encode_batch_compressed(
         .map(|i| {
             let mut value = Vec::with_capacity(payloads.value_bytes());
             let sequence = spec.first_sequence + i as u64;
-            payloads.write_value(&mut value, spec.producer_id, sequence, (spec.send_time_ns)(i));
+            payloads.write_value(
+                &mut value,
+                spec.producer_id,
+                sequence,
+                (spec.send_time_ns)(i),
+            );
             Record {
                 transactional: false,
                 control: false,
@@ -235,7 +253,14 @@ pub fn encode_batch_compressed(
         })
         .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression })?;
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )?;
     out.extend_from_slice(&buf);
     Ok(())
 }
@@ -264,13 +289,20 @@ pub fn walk_batches(records: &Bytes, mut each: impl FnMut(RecordView)) -> Result
     while buf.len() - pos >= BATCH_HEADER_BYTES {
         let base_offset = i64::from_be_bytes(buf[pos..pos + 8].try_into().unwrap());
         let length = i32::from_be_bytes(buf[pos + 8..pos + 12].try_into().unwrap());
-        ensure!(length >= 49, "batch at offset {base_offset} has length {length}");
+        ensure!(
+            length >= 49,
+            "batch at offset {base_offset} has length {length}"
+        );
         let end = pos + 12 + length as usize;
         if end > buf.len() {
             break;
         }
         let batch = &buf[pos..end];
-        ensure!(batch[16] == 2, "batch at offset {base_offset} has magic {}", batch[16]);
+        ensure!(
+            batch[16] == 2,
+            "batch at offset {base_offset} has magic {}",
+            batch[16]
+        );
         let crc = u32::from_be_bytes(batch[17..21].try_into().unwrap());
         let last_offset_delta = i32::from_be_bytes(batch[23..27].try_into().unwrap());
         if crc32c::crc32c(&batch[21..]) != crc {
@@ -288,7 +320,10 @@ pub fn walk_batches(records: &Bytes, mut each: impl FnMut(RecordView)) -> Result
             let mut bytes = records.slice(pos..end);
             let set = RecordBatchDecoder::decode(&mut bytes)?;
             for r in &set.records {
-                each(RecordView { offset: r.offset, value: r.value.as_deref().unwrap_or(&[]) });
+                each(RecordView {
+                    offset: r.offset,
+                    value: r.value.as_deref().unwrap_or(&[]),
+                });
             }
         } else {
             let mut p = BATCH_HEADER_BYTES;
@@ -305,12 +340,18 @@ pub fn walk_batches(records: &Bytes, mut each: impl FnMut(RecordView)) -> Result
                 }
                 let value_len = get_varint(batch, &mut p)?;
                 let value: &[u8] = if value_len >= 0 {
-                    ensure!(p + value_len as usize <= record_end, "value runs past its record");
+                    ensure!(
+                        p + value_len as usize <= record_end,
+                        "value runs past its record"
+                    );
                     &batch[p..p + value_len as usize]
                 } else {
                     &[]
                 };
-                each(RecordView { offset: base_offset + offset_delta, value });
+                each(RecordView {
+                    offset: base_offset + offset_delta,
+                    value,
+                });
                 p = record_end;
             }
         }
@@ -361,22 +402,51 @@ mod tests {
             assert!(r.key.is_none());
             assert!(r.headers.is_empty());
             let v = read_value(r.value.as_ref().unwrap()).unwrap();
-            assert_eq!(v, ValueView { producer_id: 7, sequence: 1000 + i as u64, send_time_ns: 5_000 + i as u64, intact: true });
+            assert_eq!(
+                v,
+                ValueView {
+                    producer_id: 7,
+                    sequence: 1000 + i as u64,
+                    send_time_ns: 5_000 + i as u64,
+                    intact: true
+                }
+            );
         }
     }
 
     #[test]
     fn walk_reads_what_the_crate_encodes_compressed() {
         let payloads = Payloads::new(200).unwrap();
-        for c in [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+        for c in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
             let mut out = Vec::new();
             encode_batch_compressed(&mut out, &payloads, &spec(50), c).unwrap();
-            assert_eq!(i32::from_be_bytes(out[57..61].try_into().unwrap()), 50, "{c:?}: one batch of 50");
-            assert_eq!(i32::from_be_bytes(out[53..57].try_into().unwrap()), -1, "{c:?}: base sequence");
-            assert_eq!(12 + i32::from_be_bytes(out[8..12].try_into().unwrap()) as usize, out.len(), "{c:?}: one batch");
+            assert_eq!(
+                i32::from_be_bytes(out[57..61].try_into().unwrap()),
+                50,
+                "{c:?}: one batch of 50"
+            );
+            assert_eq!(
+                i32::from_be_bytes(out[53..57].try_into().unwrap()),
+                -1,
+                "{c:?}: base sequence"
+            );
+            assert_eq!(
+                12 + i32::from_be_bytes(out[8..12].try_into().unwrap()) as usize,
+                out.len(),
+                "{c:?}: one batch"
+            );
             encode_batch(&mut out, &payloads, &spec(3));
             let mut seen = Vec::new();
-            let outcome = walk_batches(&Bytes::from(out), |r| seen.push((r.offset, read_value(r.value).unwrap()))).unwrap();
+            let outcome = walk_batches(&Bytes::from(out), |r| {
+                seen.push((r.offset, read_value(r.value).unwrap()))
+            })
+            .unwrap();
             assert_eq!(seen.len(), 53, "{c:?}");
             assert!(seen.iter().all(|(_, v)| v.intact && v.producer_id == 7));
             assert_eq!(seen[49].1.sequence, 1049);
@@ -418,7 +488,20 @@ mod tests {
 
     #[test]
     fn varint_sizes_match_encoding() {
-        for v in [0i64, 1, -1, 63, 64, -64, -65, 8191, 8192, 1 << 40, i64::MAX, i64::MIN] {
+        for v in [
+            0i64,
+            1,
+            -1,
+            63,
+            64,
+            -64,
+            -65,
+            8191,
+            8192,
+            1 << 40,
+            i64::MAX,
+            i64::MIN,
+        ] {
             let mut out = Vec::new();
             put_varint(&mut out, v);
             assert_eq!(out.len(), varint_bytes(v), "{v}");

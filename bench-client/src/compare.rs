@@ -45,7 +45,8 @@ impl Broker {
     pub fn start(binary: &Path, core: Option<usize>) -> Result<Broker> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let address = format!("127.0.0.1:{port}");
-        let dir = std::env::temp_dir().join(format!("shardlog-bench-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("shardlog-bench-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let mut cmd = match core {
             Some(c) => {
@@ -55,10 +56,23 @@ impl Broker {
             }
             None => Command::new(binary),
         };
-        cmd.arg("--data-dir").arg(&dir).arg("--listen").arg(&address).arg("--advertise").arg(&address).arg("--cores").arg("1");
+        cmd.arg("--data-dir")
+            .arg(&dir)
+            .arg("--listen")
+            .arg(&address)
+            .arg("--advertise")
+            .arg(&address)
+            .arg("--cores")
+            .arg("1");
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        let child = cmd.spawn().with_context(|| format!("starting {}", binary.display()))?;
-        let mut broker = Broker { child, dir, address };
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut broker = Broker {
+            child,
+            dir,
+            address,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if std::net::TcpStream::connect(&broker.address).is_ok() {
@@ -68,7 +82,11 @@ impl Broker {
                 bail!("{} exited with {status} before listening", binary.display());
             }
             if Instant::now() > deadline {
-                bail!("{} did not listen on {} within 30 s", binary.display(), broker.address);
+                bail!(
+                    "{} did not listen on {} within 30 s",
+                    binary.display(),
+                    broker.address
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -125,14 +143,21 @@ pub fn compare(args: &CompareArgs) -> Result<bool> {
             let r = run::run(&w, mode)?;
             all_verified &= r.verified;
             let rate = r.headline().map(|s| s.messages_per_s()).unwrap_or(0.0);
-            let p99 = r.headline().map(|s| s.latency.value_at_percentile(99.0)).unwrap_or(0);
+            let p99 = r
+                .headline()
+                .map(|s| s.latency.value_at_percentile(99.0))
+                .unwrap_or(0);
             eprintln!(
                 "round {} {}: {:.0} msg/s, p99 {} µs, {}",
                 round + 1,
                 ["A", "B"][side],
                 rate,
                 p99,
-                if r.verified { "verified" } else { "VERIFICATION FAILED" }
+                if r.verified {
+                    "verified"
+                } else {
+                    "VERIFICATION FAILED"
+                }
             );
             rates[side].push(rate);
             drop(broker);
@@ -141,11 +166,28 @@ pub fn compare(args: &CompareArgs) -> Result<bool> {
     let ratios: Vec<f64> = rates[0].iter().zip(&rates[1]).map(|(a, b)| b / a).collect();
     let (mut a, mut b, mut r) = (rates[0].clone(), rates[1].clone(), ratios.clone());
     let (ma, mb) = (median(&mut a), median(&mut b));
-    let spread = |v: &[f64], m: f64| (v.iter().cloned().fold(f64::MAX, f64::min) / m, v.iter().cloned().fold(0.0, f64::max) / m);
+    let spread = |v: &[f64], m: f64| {
+        (
+            v.iter().cloned().fold(f64::MAX, f64::min) / m,
+            v.iter().cloned().fold(0.0, f64::max) / m,
+        )
+    };
     let (a_lo, a_hi) = spread(&a, ma);
     let (b_lo, b_hi) = spread(&b, mb);
-    println!("A {}: median {:.0} msg/s (runs {:.2}..{:.2} of median)", args.a.display(), ma, a_lo, a_hi);
-    println!("B {}: median {:.0} msg/s (runs {:.2}..{:.2} of median)", args.b.display(), mb, b_lo, b_hi);
+    println!(
+        "A {}: median {:.0} msg/s (runs {:.2}..{:.2} of median)",
+        args.a.display(),
+        ma,
+        a_lo,
+        a_hi
+    );
+    println!(
+        "B {}: median {:.0} msg/s (runs {:.2}..{:.2} of median)",
+        args.b.display(),
+        mb,
+        b_lo,
+        b_hi
+    );
     println!(
         "B/A ratio of medians {:.3}; per-round ratios {:.3}..{:.3} (median {:.3})",
         mb / ma,

@@ -28,7 +28,11 @@ use clap::{Parser, Subcommand};
 use crate::run::{Mode, WorkloadArgs};
 
 #[derive(Parser, Debug)]
-#[command(name = "shardlog-bench", version, about = "Kafka-protocol load generator that verifies every message")]
+#[command(
+    name = "shardlog-bench",
+    version,
+    about = "Kafka-protocol load generator that verifies every message"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

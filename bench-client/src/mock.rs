@@ -22,11 +22,14 @@ use kafka_protocol::messages::{
     list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse},
     metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic},
     produce_response::{PartitionProduceResponse, TopicProduceResponse},
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest,
-    FetchResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
-    ProduceResponse, RequestHeader, ResponseHeader,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest,
+    CreateTopicsResponse, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader,
+    ResponseHeader,
 };
-use kafka_protocol::protocol::{decode_request_header_from_buffer, Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::protocol::{
+    decode_request_header_from_buffer, Decodable, Encodable, HeaderVersion, StrBytes,
+};
 
 /// Options of `mock-broker`.
 #[derive(Args, Debug, Clone)]
@@ -94,7 +97,12 @@ pub fn spawn(mut args: MockArgs) -> String {
     address
 }
 
-fn respond<R: Encodable + HeaderVersion>(out: &mut BytesMut, correlation_id: i32, version: i16, r: &R) -> Result<()> {
+fn respond<R: Encodable + HeaderVersion>(
+    out: &mut BytesMut,
+    correlation_id: i32,
+    version: i16,
+    r: &R,
+) -> Result<()> {
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     let hv = R::header_version(version);
     let size = header.compute_size(hv)? + r.compute_size(version)?;
@@ -104,7 +112,12 @@ fn respond<R: Encodable + HeaderVersion>(out: &mut BytesMut, correlation_id: i32
     Ok(())
 }
 
-fn connection(mut stream: TcpStream, state: &Mutex<State>, args: &MockArgs, address: &str) -> Result<()> {
+fn connection(
+    mut stream: TcpStream,
+    state: &Mutex<State>,
+    args: &MockArgs,
+    address: &str,
+) -> Result<()> {
     stream.set_nodelay(true)?;
     let (host, port) = address.rsplit_once(':').context("address without port")?;
     let port: i32 = port.parse()?;
@@ -121,7 +134,14 @@ fn connection(mut stream: TcpStream, state: &Mutex<State>, args: &MockArgs, addr
         let mut out = BytesMut::new();
         if api_key == ApiKey::ApiVersions as i16 && version > args.api_versions_max {
             let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-            respond(&mut out, correlation_id, 0, &ApiVersionsResponse::default().with_error_code(35).with_api_keys(api_list()))?;
+            respond(
+                &mut out,
+                correlation_id,
+                0,
+                &ApiVersionsResponse::default()
+                    .with_error_code(35)
+                    .with_api_keys(api_list()),
+            )?;
             stream.write_all(&out)?;
             continue;
         }
@@ -130,7 +150,12 @@ fn connection(mut stream: TcpStream, state: &Mutex<State>, args: &MockArgs, addr
         match ApiKey::try_from(api_key).map_err(|_| anyhow::anyhow!("unknown api key {api_key}"))? {
             ApiKey::ApiVersions => {
                 ApiVersionsRequest::decode(&mut frame, version)?;
-                respond(&mut out, c, version, &ApiVersionsResponse::default().with_api_keys(api_list()))?;
+                respond(
+                    &mut out,
+                    c,
+                    version,
+                    &ApiVersionsResponse::default().with_api_keys(api_list()),
+                )?;
             }
             ApiKey::Metadata => {
                 let req = MetadataRequest::decode(&mut frame, version)?;
@@ -141,22 +166,37 @@ fn connection(mut stream: TcpStream, state: &Mutex<State>, args: &MockArgs, addr
                     .into_iter()
                     .filter_map(|t| t.name)
                     .map(|name| match st.topics.get(name.0.as_str()) {
-                        Some(parts) => MetadataResponseTopic::default().with_name(Some(name)).with_partitions(
-                            (0..parts.len() as i32)
-                                .map(|i| {
-                                    MetadataResponsePartition::default()
-                                        .with_partition_index(i)
-                                        .with_leader_id(BrokerId(1))
-                                        .with_replica_nodes(vec![BrokerId(1)])
-                                        .with_isr_nodes(vec![BrokerId(1)])
-                                })
-                                .collect(),
-                        ),
-                        None => MetadataResponseTopic::default().with_name(Some(name)).with_error_code(3),
+                        Some(parts) => MetadataResponseTopic::default()
+                            .with_name(Some(name))
+                            .with_partitions(
+                                (0..parts.len() as i32)
+                                    .map(|i| {
+                                        MetadataResponsePartition::default()
+                                            .with_partition_index(i)
+                                            .with_leader_id(BrokerId(1))
+                                            .with_replica_nodes(vec![BrokerId(1)])
+                                            .with_isr_nodes(vec![BrokerId(1)])
+                                    })
+                                    .collect(),
+                            ),
+                        None => MetadataResponseTopic::default()
+                            .with_name(Some(name))
+                            .with_error_code(3),
                     })
                     .collect();
-                let broker = MetadataResponseBroker::default().with_node_id(BrokerId(1)).with_host(StrBytes::from_string(host.to_string())).with_port(port);
-                respond(&mut out, c, version, &MetadataResponse::default().with_brokers(vec![broker]).with_controller_id(BrokerId(1)).with_topics(topics))?;
+                let broker = MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(1))
+                    .with_host(StrBytes::from_string(host.to_string()))
+                    .with_port(port);
+                respond(
+                    &mut out,
+                    c,
+                    version,
+                    &MetadataResponse::default()
+                        .with_brokers(vec![broker])
+                        .with_controller_id(BrokerId(1))
+                        .with_topics(topics),
+                )?;
             }
             ApiKey::CreateTopics => {
                 let req = CreateTopicsRequest::decode(&mut frame, version)?;
@@ -167,12 +207,24 @@ fn connection(mut stream: TcpStream, state: &Mutex<State>, args: &MockArgs, addr
                     .map(|t| {
                         let exists = st.topics.contains_key(t.name.0.as_str());
                         if !exists {
-                            st.topics.insert(t.name.0.to_string(), (0..t.num_partitions).map(|_| PartitionLog::default()).collect());
+                            st.topics.insert(
+                                t.name.0.to_string(),
+                                (0..t.num_partitions)
+                                    .map(|_| PartitionLog::default())
+                                    .collect(),
+                            );
                         }
-                        CreatableTopicResult::default().with_name(t.name).with_error_code(if exists { 36 } else { 0 })
+                        CreatableTopicResult::default()
+                            .with_name(t.name)
+                            .with_error_code(if exists { 36 } else { 0 })
                     })
                     .collect();
-                respond(&mut out, c, version, &CreateTopicsResponse::default().with_topics(results))?;
+                respond(
+                    &mut out,
+                    c,
+                    version,
+                    &CreateTopicsResponse::default().with_topics(results),
+                )?;
             }
             ApiKey::ListOffsets => {
                 let req = ListOffsetsRequest::decode(&mut frame, version)?;
@@ -182,19 +234,33 @@ fn connection(mut stream: TcpStream, state: &Mutex<State>, args: &MockArgs, addr
                     .into_iter()
                     .map(|t| {
                         let parts = &st.topics[t.name.0.as_str()];
-                        ListOffsetsTopicResponse::default().with_partitions(
-                            t.partitions
-                                .iter()
-                                .map(|p| {
-                                    let log = &parts[p.partition_index as usize];
-                                    let offset = if p.timestamp == -2 { 0 } else { log.next_offset };
-                                    ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index).with_offset(offset).with_timestamp(-1)
-                                })
-                                .collect(),
-                        ).with_name(t.name)
+                        ListOffsetsTopicResponse::default()
+                            .with_partitions(
+                                t.partitions
+                                    .iter()
+                                    .map(|p| {
+                                        let log = &parts[p.partition_index as usize];
+                                        let offset = if p.timestamp == -2 {
+                                            0
+                                        } else {
+                                            log.next_offset
+                                        };
+                                        ListOffsetsPartitionResponse::default()
+                                            .with_partition_index(p.partition_index)
+                                            .with_offset(offset)
+                                            .with_timestamp(-1)
+                                    })
+                                    .collect(),
+                            )
+                            .with_name(t.name)
                     })
                     .collect();
-                respond(&mut out, c, version, &ListOffsetsResponse::default().with_topics(topics))?;
+                respond(
+                    &mut out,
+                    c,
+                    version,
+                    &ListOffsetsResponse::default().with_topics(topics),
+                )?;
             }
             ApiKey::Produce => {
                 let req = ProduceRequest::decode(&mut frame, version)?;
@@ -205,8 +271,13 @@ fn connection(mut stream: TcpStream, state: &Mutex<State>, args: &MockArgs, addr
                     for p in t.partition_data {
                         let records = p.records.unwrap_or_default();
                         st.produced_batches += 1;
-                        let drop_it = args.drop_every.is_some_and(|n| st.produced_batches % n == 0);
-                        let log = &mut st.topics.get_mut(t.name.0.as_str()).context("unknown topic")?[p.index as usize];
+                        let drop_it = args
+                            .drop_every
+                            .is_some_and(|n| st.produced_batches.is_multiple_of(n));
+                        let log = &mut st
+                            .topics
+                            .get_mut(t.name.0.as_str())
+                            .context("unknown topic")?[p.index as usize];
                         let base = log.next_offset;
                         let count = i32::from_be_bytes(records[57..61].try_into()?) as i64;
                         let mut stamped = BytesMut::from(&records[..]);
@@ -217,18 +288,33 @@ fn connection(mut stream: TcpStream, state: &Mutex<State>, args: &MockArgs, addr
                             log.batches.push((base, stamped.freeze()));
                         }
                         log.next_offset += count;
-                        prs.push(PartitionProduceResponse::default().with_index(p.index).with_base_offset(base).with_log_append_time_ms(-1));
+                        prs.push(
+                            PartitionProduceResponse::default()
+                                .with_index(p.index)
+                                .with_base_offset(base)
+                                .with_log_append_time_ms(-1),
+                        );
                     }
-                    responses.push(TopicProduceResponse::default().with_name(t.name).with_partition_responses(prs));
+                    responses.push(
+                        TopicProduceResponse::default()
+                            .with_name(t.name)
+                            .with_partition_responses(prs),
+                    );
                 }
                 drop(st);
                 if req.acks != 0 {
-                    respond(&mut out, c, version, &ProduceResponse::default().with_responses(responses))?;
+                    respond(
+                        &mut out,
+                        c,
+                        version,
+                        &ProduceResponse::default().with_responses(responses),
+                    )?;
                 }
             }
             ApiKey::Fetch => {
                 let req = FetchRequest::decode(&mut frame, version)?;
-                let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
+                let deadline =
+                    Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
                 let response = loop {
                     let mut st = state.lock().unwrap();
                     let mut total = 0usize;
@@ -239,11 +325,14 @@ fn connection(mut stream: TcpStream, state: &Mutex<State>, args: &MockArgs, addr
                             let log = &st.topics[t.topic.0.as_str()][p.partition as usize];
                             let mut records = BytesMut::new();
                             let start = log.batches.partition_point(|(b, bytes)| {
-                                b + i32::from_be_bytes(bytes[23..27].try_into().unwrap()) as i64 + 1 <= p.fetch_offset
+                                b + (i32::from_be_bytes(bytes[23..27].try_into().unwrap()) as i64)
+                                    < p.fetch_offset
                             });
                             let mut served = Vec::new();
                             for (_, b) in &log.batches[start..] {
-                                if !records.is_empty() && records.len() + b.len() > p.partition_max_bytes as usize {
+                                if !records.is_empty()
+                                    && records.len() + b.len() > p.partition_max_bytes as usize
+                                {
                                     break;
                                 }
                                 served.push(b.clone());
@@ -255,20 +344,32 @@ fn connection(mut stream: TcpStream, state: &Mutex<State>, args: &MockArgs, addr
                             if let Some(every) = args.corrupt_every {
                                 for _ in 0..n {
                                     st.served_batches += 1;
-                                    if st.served_batches % every == 0 && records.len() > 100 {
+                                    if st.served_batches.is_multiple_of(every)
+                                        && records.len() > 100
+                                    {
                                         // Corrupt a payload and re-seal the CRC: only the value checksum can tell.
                                         let at = records.len() - 10;
                                         records[at] ^= 0x01;
                                         let last = last_batch_start(&records);
                                         let crc = crc32c::crc32c(&records[last + 21..]);
-                                        records[last + 17..last + 21].copy_from_slice(&crc.to_be_bytes());
+                                        records[last + 17..last + 21]
+                                            .copy_from_slice(&crc.to_be_bytes());
                                     }
                                 }
                             }
                             total += records.len();
-                            parts.push(PartitionData::default().with_partition_index(p.partition).with_high_watermark(high).with_records(Some(records.freeze())));
+                            parts.push(
+                                PartitionData::default()
+                                    .with_partition_index(p.partition)
+                                    .with_high_watermark(high)
+                                    .with_records(Some(records.freeze())),
+                            );
                         }
-                        topics.push(FetchableTopicResponse::default().with_topic(t.topic.clone()).with_partitions(parts));
+                        topics.push(
+                            FetchableTopicResponse::default()
+                                .with_topic(t.topic.clone())
+                                .with_partitions(parts),
+                        );
                     }
                     if total > 0 || Instant::now() >= deadline {
                         break FetchResponse::default().with_responses(topics);
@@ -295,8 +396,20 @@ fn last_batch_start(records: &[u8]) -> usize {
 }
 
 fn api_list() -> Vec<ApiVersion> {
-    [(ApiKey::Produce, 3, 9), (ApiKey::Fetch, 4, 12), (ApiKey::ListOffsets, 1, 7), (ApiKey::Metadata, 0, 12), (ApiKey::ApiVersions, 0, 3), (ApiKey::CreateTopics, 2, 7)]
-        .into_iter()
-        .map(|(k, lo, hi)| ApiVersion::default().with_api_key(k as i16).with_min_version(lo).with_max_version(hi))
-        .collect()
+    [
+        (ApiKey::Produce, 3, 9),
+        (ApiKey::Fetch, 4, 12),
+        (ApiKey::ListOffsets, 1, 7),
+        (ApiKey::Metadata, 0, 12),
+        (ApiKey::ApiVersions, 0, 3),
+        (ApiKey::CreateTopics, 2, 7),
+    ]
+    .into_iter()
+    .map(|(k, lo, hi)| {
+        ApiVersion::default()
+            .with_api_key(k as i16)
+            .with_min_version(lo)
+            .with_max_version(hi)
+    })
+    .collect()
 }

@@ -55,7 +55,10 @@ pub fn negotiate(broker: &HashMap<i16, (i16, i16)>) -> Result<Versions> {
             .get(&(key as i16))
             .ok_or_else(|| anyhow!("broker does not offer {key:?}"))?;
         let v = (*hi).min(*bhi);
-        ensure!(v >= (*lo).max(*blo), "no common version of {key:?}: client {lo}..{hi}, broker {blo}..{bhi}");
+        ensure!(
+            v >= (*lo).max(*blo),
+            "no common version of {key:?}: client {lo}..{hi}, broker {blo}..{bhi}"
+        );
         Ok(v)
     };
     Ok(Versions {
@@ -68,7 +71,12 @@ pub fn negotiate(broker: &HashMap<i16, (i16, i16)>) -> Result<Versions> {
 }
 
 /// Appends a size-prefixed request frame (header + body) to `out`.
-pub fn encode_request<R: Request>(out: &mut BytesMut, correlation_id: i32, version: i16, body: &R) -> Result<()> {
+pub fn encode_request<R: Request>(
+    out: &mut BytesMut,
+    correlation_id: i32,
+    version: i16,
+    body: &R,
+) -> Result<()> {
     let header = RequestHeader::default()
         .with_request_api_key(R::KEY)
         .with_request_api_version(version)
@@ -83,7 +91,11 @@ pub fn encode_request<R: Request>(out: &mut BytesMut, correlation_id: i32, versi
 }
 
 /// Splits the response header off `frame` and checks its correlation id.
-pub fn decode_response_header<R: Request>(frame: &mut Bytes, version: i16, correlation_id: i32) -> Result<()> {
+pub fn decode_response_header<R: Request>(
+    frame: &mut Bytes,
+    version: i16,
+    correlation_id: i32,
+) -> Result<()> {
     let header = ResponseHeader::decode(frame, R::Response::header_version(version))?;
     ensure!(
         header.correlation_id == correlation_id,
@@ -100,7 +112,10 @@ pub fn take_frame(buf: &mut BytesMut) -> Result<Option<Bytes>> {
         return Ok(None);
     }
     let size = i32::from_be_bytes(buf[..4].try_into().unwrap());
-    ensure!(size >= 4 && size as usize <= FRAME_BYTES_MAX, "response frame of {size} bytes");
+    ensure!(
+        size >= 4 && size as usize <= FRAME_BYTES_MAX,
+        "response frame of {size} bytes"
+    );
     if buf.len() < 4 + size as usize {
         buf.reserve(4 + size as usize - buf.len());
         return Ok(None);
@@ -117,6 +132,7 @@ fn produce_flexible(version: i16) -> bool {
 /// Appends a Produce request for one batch of one partition, up to and including the record
 /// length prefix; the caller appends `records_bytes` of batch and then `produce_suffix`.
 /// Hand-written so the batch is encoded once, in place; checked against the crate's decoder.
+#[allow(clippy::too_many_arguments)] // each is one field of the request, named at the call
 pub fn produce_prefix(
     out: &mut Vec<u8>,
     version: i16,
@@ -208,7 +224,13 @@ impl Control {
         let mut c = Control {
             stream,
             correlation_id: 0,
-            versions: Versions { metadata: 0, produce: 0, fetch: 0, list_offsets: 0, create_topics: 0 },
+            versions: Versions {
+                metadata: 0,
+                produce: 0,
+                fetch: 0,
+                list_offsets: 0,
+                create_topics: 0,
+            },
         };
         let broker = c.api_versions()?;
         c.versions = negotiate(&broker).with_context(|| format!("broker at {address}"))?;
@@ -221,15 +243,27 @@ impl Control {
             .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
         let mut response = self.call_raw(&request, 3)?;
         // The broker answers an unsupported version with error 35 in a v0 body.
-        let error = if response.len() >= 2 { i16::from_be_bytes([response[0], response[1]]) } else { 0 };
+        let error = if response.len() >= 2 {
+            i16::from_be_bytes([response[0], response[1]])
+        } else {
+            0
+        };
         let parsed = if error == UNSUPPORTED_VERSION {
             let mut r = self.call_raw(&request, 0)?;
             ApiVersionsResponse::decode(&mut r, 0)?
         } else {
             ApiVersionsResponse::decode(&mut response, 3)?
         };
-        ensure!(parsed.error_code == 0, "ApiVersions error {}", parsed.error_code);
-        Ok(parsed.api_keys.iter().map(|k| (k.api_key, (k.min_version, k.max_version))).collect())
+        ensure!(
+            parsed.error_code == 0,
+            "ApiVersions error {}",
+            parsed.error_code
+        );
+        Ok(parsed
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, (k.min_version, k.max_version)))
+            .collect())
     }
 
     /// Sends one request and returns the response body (header checked and removed).
@@ -239,9 +273,14 @@ impl Control {
         encode_request(&mut out, self.correlation_id, version, request)?;
         self.stream.write_all(&out)?;
         let mut size = [0u8; 4];
-        self.stream.read_exact(&mut size).with_context(|| format!("reading {:?} response", ApiKey::try_from(R::KEY).ok()))?;
+        self.stream
+            .read_exact(&mut size)
+            .with_context(|| format!("reading {:?} response", ApiKey::try_from(R::KEY).ok()))?;
         let size = i32::from_be_bytes(size);
-        ensure!(size >= 4 && size as usize <= FRAME_BYTES_MAX, "response frame of {size} bytes");
+        ensure!(
+            size >= 4 && size as usize <= FRAME_BYTES_MAX,
+            "response frame of {size} bytes"
+        );
         let mut frame = vec![0u8; size as usize];
         self.stream.read_exact(&mut frame)?;
         let mut frame = Bytes::from(frame);
@@ -251,17 +290,22 @@ impl Control {
 
     fn call<R: Request>(&mut self, request: &R, version: i16) -> Result<R::Response> {
         let mut body = self.call_raw(request, version)?;
-        Ok(R::Response::decode(&mut body, version)?)
+        R::Response::decode(&mut body, version)
     }
 
     /// Metadata for `topic`; `None` if the broker does not know it.
     pub fn metadata(&mut self, topic: &str) -> Result<Option<TopicLayout>> {
         let request = MetadataRequest::default()
-            .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(topic_name(topic)))]))
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(topic_name(topic)))
+            ]))
             .with_allow_auto_topic_creation(false);
         let response: MetadataResponse = self.call(&request, self.versions.metadata)?;
-        let brokers: HashMap<i32, String> =
-            response.brokers.iter().map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port))).collect();
+        let brokers: HashMap<i32, String> = response
+            .brokers
+            .iter()
+            .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
+            .collect();
         let t = response
             .topics
             .iter()
@@ -270,13 +314,20 @@ impl Control {
         match t.error_code {
             0 => {}
             3 => return Ok(None), // UNKNOWN_TOPIC_OR_PARTITION
-            5 => return Ok(Some(TopicLayout { leaders: Vec::new() })), // LEADER_NOT_AVAILABLE: retry
+            5 => {
+                return Ok(Some(TopicLayout {
+                    leaders: Vec::new(),
+                }))
+            } // LEADER_NOT_AVAILABLE: retry
             e => bail!("Metadata for {topic}: error {e}"),
         }
         let mut leaders = vec![String::new(); t.partitions.len()];
         for p in &t.partitions {
             let i = p.partition_index as usize;
-            ensure!(i < leaders.len(), "partition index {i} out of range in Metadata");
+            ensure!(
+                i < leaders.len(),
+                "partition index {i} out of range in Metadata"
+            );
             if p.error_code == 0 {
                 leaders[i] = brokers.get(&p.leader_id.0).cloned().unwrap_or_default();
             }
@@ -305,12 +356,20 @@ impl Control {
     }
 
     /// Waits until `topic` exists with a leader for every partition, creating it if missing.
-    pub fn ensure_topic(&mut self, topic: &str, partitions: i32, timeout: Duration) -> Result<TopicLayout> {
+    pub fn ensure_topic(
+        &mut self,
+        topic: &str,
+        partitions: i32,
+        timeout: Duration,
+    ) -> Result<TopicLayout> {
         let deadline = Instant::now() + timeout;
         let mut created = false;
         loop {
             match self.metadata(topic)? {
-                Some(layout) if !layout.leaders.is_empty() && layout.leaders.iter().all(|l| !l.is_empty()) => {
+                Some(layout)
+                    if !layout.leaders.is_empty()
+                        && layout.leaders.iter().all(|l| !l.is_empty()) =>
+                {
                     return Ok(layout)
                 }
                 None if !created => {
@@ -319,32 +378,55 @@ impl Control {
                 }
                 _ => {}
             }
-            ensure!(Instant::now() < deadline, "topic {topic} has no leader for every partition after {timeout:?}");
+            ensure!(
+                Instant::now() < deadline,
+                "topic {topic} has no leader for every partition after {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// Offsets of `partitions` at `timestamp` (-1 latest, -2 earliest).
-    pub fn list_offsets(&mut self, topic: &str, partitions: &[i32], timestamp: i64) -> Result<Vec<i64>> {
-        let request = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![ListOffsetsTopic::default()
-            .with_name(topic_name(topic))
-            .with_partitions(
-                partitions
-                    .iter()
-                    .map(|&p| ListOffsetsPartition::default().with_partition_index(p).with_timestamp(timestamp).with_current_leader_epoch(-1))
-                    .collect(),
-            )]);
+    pub fn list_offsets(
+        &mut self,
+        topic: &str,
+        partitions: &[i32],
+        timestamp: i64,
+    ) -> Result<Vec<i64>> {
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(topic_name(topic))
+                .with_partitions(
+                    partitions
+                        .iter()
+                        .map(|&p| {
+                            ListOffsetsPartition::default()
+                                .with_partition_index(p)
+                                .with_timestamp(timestamp)
+                                .with_current_leader_epoch(-1)
+                        })
+                        .collect(),
+                )]);
         let response: ListOffsetsResponse = self.call(&request, self.versions.list_offsets)?;
         let mut out = vec![-1i64; partitions.len()];
         for t in &response.topics {
             for p in &t.partitions {
-                ensure!(p.error_code == 0, "ListOffsets {topic}/{}: error {}", p.partition_index, p.error_code);
+                ensure!(
+                    p.error_code == 0,
+                    "ListOffsets {topic}/{}: error {}",
+                    p.partition_index,
+                    p.error_code
+                );
                 if let Some(i) = partitions.iter().position(|&q| q == p.partition_index) {
                     out[i] = p.offset;
                 }
             }
         }
-        ensure!(out.iter().all(|&o| o >= 0), "ListOffsets did not answer every partition of {topic}: {out:?}");
+        ensure!(
+            out.iter().all(|&o| o >= 0),
+            "ListOffsets did not answer every partition of {topic}: {out:?}"
+        );
         Ok(out)
     }
 }
@@ -378,19 +460,45 @@ mod tests {
     fn produce_prefix_decodes_with_the_crate_at_every_version() {
         let payloads = crate::batch::Payloads::new(50).unwrap();
         let mut batch = Vec::new();
-        let spec = crate::batch::BatchSpec { producer_id: 1, first_sequence: 0, count: 3, timestamp_ms: 0, send_time_ns: &|_| 0 };
+        let spec = crate::batch::BatchSpec {
+            producer_id: 1,
+            first_sequence: 0,
+            count: 3,
+            timestamp_ms: 0,
+            send_time_ns: &|_| 0,
+        };
         crate::batch::encode_batch(&mut batch, &payloads, &spec);
         for version in 3..=9i16 {
             let mut out = Vec::new();
-            produce_prefix(&mut out, version, 42, -1, 1500, "bench-topic", 5, batch.len());
+            produce_prefix(
+                &mut out,
+                version,
+                42,
+                -1,
+                1500,
+                "bench-topic",
+                5,
+                batch.len(),
+            );
             out.extend_from_slice(&batch);
             out.extend_from_slice(produce_suffix(version));
             let mut frame = Bytes::from(out);
             let size = frame.get_i32() as usize;
             assert_eq!(size, frame.len(), "v{version}");
-            let header = RequestHeader::decode(&mut frame, ProduceRequest::header_version(version)).unwrap();
-            assert_eq!((header.request_api_key, header.request_api_version, header.correlation_id), (0, version, 42));
-            assert_eq!(header.client_id.as_ref().map(|c| c.as_str()), Some(CLIENT_ID));
+            let header =
+                RequestHeader::decode(&mut frame, ProduceRequest::header_version(version)).unwrap();
+            assert_eq!(
+                (
+                    header.request_api_key,
+                    header.request_api_version,
+                    header.correlation_id
+                ),
+                (0, version, 42)
+            );
+            assert_eq!(
+                header.client_id.as_ref().map(|c| c.as_str()),
+                Some(CLIENT_ID)
+            );
             let request = ProduceRequest::decode(&mut frame, version).unwrap();
             assert_eq!(frame.len(), 0, "v{version}: trailing bytes");
             assert_eq!((request.acks, request.timeout_ms), (-1, 1500));
@@ -404,11 +512,35 @@ mod tests {
 
     #[test]
     fn negotiation_takes_the_highest_common_version() {
-        let broker: HashMap<i16, (i16, i16)> =
-            [(3, (0, 7)), (0, (0, 11)), (1, (4, 11)), (2, (0, 5)), (19, (0, 4))].into_iter().collect();
+        let broker: HashMap<i16, (i16, i16)> = [
+            (3, (0, 7)),
+            (0, (0, 11)),
+            (1, (4, 11)),
+            (2, (0, 5)),
+            (19, (0, 4)),
+        ]
+        .into_iter()
+        .collect();
         let v = negotiate(&broker).unwrap();
-        assert_eq!((v.metadata, v.produce, v.fetch, v.list_offsets, v.create_topics), (7, 9, 11, 5, 4));
-        let too_old: HashMap<i16, (i16, i16)> = [(3, (0, 7)), (0, (0, 2)), (1, (4, 11)), (2, (0, 5)), (19, (0, 4))].into_iter().collect();
+        assert_eq!(
+            (
+                v.metadata,
+                v.produce,
+                v.fetch,
+                v.list_offsets,
+                v.create_topics
+            ),
+            (7, 9, 11, 5, 4)
+        );
+        let too_old: HashMap<i16, (i16, i16)> = [
+            (3, (0, 7)),
+            (0, (0, 2)),
+            (1, (4, 11)),
+            (2, (0, 5)),
+            (19, (0, 4)),
+        ]
+        .into_iter()
+        .collect();
         assert!(negotiate(&too_old).is_err());
     }
 
@@ -418,10 +550,16 @@ mod tests {
         buf.extend_from_slice(&[0, 0, 0, 6, 1, 2, 3]);
         assert!(take_frame(&mut buf).unwrap().is_none());
         buf.extend_from_slice(&[4, 5, 6, 0, 0]);
-        assert_eq!(&take_frame(&mut buf).unwrap().unwrap()[..], &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(
+            &take_frame(&mut buf).unwrap().unwrap()[..],
+            &[1, 2, 3, 4, 5, 6]
+        );
         assert_eq!(&buf[..], &[0, 0]);
         buf.clear();
         buf.extend_from_slice(&[0x7f, 0xff, 0xff, 0xff]);
-        assert!(take_frame(&mut buf).is_err(), "a 2 GiB frame means a broken stream");
+        assert!(
+            take_frame(&mut buf).is_err(),
+            "a 2 GiB frame means a broken stream"
+        );
     }
 }

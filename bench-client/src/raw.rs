@@ -86,14 +86,22 @@ pub fn loopback(args: &LoopbackArgs) -> Result<f64> {
     drop(s);
     let received = sink.join().expect("sink panicked")?;
     let seconds = start.elapsed().as_secs_f64();
-    ensure!(received == sent, "loopback lost bytes: sent {sent}, received {received}");
+    ensure!(
+        received == sent,
+        "loopback lost bytes: sent {sent}, received {received}"
+    );
     Ok(sent as f64 / seconds)
 }
 
 /// Bytes per second written with O_DIRECT, `depth` writers in parallel, then one fdatasync.
 pub fn disk(args: &DiskArgs) -> Result<f64> {
-    ensure!(args.block_bytes % 4096 == 0 && args.block_bytes > 0, "--block-bytes must be a multiple of 4096");
-    let path = args.dir.join(format!(".shardlog-bench-raw-disk-{}", std::process::id()));
+    ensure!(
+        args.block_bytes.is_multiple_of(4096) && args.block_bytes > 0,
+        "--block-bytes must be a multiple of 4096"
+    );
+    let path = args
+        .dir
+        .join(format!(".shardlog-bench-raw-disk-{}", std::process::id()));
     let file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)

@@ -20,7 +20,11 @@ use crate::worker::{self, now_ns, ConsumerPlan, ProducerPlan, Shared, Workload};
 #[derive(Args, Debug, Clone)]
 pub struct WorkloadArgs {
     /// Broker address to bootstrap from.
-    #[arg(long, env = "SHARDLOG_BENCH_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        env = "SHARDLOG_BENCH_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
     pub bootstrap: String,
     /// Topic; created with --partitions if missing.
     #[arg(long, default_value = "shardlog-bench")]
@@ -122,9 +126,15 @@ fn parse_acks(s: &str) -> Result<i16> {
 pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
     let acks = parse_acks(&args.acks)?;
     let compression = parse_compression(&args.compression)?;
-    ensure!(args.message_bytes >= VALUE_HEADER_BYTES, "--message-bytes must be at least {VALUE_HEADER_BYTES}");
+    ensure!(
+        args.message_bytes >= VALUE_HEADER_BYTES,
+        "--message-bytes must be at least {VALUE_HEADER_BYTES}"
+    );
     let record_bytes_max = args.message_bytes + 16;
-    let batch_records = args.batch_records.min((args.batch_bytes_max / record_bytes_max).max(1)).max(1);
+    let batch_records = args
+        .batch_records
+        .min((args.batch_bytes_max / record_bytes_max).max(1))
+        .max(1);
     let mut control = Control::connect(&args.bootstrap, Duration::from_secs(10))?;
     let layout = control.ensure_topic(&args.topic, args.partitions, Duration::from_secs(30))?;
     let partitions: Vec<i32> = (0..layout.leaders.len() as i32).collect();
@@ -133,7 +143,12 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
     let consume = mode != Mode::Produce;
 
     let cores: Vec<Option<core_affinity::CoreId>> = match core_affinity::get_core_ids() {
-        Some(ids) if !ids.is_empty() => ids.into_iter().cycle().take(args.cores.max(1)).map(Some).collect(),
+        Some(ids) if !ids.is_empty() => ids
+            .into_iter()
+            .cycle()
+            .take(args.cores.max(1))
+            .map(Some)
+            .collect(),
         _ => vec![None; args.cores.max(1)],
     };
     let workers = cores.len();
@@ -146,18 +161,31 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
         let mut plans = Vec::new();
         for p in 0..args.producers.max(1) {
             let mine: Vec<i32> = if partitions.len() >= args.producers {
-                partitions.iter().copied().filter(|q| *q as usize % args.producers == p).collect()
+                partitions
+                    .iter()
+                    .copied()
+                    .filter(|q| *q as usize % args.producers == p)
+                    .collect()
             } else {
                 vec![partitions[p % partitions.len()]]
             };
             let mut by_leader: HashMap<&str, Vec<i32>> = HashMap::new();
             for q in mine {
-                by_leader.entry(layout.leaders[q as usize].as_str()).or_default().push(q);
+                by_leader
+                    .entry(layout.leaders[q as usize].as_str())
+                    .or_default()
+                    .push(q);
             }
             for (leader, qs) in by_leader {
                 let conns = args.connections.max(1).min(qs.len());
                 for c in 0..conns {
-                    let subset: Vec<i32> = qs.iter().copied().enumerate().filter(|(i, _)| i % conns == c).map(|(_, q)| q).collect();
+                    let subset: Vec<i32> = qs
+                        .iter()
+                        .copied()
+                        .enumerate()
+                        .filter(|(i, _)| i % conns == c)
+                        .map(|(_, q)| q)
+                        .collect();
                     plans.push((leader.to_string(), subset));
                 }
             }
@@ -165,7 +193,9 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
         producer_conns = plans.len();
         let pid_base = (now_ns() as u32 ^ (std::process::id() << 20)) & !0xfff;
         for (i, (address, subset)) in plans.into_iter().enumerate() {
-            let messages_max = args.messages.map(|m| m / producer_conns as u64 + u64::from((i as u64) < m % producer_conns as u64));
+            let messages_max = args.messages.map(|m| {
+                m / producer_conns as u64 + u64::from((i as u64) < m % producer_conns as u64)
+            });
             producer_plans[i % workers].push(ProducerPlan {
                 address,
                 producer_id: pid_base.wrapping_add(i as u32),
@@ -178,18 +208,29 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
 
     // Consumers start at the log start (consume) or at the end (e2e: only this run's messages).
     let start_offsets = if consume {
-        control.list_offsets(&args.topic, &partitions, if mode == Mode::Consume { -2 } else { -1 })?
+        control.list_offsets(
+            &args.topic,
+            &partitions,
+            if mode == Mode::Consume { -2 } else { -1 },
+        )?
     } else {
         Vec::new()
     };
-    let targets: Vec<AtomicI64> = partitions.iter().map(|_| AtomicI64::new(i64::MAX)).collect();
+    let targets: Vec<AtomicI64> = partitions
+        .iter()
+        .map(|_| AtomicI64::new(i64::MAX))
+        .collect();
     if mode == Mode::Consume {
         let ends = control.list_offsets(&args.topic, &partitions, -1)?;
         for (t, e) in targets.iter().zip(&ends) {
             t.store(*e, Ordering::Relaxed);
         }
         let available: i64 = ends.iter().zip(&start_offsets).map(|(e, s)| e - s).sum();
-        ensure!(available > 0, "topic {} is empty: run produce first", args.topic);
+        ensure!(
+            available > 0,
+            "topic {} is empty: run produce first",
+            args.topic
+        );
     }
     let mut consumer_plans: Vec<Vec<ConsumerPlan>> = (0..workers).map(|_| Vec::new()).collect();
     if consume {
@@ -201,7 +242,10 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
                 let start = start_offsets[q as usize];
                 // From offset 0 every producer must start at sequence 0; mid-log, anywhere.
                 let strict = start == 0 || mode == Mode::EndToEnd;
-                by_leader.entry(layout.leaders[q as usize].as_str()).or_default().push((q, start, strict));
+                by_leader
+                    .entry(layout.leaders[q as usize].as_str())
+                    .or_default()
+                    .push((q, start, strict));
             }
             for (leader, qs) in by_leader {
                 plans.push((leader.to_string(), qs));
@@ -209,9 +253,17 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
         }
         let consumer_conns = plans.len() as u64;
         for (i, (address, parts)) in plans.into_iter().enumerate() {
-            let messages_max = if mode == Mode::Consume { args.messages.map(|m| m.div_ceil(consumer_conns)) } else { None };
+            let messages_max = if mode == Mode::Consume {
+                args.messages.map(|m| m.div_ceil(consumer_conns))
+            } else {
+                None
+            };
             // Spread consumers away from the producers' workers when there are several.
-            consumer_plans[(i + producer_conns) % workers].push(ConsumerPlan { address, partitions: parts, messages_max });
+            consumer_plans[(i + producer_conns) % workers].push(ConsumerPlan {
+                address,
+                partitions: parts,
+                messages_max,
+            });
         }
     }
 
@@ -236,7 +288,9 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
         (None, None, Mode::Produce | Mode::EndToEnd) => Some(10.0),
         _ => None,
     };
-    let warmup_s = args.warmup_s.unwrap_or(if duration_s.is_some() { 1.0 } else { 0.0 });
+    let warmup_s = args
+        .warmup_s
+        .unwrap_or(if duration_s.is_some() { 1.0 } else { 0.0 });
     let start_ns = now_ns();
     let measure_from_ns = start_ns + (warmup_s * 1e9) as u64;
     let shared = Arc::new(Shared {
@@ -268,7 +322,12 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
 
     let (tx, rx) = mpsc::channel();
     let mut handles = Vec::new();
-    for (i, ((core, pp), cp)) in cores.into_iter().zip(producer_plans).zip(consumer_plans).enumerate() {
+    for (i, ((core, pp), cp)) in cores
+        .into_iter()
+        .zip(producer_plans)
+        .zip(consumer_plans)
+        .enumerate()
+    {
         let (w, s, tx) = (workload.clone(), shared.clone(), tx.clone());
         handles.push(
             std::thread::Builder::new()
@@ -294,7 +353,10 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
                 stopped_ns = Some(stop);
             }
         }
-        if produce && stopped_ns.is_none() && shared.producers_done.load(Ordering::Relaxed) == producer_conns {
+        if produce
+            && stopped_ns.is_none()
+            && shared.producers_done.load(Ordering::Relaxed) == producer_conns
+        {
             // A message count was reached: the window ends now.
             shared.measure_until_ns.store(now, Ordering::Relaxed);
             shared.stop_producing.store(true, Ordering::Relaxed);
@@ -306,7 +368,10 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
             }
             if mode == Mode::EndToEnd
                 && shared.producers_done.load(Ordering::Relaxed) == producer_conns
-                && shared.consume_targets.iter().any(|t| t.load(Ordering::Relaxed) == i64::MAX)
+                && shared
+                    .consume_targets
+                    .iter()
+                    .any(|t| t.load(Ordering::Relaxed) == i64::MAX)
             {
                 let ends = control.list_offsets(&args.topic, &partitions, -1)?;
                 for (t, e) in shared.consume_targets.iter().zip(&ends) {
@@ -314,7 +379,8 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
                 }
             }
         } else if mode == Mode::Consume && duration_s.is_none() && drain_deadline_ns == u64::MAX {
-            drain_deadline_ns = start_ns + ((warmup_s + args.drain_timeout_s.max(60.0)) * 1e9) as u64;
+            drain_deadline_ns =
+                start_ns + ((warmup_s + args.drain_timeout_s.max(60.0)) * 1e9) as u64;
         }
         if now >= drain_deadline_ns {
             eprintln!("drain timeout: aborting; unfinished work counts as lost");
@@ -335,7 +401,10 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
         }
     }
     let end_ns = now_ns();
-    let results: Vec<worker::WorkerResult> = handles.into_iter().map(|h| h.join().expect("worker panicked")).collect();
+    let results: Vec<worker::WorkerResult> = handles
+        .into_iter()
+        .map(|h| h.join().expect("worker panicked"))
+        .collect();
 
     // Merge and verify.
     let mut faults = Faults::default();
@@ -343,8 +412,22 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
     let mut acked_next = HashMap::new();
     let mut consumed_next = HashMap::new();
     let mut consumed_offsets = HashMap::new();
-    let mut produce_side = SideResult { name: "produce", messages: 0, bytes: 0, seconds: 0.0, latency: new_histogram(), latency_meaning: "" };
-    let mut consume_side = SideResult { name: "consume", messages: 0, bytes: 0, seconds: 0.0, latency: new_histogram(), latency_meaning: "" };
+    let mut produce_side = SideResult {
+        name: "produce",
+        messages: 0,
+        bytes: 0,
+        seconds: 0.0,
+        latency: new_histogram(),
+        latency_meaning: "",
+    };
+    let mut consume_side = SideResult {
+        name: "consume",
+        messages: 0,
+        bytes: 0,
+        seconds: 0.0,
+        latency: new_histogram(),
+        latency_meaning: "",
+    };
     let mut checked = 0;
     let mut last_consume_ns = 0;
     for r in results {
@@ -371,9 +454,20 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
     }
     let window_end = shared.measure_until_ns.load(Ordering::Relaxed).min(end_ns);
     produce_side.seconds = window_end.saturating_sub(measure_from_ns) as f64 / 1e9;
-    consume_side.seconds = window_end.min(last_consume_ns.max(measure_from_ns)).saturating_sub(measure_from_ns) as f64 / 1e9;
-    produce_side.latency_meaning = if args.rate.is_some() { "ack - intended send time" } else { "ack - batch creation" };
-    consume_side.latency_meaning = if mode == Mode::EndToEnd { "receipt - intended send time" } else { "fetch round trip" };
+    consume_side.seconds = window_end
+        .min(last_consume_ns.max(measure_from_ns))
+        .saturating_sub(measure_from_ns) as f64
+        / 1e9;
+    produce_side.latency_meaning = if args.rate.is_some() {
+        "ack - intended send time"
+    } else {
+        "ack - batch creation"
+    };
+    consume_side.latency_meaning = if mode == Mode::EndToEnd {
+        "receipt - intended send time"
+    } else {
+        "fetch round trip"
+    };
 
     if produce && acks != 0 {
         faults.add(&check_acks(&mut acks_all));
@@ -388,7 +482,11 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
             let acked = read_manifest(path)?;
             let missing = check_consumed_all(&acked, &consumed_next);
             if missing.lost > 0 {
-                eprintln!("{} acknowledged messages of {} were not read back", missing.lost, path.display());
+                eprintln!(
+                    "{} acknowledged messages of {} were not read back",
+                    missing.lost,
+                    path.display()
+                );
             }
             faults.add(&missing);
         }
@@ -397,7 +495,11 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
         for (&p, target) in partitions.iter().zip(shared.consume_targets.iter()) {
             let target = target.load(Ordering::Relaxed);
             let reached = consumed_offsets.get(&p).copied().unwrap_or(0);
-            if mode == Mode::Consume && args.messages.is_none() && target != i64::MAX && reached < target {
+            if mode == Mode::Consume
+                && args.messages.is_none()
+                && target != i64::MAX
+                && reached < target
+            {
                 faults.lost += (target - reached) as u64;
             }
         }
@@ -433,7 +535,8 @@ fn write_manifest(path: &std::path::Path, acked: &HashMap<(i32, u32), u64>) -> R
 }
 
 fn read_manifest(path: &std::path::Path) -> Result<HashMap<(i32, u32), u64>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = HashMap::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -472,7 +575,10 @@ impl Progress {
 
     fn print(&self, second: u64, warmup: bool) {
         let p99 = |h: &Option<hdrhistogram::Histogram<u64>>| {
-            h.as_ref().filter(|h| !h.is_empty()).map(|h| fmt_us(h.value_at_percentile(99.0))).unwrap_or_else(|| "-".into())
+            h.as_ref()
+                .filter(|h| !h.is_empty())
+                .map(|h| fmt_us(h.value_at_percentile(99.0)))
+                .unwrap_or_else(|| "-".into())
         };
         eprintln!(
             "[{second:>3}s]{} produce {:>8} msg/s {:>8.1} MB/s p99 {:>9} | consume {:>8} msg/s {:>8.1} MB/s p99 {:>9}",
@@ -500,19 +606,51 @@ mod tests {
     }
 
     fn args(address: &str, extra: &[&str]) -> WorkloadArgs {
-        let mut v = vec!["t", "--bootstrap", address, "--quiet", "--warmup-s", "0", "--drain-timeout-s", "5", "--partitions", "3", "--batch-records", "50"];
+        let mut v = vec![
+            "t",
+            "--bootstrap",
+            address,
+            "--quiet",
+            "--warmup-s",
+            "0",
+            "--drain-timeout-s",
+            "5",
+            "--partitions",
+            "3",
+            "--batch-records",
+            "50",
+        ];
         v.extend_from_slice(extra);
         T::parse_from(v).w
     }
 
     fn mock(api_versions_max: i16, drop_every: Option<u64>, corrupt_every: Option<u64>) -> String {
-        spawn(MockArgs { listen: String::new(), api_versions_max, drop_every, corrupt_every })
+        spawn(MockArgs {
+            listen: String::new(),
+            api_versions_max,
+            drop_every,
+            corrupt_every,
+        })
     }
 
     #[test]
     fn produce_then_consume_verifies_every_message() {
         let a = mock(3, None, None);
-        let p = run(&args(&a, &["--messages", "20000", "--producers", "2", "--connections", "2"]), Mode::Produce).unwrap();
+        let p = run(
+            &args(
+                &a,
+                &[
+                    "--messages",
+                    "20000",
+                    "--producers",
+                    "2",
+                    "--connections",
+                    "2",
+                ],
+            ),
+            Mode::Produce,
+        )
+        .unwrap();
         assert!(p.verified, "{}", p.faults);
         assert_eq!(p.sides[0].messages, 20000);
         let c = run(&args(&a, &["--consumers", "2"]), Mode::Consume).unwrap();
@@ -527,8 +665,16 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let manifest = dir.join("acked");
         let m = manifest.to_str().unwrap();
-        run(&args(&a, &["--messages", "1000", "--manifest", m]), Mode::Produce).unwrap();
-        assert!(run(&args(&a, &["--manifest", m]), Mode::Consume).unwrap().verified);
+        run(
+            &args(&a, &["--messages", "1000", "--manifest", m]),
+            Mode::Produce,
+        )
+        .unwrap();
+        assert!(
+            run(&args(&a, &["--manifest", m]), Mode::Consume)
+                .unwrap()
+                .verified
+        );
         // Claim one more acknowledged message than the broker holds: a lost acked write.
         let text = std::fs::read_to_string(&manifest).unwrap();
         let mut lines: Vec<String> = text.lines().map(String::from).collect();
@@ -544,7 +690,23 @@ mod tests {
     #[test]
     fn e2e_with_a_rate_and_falling_back_to_api_versions_v0() {
         let a = mock(2, None, None);
-        let r = run(&args(&a, &["--duration-s", "1", "--rate", "50000", "--acks", "all", "--message-bytes", "300"]), Mode::EndToEnd).unwrap();
+        let r = run(
+            &args(
+                &a,
+                &[
+                    "--duration-s",
+                    "1",
+                    "--rate",
+                    "50000",
+                    "--acks",
+                    "all",
+                    "--message-bytes",
+                    "300",
+                ],
+            ),
+            Mode::EndToEnd,
+        )
+        .unwrap();
         assert!(r.verified, "{}", r.faults);
         let consumed = r.sides.iter().find(|s| s.name == "consume").unwrap();
         assert!(consumed.messages > 40_000, "{}", consumed.messages);
@@ -555,7 +717,14 @@ mod tests {
     fn compressed_batches_verify() {
         let a = mock(3, None, None);
         for c in ["gzip", "zstd", "lz4", "snappy"] {
-            let r = run(&args(&a, &["--messages", "3000", "--compression", c, "--topic", c]), Mode::EndToEnd).unwrap();
+            let r = run(
+                &args(
+                    &a,
+                    &["--messages", "3000", "--compression", c, "--topic", c],
+                ),
+                Mode::EndToEnd,
+            )
+            .unwrap();
             assert!(r.verified, "{c}: {}", r.faults);
             assert_eq!(r.checked, 3000);
         }
@@ -566,7 +735,11 @@ mod tests {
         let a = mock(3, Some(7), None);
         let r = run(&args(&a, &["--messages", "5000"]), Mode::EndToEnd).unwrap();
         assert!(!r.verified);
-        assert!(r.faults.lost > 0 || r.faults.offset_errors > 0, "{}", r.faults);
+        assert!(
+            r.faults.lost > 0 || r.faults.offset_errors > 0,
+            "{}",
+            r.faults
+        );
     }
 
     #[test]

@@ -31,8 +31,14 @@ pub struct Snapshot {
 }
 
 /// Percentiles reported for a latency histogram.
-pub const PERCENTILES: [(&str, f64); 6] =
-    [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9), ("p99.99", 99.99), ("max", 100.0)];
+pub const PERCENTILES: [(&str, f64); 6] = [
+    ("p50", 50.0),
+    ("p90", 90.0),
+    ("p99", 99.0),
+    ("p99.9", 99.9),
+    ("p99.99", 99.99),
+    ("max", 100.0),
+];
 
 /// Formats microseconds for people.
 pub fn fmt_us(us: u64) -> String {
@@ -70,10 +76,18 @@ pub struct SideResult {
 
 impl SideResult {
     pub fn messages_per_s(&self) -> f64 {
-        if self.seconds > 0.0 { self.messages as f64 / self.seconds } else { 0.0 }
+        if self.seconds > 0.0 {
+            self.messages as f64 / self.seconds
+        } else {
+            0.0
+        }
     }
     pub fn bytes_per_s(&self) -> f64 {
-        if self.seconds > 0.0 { self.bytes as f64 / self.seconds } else { 0.0 }
+        if self.seconds > 0.0 {
+            self.bytes as f64 / self.seconds
+        } else {
+            0.0
+        }
     }
 }
 
@@ -103,10 +117,23 @@ impl RunResult {
         println!();
         println!(
             "{:<8} {:>12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  latency",
-            "side", "messages", "msg/s", "MB/s", "p50", "p90", "p99", "p99.9", "p99.99", "max", "seconds"
+            "side",
+            "messages",
+            "msg/s",
+            "MB/s",
+            "p50",
+            "p90",
+            "p99",
+            "p99.9",
+            "p99.99",
+            "max",
+            "seconds"
         );
         for s in &self.sides {
-            let p: Vec<String> = PERCENTILES.iter().map(|(_, q)| fmt_us(s.latency.value_at_percentile(*q))).collect();
+            let p: Vec<String> = PERCENTILES
+                .iter()
+                .map(|(_, q)| fmt_us(s.latency.value_at_percentile(*q)))
+                .collect();
             println!(
                 "{:<8} {:>12} {:>10} {:>10.1} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9.2}  {}",
                 s.name,
@@ -148,10 +175,17 @@ impl RunResult {
                 s.latency_meaning
             )
         };
-        let head = self.headline().map(side_json).unwrap_or_else(|| "{}".into());
+        let head = self
+            .headline()
+            .map(side_json)
+            .unwrap_or_else(|| "{}".into());
         // Headline fields at top level, each side in full below.
         let head = head.trim_start_matches('{').trim_end_matches('}');
-        let sides: Vec<String> = self.sides.iter().map(|s| format!("\"{}\":{}", s.name, side_json(s))).collect();
+        let sides: Vec<String> = self
+            .sides
+            .iter()
+            .map(|s| format!("\"{}\":{}", s.name, side_json(s)))
+            .collect();
         let f = &self.faults;
         format!(
             "{{\"mode\":\"{}\",{head},\"errors\":{},\"faults\":{{\"lost\":{},\"duplicated\":{},\"corrupted\":{},\"offset_errors\":{},\"request_errors\":{}}},\"verified\":{},\"checked\":{},{}}}",
@@ -179,13 +213,28 @@ mod tests {
         record_ns(&mut h, 1_500_000, 10);
         let r = RunResult {
             mode: "produce".into(),
-            sides: vec![SideResult { name: "produce", messages: 10, bytes: 1000, seconds: 2.0, latency: h, latency_meaning: "ack" }],
+            sides: vec![SideResult {
+                name: "produce",
+                messages: 10,
+                bytes: 1000,
+                seconds: 2.0,
+                latency: h,
+                latency_meaning: "ack",
+            }],
             faults: Faults::default(),
             verified: true,
             checked: 0,
         };
         let j = r.to_json();
-        for key in ["\"messages\":10", "\"messages_per_s\":5.0", "\"bytes_per_s\":500.0", "\"latency_us\":{\"p50\":1500", "\"errors\":0", "\"verified\":true", "\"p99.99\""] {
+        for key in [
+            "\"messages\":10",
+            "\"messages_per_s\":5.0",
+            "\"bytes_per_s\":500.0",
+            "\"latency_us\":{\"p50\":1500",
+            "\"errors\":0",
+            "\"verified\":true",
+            "\"p99.99\"",
+        ] {
             assert!(j.contains(key), "{key} missing in {j}");
         }
     }

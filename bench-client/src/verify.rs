@@ -118,7 +118,11 @@ impl PartitionCheck {
         } else if v.sequence < expected {
             self.faults.duplicated += 1;
         }
-        let next = if v.sequence >= expected { v.sequence + 1 } else { expected };
+        let next = if v.sequence >= expected {
+            v.sequence + 1
+        } else {
+            expected
+        };
         self.last_producer = Some((v.producer_id, next));
         Some(v.send_time_ns)
     }
@@ -214,8 +218,21 @@ mod tests {
         bad[30] ^= 1;
         c.record(6, &bad);
         c.record(7, b"short");
-        assert_eq!(c.record(3, &value(&p, 1, 9)), None, "offsets already seen are skipped");
-        assert_eq!(c.faults, Faults { lost: 2, duplicated: 1, corrupted: 2, offset_errors: 1, request_errors: 0 });
+        assert_eq!(
+            c.record(3, &value(&p, 1, 9)),
+            None,
+            "offsets already seen are skipped"
+        );
+        assert_eq!(
+            c.faults,
+            Faults {
+                lost: 2,
+                duplicated: 1,
+                corrupted: 2,
+                offset_errors: 1,
+                request_errors: 0
+            }
+        );
     }
 
     #[test]
@@ -233,21 +250,56 @@ mod tests {
     #[test]
     fn acks_must_tile_each_partition() {
         let mut good = vec![
-            Ack { partition: 0, base_offset: 10, count: 5 },
-            Ack { partition: 1, base_offset: 0, count: 3 },
-            Ack { partition: 0, base_offset: 0, count: 10 },
+            Ack {
+                partition: 0,
+                base_offset: 10,
+                count: 5,
+            },
+            Ack {
+                partition: 1,
+                base_offset: 0,
+                count: 3,
+            },
+            Ack {
+                partition: 0,
+                base_offset: 0,
+                count: 10,
+            },
         ];
         assert_eq!(check_acks(&mut good).total(), 0);
-        let mut hole = vec![Ack { partition: 0, base_offset: 0, count: 10 }, Ack { partition: 0, base_offset: 11, count: 1 }];
+        let mut hole = vec![
+            Ack {
+                partition: 0,
+                base_offset: 0,
+                count: 10,
+            },
+            Ack {
+                partition: 0,
+                base_offset: 11,
+                count: 1,
+            },
+        ];
         assert_eq!(check_acks(&mut hole).offset_errors, 1);
-        let mut overlap = vec![Ack { partition: 0, base_offset: 0, count: 10 }, Ack { partition: 0, base_offset: 5, count: 10 }];
+        let mut overlap = vec![
+            Ack {
+                partition: 0,
+                base_offset: 0,
+                count: 10,
+            },
+            Ack {
+                partition: 0,
+                base_offset: 5,
+                count: 10,
+            },
+        ];
         assert_eq!(check_acks(&mut overlap).offset_errors, 1);
     }
 
     #[test]
     fn acked_but_unconsumed_messages_are_lost() {
         let acked: HashMap<(i32, u32), u64> = [((0, 1), 100), ((1, 1), 50)].into_iter().collect();
-        let consumed: HashMap<(i32, u32), u64> = [((0, 1), 100), ((1, 1), 40)].into_iter().collect();
+        let consumed: HashMap<(i32, u32), u64> =
+            [((0, 1), 100), ((1, 1), 40)].into_iter().collect();
         assert_eq!(check_consumed_all(&acked, &consumed).lost, 10);
     }
 }

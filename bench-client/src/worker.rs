@@ -26,7 +26,9 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::Decodable;
 use kafka_protocol::records::Compression;
 
-use crate::batch::{batch_bytes, encode_batch, encode_batch_compressed, walk_batches, BatchSpec, Payloads};
+use crate::batch::{
+    batch_bytes, encode_batch, encode_batch_compressed, walk_batches, BatchSpec, Payloads,
+};
 use crate::proto::{self, decode_response_header, encode_request, take_frame, topic_name};
 use crate::stats::{new_histogram, record_ns, Snapshot};
 use crate::verify::{Ack, Faults, PartitionCheck};
@@ -40,7 +42,10 @@ const POLL_MS_MAX: i32 = 5;
 
 /// Monotonic clock in nanoseconds, comparable across threads and processes of this machine.
 pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -48,7 +53,10 @@ pub fn now_ns() -> u64 {
 
 /// Wall clock in milliseconds, for record timestamps.
 fn wall_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Settings every connection of a run shares.
@@ -206,7 +214,13 @@ fn read_available(stream: &TcpStream, buf: &mut BytesMut) -> Result<bool> {
         buf.reserve(READ_BYTES);
         let spare = buf.spare_capacity_mut();
         // SAFETY: reading into uninitialised spare capacity; set_len covers only what was written.
-        let n = unsafe { libc::read(stream.as_raw_fd(), spare.as_mut_ptr() as *mut libc::c_void, spare.len()) };
+        let n = unsafe {
+            libc::read(
+                stream.as_raw_fd(),
+                spare.as_mut_ptr() as *mut libc::c_void,
+                spare.len(),
+            )
+        };
         if n > 0 {
             unsafe { buf.set_len(buf.len() + n as usize) };
             if (n as usize) < READ_BYTES / 2 {
@@ -278,7 +292,9 @@ impl ProducerConn {
             let count = available.min(w.batch_records as u64) as usize;
             if count < w.batch_records && self.ns_per_message.is_some() {
                 let first_due = self.intended_ns(self.generated, now);
-                let full = self.messages_max.is_some_and(|m| self.generated + count as u64 == m);
+                let full = self
+                    .messages_max
+                    .is_some_and(|m| self.generated + count as u64 == m);
                 if now < first_due + w.linger_ns && !full {
                     break; // wait for more messages to come due, up to the linger time
                 }
@@ -311,17 +327,36 @@ impl ProducerConn {
         let before = self.out.len();
         if w.compression == Compression::None {
             let records_bytes = batch_bytes(&w.payloads, count);
-            proto::produce_prefix(&mut self.out, w.produce_version, self.correlation_id, w.acks, w.request_timeout_ms, &w.topic, partition, records_bytes);
+            proto::produce_prefix(
+                &mut self.out,
+                w.produce_version,
+                self.correlation_id,
+                w.acks,
+                w.request_timeout_ms,
+                &w.topic,
+                partition,
+                records_bytes,
+            );
             let batch_start = self.out.len();
             encode_batch(&mut self.out, &w.payloads, &spec);
             debug_assert_eq!(self.out.len() - batch_start, records_bytes);
         } else {
             let mut batch = Vec::new();
             encode_batch_compressed(&mut batch, &w.payloads, &spec, w.compression)?;
-            proto::produce_prefix(&mut self.out, w.produce_version, self.correlation_id, w.acks, w.request_timeout_ms, &w.topic, partition, batch.len());
+            proto::produce_prefix(
+                &mut self.out,
+                w.produce_version,
+                self.correlation_id,
+                w.acks,
+                w.request_timeout_ms,
+                &w.topic,
+                partition,
+                batch.len(),
+            );
             self.out.extend_from_slice(&batch);
         }
-        self.out.extend_from_slice(proto::produce_suffix(w.produce_version));
+        self.out
+            .extend_from_slice(proto::produce_suffix(w.produce_version));
         self.sequences[slot] += count as u64;
         self.generated += count as u64;
         self.inflight.push_back(InFlight {
@@ -337,7 +372,13 @@ impl ProducerConn {
         Ok(())
     }
 
-    fn handle_responses(&mut self, w: &Workload, shared: &Shared, tally: &mut Tally, result: &mut WorkerResult) -> Result<bool> {
+    fn handle_responses(
+        &mut self,
+        w: &Workload,
+        shared: &Shared,
+        tally: &mut Tally,
+        result: &mut WorkerResult,
+    ) -> Result<bool> {
         let mut progress = false;
         if w.acks == 0 {
             // No responses: a batch counts once it has left the socket buffer.
@@ -352,9 +393,17 @@ impl ProducerConn {
         while let Some(mut frame) = take_frame(&mut self.inbuf)? {
             progress = true;
             let now = now_ns();
-            let f = self.inflight.pop_front().ok_or_else(|| anyhow!("Produce response with nothing in flight"))?;
-            decode_response_header::<ProduceRequest>(&mut frame, w.produce_version, f.correlation_id)?;
-            let response = ProduceResponse::decode(&mut frame, w.produce_version).context("decoding ProduceResponse")?;
+            let f = self
+                .inflight
+                .pop_front()
+                .ok_or_else(|| anyhow!("Produce response with nothing in flight"))?;
+            decode_response_header::<ProduceRequest>(
+                &mut frame,
+                w.produce_version,
+                f.correlation_id,
+            )?;
+            let response = ProduceResponse::decode(&mut frame, w.produce_version)
+                .context("decoding ProduceResponse")?;
             let p = response
                 .responses
                 .iter()
@@ -374,12 +423,23 @@ impl ProducerConn {
                 }
                 continue;
             }
-            result.acks.push(Ack { partition: f.partition, base_offset: p.base_offset, count: f.count });
-            result.acked_next.insert((f.partition, self.producer_id), f.first_sequence + f.count as u64);
+            result.acks.push(Ack {
+                partition: f.partition,
+                base_offset: p.base_offset,
+                count: f.count,
+            });
+            result.acked_next.insert(
+                (f.partition, self.producer_id),
+                f.first_sequence + f.count as u64,
+            );
             let in_window = shared.in_window(now);
             tally.count_produced(in_window, f.count as u64, f.bytes);
             match self.ns_per_message {
-                None => tally.produce_latency_n(in_window, now.saturating_sub(f.created_ns), f.count as u64),
+                None => tally.produce_latency_n(
+                    in_window,
+                    now.saturating_sub(f.created_ns),
+                    f.count as u64,
+                ),
                 Some(_) => {
                     for i in 0..f.count as u64 {
                         let intended = self.intended_ns(f.first_index + i, f.created_ns);
@@ -391,7 +451,13 @@ impl ProducerConn {
         Ok(progress)
     }
 
-    fn step(&mut self, w: &Workload, shared: &Shared, tally: &mut Tally, result: &mut WorkerResult) -> Result<bool> {
+    fn step(
+        &mut self,
+        w: &Workload,
+        shared: &Shared,
+        tally: &mut Tally,
+        result: &mut WorkerResult,
+    ) -> Result<bool> {
         if self.done {
             return Ok(false);
         }
@@ -407,9 +473,15 @@ impl ProducerConn {
         }
         if let Some(f) = self.inflight.front() {
             let timeout_ns = w.request_timeout_ms as u64 * 1_000_000 + 5_000_000_000;
-            ensure!(now.saturating_sub(f.created_ns) < timeout_ns, "Produce request {} unanswered after {} ms", f.correlation_id, timeout_ns / 1_000_000);
+            ensure!(
+                now.saturating_sub(f.created_ns) < timeout_ns,
+                "Produce request {} unanswered after {} ms",
+                f.correlation_id,
+                timeout_ns / 1_000_000
+            );
         }
-        let finished = shared.stop_producing.load(Ordering::Relaxed) || self.messages_max.is_some_and(|m| self.generated >= m);
+        let finished = shared.stop_producing.load(Ordering::Relaxed)
+            || self.messages_max.is_some_and(|m| self.generated >= m);
         if finished && self.inflight.is_empty() && self.out.is_empty() {
             self.done = true;
             shared.producers_done.fetch_add(1, Ordering::Relaxed);
@@ -423,7 +495,8 @@ impl ProducerConn {
         if self.done || self.inflight.len() >= w.inflight_max {
             return None;
         }
-        let full_due = self.start_ns + ((self.generated + w.batch_records as u64 - 1) as f64 * ns) as u64;
+        let full_due =
+            self.start_ns + ((self.generated + w.batch_records as u64 - 1) as f64 * ns) as u64;
         let linger_due = self.intended_ns(self.generated, now) + w.linger_ns;
         Some(full_due.min(linger_due).saturating_sub(now))
     }
@@ -435,7 +508,10 @@ impl ConsumerConn {
         let partitions = self
             .parts
             .iter()
-            .filter(|p| p.check.next_offset < shared.consume_targets[p.partition as usize].load(Ordering::Relaxed))
+            .filter(|p| {
+                p.check.next_offset
+                    < shared.consume_targets[p.partition as usize].load(Ordering::Relaxed)
+            })
             .map(|p| {
                 FetchPartition::default()
                     .with_partition(p.partition)
@@ -454,7 +530,9 @@ impl ConsumerConn {
             .with_isolation_level(0)
             .with_session_id(0)
             .with_session_epoch(-1)
-            .with_topics(vec![FetchTopic::default().with_topic(topic_name(&w.topic)).with_partitions(partitions)]);
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(topic_name(&w.topic))
+                .with_partitions(partitions)]);
         let mut buf = BytesMut::new();
         encode_request(&mut buf, self.correlation_id, w.fetch_version, &request)?;
         self.out.extend_from_slice(&buf);
@@ -464,7 +542,10 @@ impl ConsumerConn {
 
     fn reached_targets(&self, shared: &Shared) -> bool {
         self.messages_max.is_some_and(|m| self.consumed >= m)
-            || self.parts.iter().all(|p| p.check.next_offset >= shared.consume_targets[p.partition as usize].load(Ordering::Relaxed))
+            || self.parts.iter().all(|p| {
+                p.check.next_offset
+                    >= shared.consume_targets[p.partition as usize].load(Ordering::Relaxed)
+            })
     }
 
     fn step(&mut self, w: &Workload, shared: &Shared, tally: &mut Tally) -> Result<bool> {
@@ -477,19 +558,40 @@ impl ConsumerConn {
         let mut progress = false;
         while let Some(mut frame) = take_frame(&mut self.inbuf)? {
             progress = true;
-            let (correlation_id, sent_ns) = self.inflight.take().ok_or_else(|| anyhow!("Fetch response with nothing in flight"))?;
+            let (correlation_id, sent_ns) = self
+                .inflight
+                .take()
+                .ok_or_else(|| anyhow!("Fetch response with nothing in flight"))?;
             decode_response_header::<FetchRequest>(&mut frame, w.fetch_version, correlation_id)?;
-            let response = FetchResponse::decode(&mut frame, w.fetch_version).context("decoding FetchResponse")?;
-            ensure!(response.error_code == 0, "Fetch error {}", response.error_code);
+            let response = FetchResponse::decode(&mut frame, w.fetch_version)
+                .context("decoding FetchResponse")?;
+            ensure!(
+                response.error_code == 0,
+                "Fetch error {}",
+                response.error_code
+            );
             let now = now_ns();
             let in_window = shared.in_window(now);
             for t in &response.responses {
                 for pd in &t.partitions {
-                    let Some(part) = self.parts.iter_mut().find(|p| p.partition == pd.partition_index) else {
-                        bail!("Fetch response for partition {} not asked for", pd.partition_index);
+                    let Some(part) = self
+                        .parts
+                        .iter_mut()
+                        .find(|p| p.partition == pd.partition_index)
+                    else {
+                        bail!(
+                            "Fetch response for partition {} not asked for",
+                            pd.partition_index
+                        );
                     };
                     // A bench consumer has no recovery policy: an error ends the run, counted.
-                    ensure!(pd.error_code == 0, "Fetch error {} on partition {} at offset {}", pd.error_code, pd.partition_index, part.check.next_offset);
+                    ensure!(
+                        pd.error_code == 0,
+                        "Fetch error {} on partition {} at offset {}",
+                        pd.error_code,
+                        pd.partition_index,
+                        part.check.next_offset
+                    );
                     let Some(records) = &pd.records else { continue };
                     let before = part.check.messages;
                     let check = &mut part.check;
@@ -623,7 +725,16 @@ pub fn run(
     }
     let mut result = WorkerResult::default();
     let mut tally = Tally::new();
-    let outcome = run_loop(index, producers, consumers, &w, &shared, &reports, &mut tally, &mut result);
+    let outcome = run_loop(
+        index,
+        producers,
+        consumers,
+        &w,
+        &shared,
+        &reports,
+        &mut tally,
+        &mut result,
+    );
     if let Err(e) = outcome {
         result.error = Some(format!("{e:#}"));
         result.faults.request_errors += 1;
@@ -680,7 +791,10 @@ fn run_loop(
             parts: c
                 .partitions
                 .iter()
-                .map(|&(partition, start, strict)| ConsumerPartition { partition, check: PartitionCheck::new(start, strict) })
+                .map(|&(partition, start, strict)| ConsumerPartition {
+                    partition,
+                    check: PartitionCheck::new(start, strict),
+                })
                 .collect(),
             out: Vec::new(),
             out_pos: 0,
@@ -725,16 +839,30 @@ fn run_loop(
         fds.clear();
         for p in producers.iter().filter(|p| !p.done) {
             let events = libc::POLLIN | if p.out.is_empty() { 0 } else { libc::POLLOUT };
-            fds.push(libc::pollfd { fd: p.stream.as_raw_fd(), events, revents: 0 });
+            fds.push(libc::pollfd {
+                fd: p.stream.as_raw_fd(),
+                events,
+                revents: 0,
+            });
         }
         for c in consumers.iter().filter(|c| !c.done) {
             let events = libc::POLLIN | if c.out.is_empty() { 0 } else { libc::POLLOUT };
-            fds.push(libc::pollfd { fd: c.stream.as_raw_fd(), events, revents: 0 });
+            fds.push(libc::pollfd {
+                fd: c.stream.as_raw_fd(),
+                events,
+                revents: 0,
+            });
         }
         let timeout_ms = timeout_ns.div_ceil(1_000_000) as i32;
         if timeout_ms > 0 || fds.is_empty() {
             // SAFETY: fds is a valid array of pollfd for the duration of the call.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms.max(1)) };
+            unsafe {
+                libc::poll(
+                    fds.as_mut_ptr(),
+                    fds.len() as libc::nfds_t,
+                    timeout_ms.max(1),
+                )
+            };
         }
     }
     for c in consumers.iter_mut() {
@@ -742,7 +870,9 @@ fn run_loop(
             p.check.settle();
             result.faults.add(&p.check.faults);
             result.checked += p.check.messages;
-            result.consumed_offsets.push((p.partition, p.check.next_offset));
+            result
+                .consumed_offsets
+                .push((p.partition, p.check.next_offset));
             for (&pid, &next) in &p.check.next_sequence {
                 result.consumed_next.insert((p.partition, pid), next);
             }

@@ -15,7 +15,9 @@ use kafka_protocol::messages::{
     FetchResponse, ProduceRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 
 const RECORDS: usize = 1000;
 const VALUE_BYTES: usize = 100;
@@ -41,15 +43,27 @@ fn batch() -> Bytes {
         })
         .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression: Compression::None })
-        .expect("encode batch");
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encode batch");
     buf.freeze()
 }
 
 fn produce_request(records: Bytes) -> ProduceRequest {
-    ProduceRequest::default().with_acks(1).with_timeout_ms(30_000).with_topic_data(vec![TopicProduceData::default()
-        .with_name(TopicName(StrBytes::from_static_str("bench")))
-        .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(records))])])
+    ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("bench")))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(records))])])
 }
 
 fn bench_produce(c: &mut Criterion) {
@@ -116,7 +130,9 @@ fn bench_crc(c: &mut Criterion) {
     let records = batch();
     let mut g = c.benchmark_group("batch");
     g.throughput(Throughput::Bytes(records.len() as u64));
-    g.bench_function("crc32c_1000x100B", |b| b.iter(|| crc32c::crc32c(black_box(&records[21..]))));
+    g.bench_function("crc32c_1000x100B", |b| {
+        b.iter(|| crc32c::crc32c(black_box(&records[21..])))
+    });
     g.bench_function("validate_header_and_crc_1000x100B", |b| {
         b.iter(|| {
             let r = black_box(&records[..]);
