@@ -73,17 +73,30 @@ cleanup() { stop_broker; rm -rf "$TMP/data" "$TMP"/data-*; [[ $JSON_DIR == "$TMP
 trap cleanup EXIT
 
 free_port() {
-  # An ephemeral port the kernel just handed out and released: free unless raced.
-  local p
+  # A port below the kernel's ephemeral range (so no client socket holds it) that nothing
+  # answers on; start_broker retries if it was taken anyway.
+  local p lo
+  lo="$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
   for _ in $(seq 50); do
-    p=$(( 20000 + RANDOM % 40000 ))
+    p=$(( 10000 + RANDOM % (lo - 10000) ))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
   done
   echo "bench.sh: no free port found" >&2; exit 2
 }
 
 # start_broker NAME: a fresh broker on a fresh data dir; sets PORT and BROKER_PID.
+# Retries on another port when the chosen one turns out to be taken.
 start_broker() {
+  local attempt
+  for attempt in 1 2 3 4 5; do
+    if start_broker_once "$1"; then return 0; fi
+    grep -q "in use" "$TMP/broker-$1.log" || exit 2
+    echo "bench.sh: port $PORT taken, trying another" >&2
+  done
+  exit 2
+}
+
+start_broker_once() {
   local name="$1"
   PORT="$(free_port)"
   local dir="$TMP/data-$name"
@@ -94,7 +107,8 @@ start_broker() {
   local deadline=$(( SECONDS + 30 ))
   until grep -q "listening on" "$TMP/broker-$name.log" 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do
     if ! kill -0 "$BROKER_PID" 2>/dev/null; then
-      echo "bench.sh: broker exited before listening:" >&2; tail -20 "$TMP/broker-$name.log" >&2; exit 2
+      echo "bench.sh: broker exited before listening:" >&2; tail -20 "$TMP/broker-$name.log" >&2
+      BROKER_PID=""; return 1
     fi
     if (( SECONDS > deadline )); then
       echo "bench.sh: broker not listening on $PORT after 30 s" >&2; tail -20 "$TMP/broker-$name.log" >&2; exit 2
@@ -103,13 +117,20 @@ start_broker() {
   done
 }
 
-# bench NAME MODE ARGS...: runs one step, keeps its JSON, notes a failed verification.
+# CPU seconds the broker has used so far (user + system), from /proc.
+CLK_TCK="$(getconf CLK_TCK)"
+broker_cpu() { awk -v hz="$CLK_TCK" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$BROKER_PID/stat" 2>/dev/null || echo 0; }
+
+# bench NAME MODE ARGS...: runs one step, keeps its JSON and the broker's CPU time for it,
+# notes a failed verification.
 bench() {
   local name="$1" mode="$2"; shift 2
   echo "== $name: shardlog-bench $mode $*" >&2
-  local rc=0
+  local rc=0 cpu0
+  cpu0="$(broker_cpu)"
   taskset -c "$BENCH_CORE" "$BENCH" "$mode" --bootstrap "127.0.0.1:$PORT" --json --quiet \
     --warmup-s "$WARMUP" "$@" >"$JSON_DIR/$name.json" || rc=$?
+  awk -v a="$cpu0" -v b="$(broker_cpu)" 'BEGIN { printf "%.2f\n", b - a }' >"$JSON_DIR/$name.broker-cpu"
   if [[ $rc != 0 ]]; then
     echo "bench.sh: step $name failed (exit $rc)" >&2
     FAILED=1
@@ -149,15 +170,18 @@ DISK="$(taskset -c "$BROKER_CORE" "$BENCH" raw-disk --dir "$TMP" --seconds 3 --j
 
 echo
 printf "shardlog bench, %s s per workload, broker on core %s, bench on core %s\n" "$DURATION" "$BROKER_CORE" "$BENCH_CORE"
-printf "%-22s %12s %10s %10s %10s %8s %8s %8s  %s\n" step msg/s MB/s p99 p99.9 "of loop" "of disk" verified target
+printf "%-22s %12s %10s %10s %10s %8s %8s %8s %8s %8s  %s\n" step msg/s MB/s p99 p99.9 "of loop" "of disk" "brk ns" "bench ns" verified target
 row() {
   local name="$1" target="$2" f="$JSON_DIR/$1.json"
   if [[ ! -s $f ]]; then printf "%-22s %12s\n" "$name" "(no result)"; return; fi
   awk -v name="$name" -v target="$target" -v mps="$(field "$f" messages_per_s)" -v bps="$(field "$f" bytes_per_s)" \
       -v p99="$(field "$f" p99)" -v p999="$(field "$f" p99.9)" -v ver="$(field "$f" verified)" \
-      -v loop="${LOOPBACK:-0}" -v disk="${DISK:-0}" 'BEGIN {
+      -v loop="${LOOPBACK:-0}" -v disk="${DISK:-0}" -v handled="$(field "$f" handled)" \
+      -v bench_cpu="$(field "$f" bench_cpu_s)" -v broker_cpu="$(cat "$JSON_DIR/$1.broker-cpu" 2>/dev/null || echo 0)" 'BEGIN {
     fl = loop > 0 ? sprintf("%.2f", bps / loop) : "-"; fd = disk > 0 ? sprintf("%.2f", bps / disk) : "-";
-    printf "%-22s %12.0f %10.1f %8.2fms %8.2fms %8s %8s %8s  %s\n", name, mps, bps / 1e6, p99 / 1000, p999 / 1000, fl, fd, ver, target }'
+    kb = handled > 0 ? sprintf("%.0f", broker_cpu * 1e9 / handled) : "-";
+    cb = handled > 0 ? sprintf("%.0f", bench_cpu * 1e9 / handled) : "-";
+    printf "%-22s %12.0f %10.1f %8.2fms %8.2fms %8s %8s %8s %8s %8s  %s\n", name, mps, bps / 1e6, p99 / 1000, p999 / 1000, fl, fd, kb, cb, ver, target }'
 }
 # verified is read from the JSON: "true"/"false"
 row produce-100b-acks1 ">= 4M msg/s"
@@ -167,7 +191,10 @@ row consume-100b ">= 6M msg/s"
 row e2e-half-rate "p99 <= 5 ms at half max ($HALF_RATE msg/s)"
 awk -v b="${LOOPBACK:-0}" 'BEGIN { printf "%-22s %12s %10.1f\n", "raw-loopback", "-", b / 1e6 }'
 awk -v b="${DISK:-0}" 'BEGIN { printf "%-22s %12s %10.1f\n", "raw-disk (O_DIRECT)", "-", b / 1e6 }'
-echo "(MB/s counts message values only; 'of loop'/'of disk' = that rate / the baseline's bytes/s; latency in e2e is send-to-receipt from intended send time, else ack or fetch round trip)"
+echo "(MB/s counts message values only; 'of loop'/'of disk' = that rate / the baseline's bytes/s;"
+echo " 'brk ns'/'bench ns' = CPU nanoseconds per message acknowledged or consumed, warm-up included:"
+echo " 1e9 / 'brk ns' is what one broker core could do if it had the core to itself;"
+echo " latency in e2e is send-to-receipt from intended send time, else ack or fetch round trip)"
 
 for f in "$JSON_DIR"/*.json; do
   if [[ "$(field "$f" verified)" != "true" ]]; then

@@ -291,6 +291,7 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
     let warmup_s = args
         .warmup_s
         .unwrap_or(if duration_s.is_some() { 1.0 } else { 0.0 });
+    let cpu_start_s = cpu_seconds();
     let start_ns = now_ns();
     let measure_from_ns = start_ns + (warmup_s * 1e9) as u64;
     let shared = Arc::new(Shared {
@@ -516,13 +517,25 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
     if consume {
         sides.push(consume_side);
     }
+    let handled = acks_all.iter().map(|a| a.count as u64).sum::<u64>() + checked;
     Ok(RunResult {
+        bench_cpu_s: cpu_seconds() - cpu_start_s,
+        handled,
         mode: mode.name().to_string(),
         sides,
         verified: faults.total() == 0 && !aborted && something_checked,
         faults,
         checked,
     })
+}
+
+/// User + system CPU seconds of this process so far.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct we own.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 /// Manifest lines: `partition producer_id next_sequence`, one per acknowledged stream.

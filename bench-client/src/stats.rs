@@ -100,6 +100,10 @@ pub struct RunResult {
     pub verified: bool,
     /// Messages consumed and checked (0 when producing only).
     pub checked: u64,
+    /// CPU seconds this process used (user + system) over the whole run, warm-up included,
+    /// and the messages it handled in that time: whether the bench could be the bottleneck.
+    pub bench_cpu_s: f64,
+    pub handled: u64,
 }
 
 impl RunResult {
@@ -150,6 +154,14 @@ impl RunResult {
                 s.latency_meaning
             );
         }
+        if self.handled > 0 {
+            println!(
+                "bench cpu: {:.2} s for {} messages ({:.0} ns per message)",
+                self.bench_cpu_s,
+                self.handled,
+                self.bench_cpu_s * 1e9 / self.handled as f64
+            );
+        }
         println!(
             "verification: {} ({} messages checked; {})",
             if self.verified { "PASSED" } else { "FAILED" },
@@ -188,7 +200,7 @@ impl RunResult {
             .collect();
         let f = &self.faults;
         format!(
-            "{{\"mode\":\"{}\",{head},\"errors\":{},\"faults\":{{\"lost\":{},\"duplicated\":{},\"corrupted\":{},\"offset_errors\":{},\"request_errors\":{}}},\"verified\":{},\"checked\":{},{}}}",
+            "{{\"mode\":\"{}\",{head},\"errors\":{},\"faults\":{{\"lost\":{},\"duplicated\":{},\"corrupted\":{},\"offset_errors\":{},\"request_errors\":{}}},\"verified\":{},\"checked\":{},\"bench_cpu_s\":{:.3},\"handled\":{},{}}}",
             self.mode,
             f.total(),
             f.lost,
@@ -198,6 +210,8 @@ impl RunResult {
             f.request_errors,
             self.verified,
             self.checked,
+            self.bench_cpu_s,
+            self.handled,
             sides.join(",")
         )
     }
@@ -224,6 +238,8 @@ mod tests {
             faults: Faults::default(),
             verified: true,
             checked: 0,
+            bench_cpu_s: 0.5,
+            handled: 10,
         };
         let j = r.to_json();
         for key in [
