@@ -69,7 +69,7 @@ stop_broker() {
     BROKER_PID=""
   fi
 }
-cleanup() { stop_broker; rm -rf "$TMP/data" "$TMP"/data-*; [[ $JSON_DIR == "$TMP/results" ]] && rm -rf "$TMP"; true; }
+cleanup() { stop_broker; rm -rf "$TMP"; }
 trap cleanup EXIT
 
 free_port() {
@@ -84,12 +84,25 @@ free_port() {
   echo "bench.sh: no free port found" >&2; exit 2
 }
 
-# start_broker NAME: a fresh broker on a fresh data dir; sets PORT and BROKER_PID.
-# Retries on another port when the chosen one turns out to be taken.
+# Disk space: a broker that meets the targets writes about 1 GB/s. Steps whose data is not
+# read back run with bounded retention; the others need the space, so check for it first.
+need_disk_gb() {
+  local need="$1" free
+  free="$(df -Pk "$TMP" | awk 'NR == 2 { printf "%d", $4 / 1048576 }')"
+  if (( free < need )); then
+    echo "bench.sh: $free GB free under $TMP, this run may write $need GB: use --duration-s or free space" >&2
+    exit 2
+  fi
+}
+# Per partition: old segments beyond 512 MiB are deleted within a second.
+BOUNDED=(--retention-bytes $((512 << 20)) --segment-bytes $((64 << 20)) --retention-check-interval-ms 1000)
+
+# start_broker NAME [BROKER ARGS...]: a fresh broker on a fresh data dir; sets PORT and
+# BROKER_PID. Retries on another port when the chosen one turns out to be taken.
 start_broker() {
   local attempt
   for attempt in 1 2 3 4 5; do
-    if start_broker_once "$1"; then return 0; fi
+    if start_broker_once "$@"; then return 0; fi
     grep -q "in use" "$TMP/broker-$1.log" || exit 2
     echo "bench.sh: port $PORT taken, trying another" >&2
   done
@@ -97,12 +110,12 @@ start_broker() {
 }
 
 start_broker_once() {
-  local name="$1"
+  local name="$1"; shift
   PORT="$(free_port)"
   local dir="$TMP/data-$name"
   mkdir -p "$dir"
   taskset -c "$BROKER_CORE" "$BROKER" --data-dir "$dir" --listen "127.0.0.1:$PORT" \
-    --advertise "127.0.0.1:$PORT" --cores 1 2>"$TMP/broker-$name.log" >/dev/null &
+    --advertise "127.0.0.1:$PORT" --cores 1 "$@" 2>"$TMP/broker-$name.log" >/dev/null &
   BROKER_PID=$!
   local deadline=$(( SECONDS + 30 ))
   until grep -q "listening on" "$TMP/broker-$name.log" 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do
@@ -145,22 +158,24 @@ field() { grep -o "\"$2\":[^,}]*" "$1" 2>/dev/null | head -1 | cut -d: -f2; }
 
 COMMON=(--partitions 8 --producers 4 --consumers 4 --cores 1)
 
+# 100 B at the 4M msg/s target for the whole duration, kept for the consume step.
+need_disk_gb $(( DURATION * 1 / 2 + 4 ))
 start_broker produce-100
 bench produce-100b-acks1 produce --topic p100 --message-bytes 100 --acks 1 --duration-s "$DURATION" "${COMMON[@]}"
 bench consume-100b consume --topic p100 "${COMMON[@]}"
 stop_broker; rm -rf "$TMP"/data-*
 
-start_broker produce-1k
+start_broker produce-1k "${BOUNDED[@]}"
 bench produce-1kib-acks1 produce --topic p1k --message-bytes 1024 --acks 1 --duration-s "$DURATION" "${COMMON[@]}"
 stop_broker; rm -rf "$TMP"/data-*
 
-start_broker produce-all
+start_broker produce-all "${BOUNDED[@]}"
 bench produce-100b-acksall produce --topic pall --message-bytes 100 --acks all --duration-s "$DURATION" "${COMMON[@]}"
 stop_broker; rm -rf "$TMP"/data-*
 
 MAX_RATE="$(field "$JSON_DIR/produce-100b-acks1.json" messages_per_s)"
 HALF_RATE="$(awk -v r="${MAX_RATE:-0}" 'BEGIN { h = r / 2; if (h < 1000) h = 1000; printf "%.0f", h }')"
-start_broker e2e
+start_broker e2e "${BOUNDED[@]}"
 bench e2e-half-rate e2e --topic e2e --message-bytes 100 --acks 1 --rate "$HALF_RATE" --linger-ms 1 --duration-s "$DURATION" "${COMMON[@]}"
 stop_broker; rm -rf "$TMP"/data-*
 

@@ -134,13 +134,16 @@ pub fn disk(args: &DiskArgs) -> Result<f64> {
             Ok(written)
         }));
     }
-    let mut written = 0;
-    for t in threads {
-        written += t.join().expect("writer panicked")?;
-    }
-    file.sync_data()?;
-    let seconds = start.elapsed().as_secs_f64();
+    let outcome = (|| -> Result<f64> {
+        let mut written = 0;
+        for t in threads {
+            written += t.join().expect("writer panicked")?;
+        }
+        file.sync_data()?;
+        Ok(written as f64 / start.elapsed().as_secs_f64())
+    })();
     drop(file);
+    // Removed on failure too: a full disk must not stay full because of us.
     let _ = std::fs::remove_file(&path);
-    Ok(written as f64 / seconds)
+    outcome
 }

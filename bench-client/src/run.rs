@@ -296,6 +296,7 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
     let measure_from_ns = start_ns + (warmup_s * 1e9) as u64;
     let shared = Arc::new(Shared {
         stop_producing: AtomicBool::new(false),
+        stop_consuming: AtomicBool::new(false),
         abort: AtomicBool::new(false),
         consume_targets: targets,
         measure_from_ns,
@@ -351,6 +352,9 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
             if now >= stop {
                 shared.measure_until_ns.store(stop, Ordering::Relaxed);
                 shared.stop_producing.store(true, Ordering::Relaxed);
+                if mode == Mode::Consume {
+                    shared.stop_consuming.store(true, Ordering::Relaxed);
+                }
                 stopped_ns = Some(stop);
             }
         }
@@ -496,8 +500,10 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
         for (&p, target) in partitions.iter().zip(shared.consume_targets.iter()) {
             let target = target.load(Ordering::Relaxed);
             let reached = consumed_offsets.get(&p).copied().unwrap_or(0);
+            // Stopped by --messages or --duration-s: the rest of the log was never asked for.
             if mode == Mode::Consume
                 && args.messages.is_none()
+                && !shared.stop_consuming.load(Ordering::Relaxed)
                 && target != i64::MAX
                 && reached < target
             {

@@ -81,6 +81,8 @@ pub struct Workload {
 /// Control-plane state shared by the main thread and the workers.
 pub struct Shared {
     pub stop_producing: AtomicBool,
+    /// `consume` with a duration: stop fetching once the current fetch is answered.
+    pub stop_consuming: AtomicBool,
     pub abort: AtomicBool,
     /// Offset each partition's consumer must reach; i64::MAX until known.
     pub consume_targets: Vec<AtomicI64>,
@@ -541,7 +543,8 @@ impl ConsumerConn {
     }
 
     fn reached_targets(&self, shared: &Shared) -> bool {
-        self.messages_max.is_some_and(|m| self.consumed >= m)
+        shared.stop_consuming.load(Ordering::Relaxed)
+            || self.messages_max.is_some_and(|m| self.consumed >= m)
             || self.parts.iter().all(|p| {
                 p.check.next_offset
                     >= shared.consume_targets[p.partition as usize].load(Ordering::Relaxed)
