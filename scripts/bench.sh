@@ -19,6 +19,8 @@
 #   --broker-core N      core for the broker (default 0)
 #   --bench-core N       core for the bench (default 1)
 #   --json-dir DIR       keep each step's JSON result in DIR
+#   --perf DIR           record a perf profile of the broker during each step into DIR and
+#                        print its hottest symbols (needs perf; use --call-graph for stacks)
 set -euo pipefail
 
 DURATION=30
@@ -27,6 +29,7 @@ BUILD=1
 BROKER_CORE=0
 BENCH_CORE=1
 JSON_DIR=""
+PERF_DIR=""
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BROKER="$ROOT/target/release/shardlog"
 BENCH="$ROOT/target/release/shardlog-bench"
@@ -41,7 +44,8 @@ while [[ $# -gt 0 ]]; do
     --broker-core) BROKER_CORE="$2"; shift ;;
     --bench-core) BENCH_CORE="$2"; shift ;;
     --json-dir) JSON_DIR="$2"; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    --perf) PERF_DIR="$2"; shift ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -139,10 +143,22 @@ broker_cpu() { awk -v hz="$CLK_TCK" '{ printf "%.2f", ($14 + $15) / hz }' "/proc
 bench() {
   local name="$1" mode="$2"; shift 2
   echo "== $name: shardlog-bench $mode $*" >&2
-  local rc=0 cpu0
+  local rc=0 cpu0 perf_pid=""
   cpu0="$(broker_cpu)"
+  if [[ -n $PERF_DIR ]]; then
+    mkdir -p "$PERF_DIR"
+    perf record -F 999 -p "$BROKER_PID" -o "$PERF_DIR/$name.data" >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
   taskset -c "$BENCH_CORE" "$BENCH" "$mode" --bootstrap "127.0.0.1:$PORT" --json --quiet \
     --warmup-s "$WARMUP" "$@" >"$JSON_DIR/$name.json" || rc=$?
+  if [[ -n $perf_pid ]]; then
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+    perf report -i "$PERF_DIR/$name.data" --no-children --sort dso,sym --stdio 2>/dev/null \
+      | grep -v '^#' | grep '%' | head -12 >"$PERF_DIR/$name.top" || true
+    echo "   broker's hottest symbols in $name:" >&2; sed 's/^/   /' "$PERF_DIR/$name.top" >&2
+  fi
   awk -v a="$cpu0" -v b="$(broker_cpu)" 'BEGIN { printf "%.2f\n", b - a }' >"$JSON_DIR/$name.broker-cpu"
   if [[ $rc != 0 ]]; then
     echo "bench.sh: step $name failed (exit $rc)" >&2
