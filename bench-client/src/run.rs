@@ -87,6 +87,12 @@ pub struct WorkloadArgs {
     /// read back (for durability tests across a broker crash and restart).
     #[arg(long)]
     pub manifest: Option<std::path::PathBuf>,
+    /// Cap the negotiated Produce version (to exercise a broker's older versions).
+    #[arg(long)]
+    pub max_produce_version: Option<i16>,
+    /// Cap the negotiated Fetch version.
+    #[arg(long)]
+    pub max_fetch_version: Option<i16>,
     /// Print the result as one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -138,7 +144,23 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
     let mut control = Control::connect(&args.bootstrap, Duration::from_secs(10))?;
     let layout = control.ensure_topic(&args.topic, args.partitions, Duration::from_secs(30))?;
     let partitions: Vec<i32> = (0..layout.leaders.len() as i32).collect();
-    let v = control.versions;
+    let mut v = control.versions;
+    if let Some(max) = args.max_produce_version {
+        ensure!(
+            (3..=v.produce).contains(&max),
+            "--max-produce-version {max}: the bench and broker share 3..{}",
+            v.produce
+        );
+        v.produce = max;
+    }
+    if let Some(max) = args.max_fetch_version {
+        ensure!(
+            (4..=v.fetch).contains(&max),
+            "--max-fetch-version {max}: the bench and broker share 4..{}",
+            v.fetch
+        );
+        v.fetch = max;
+    }
     let produce = mode != Mode::Consume;
     let consume = mode != Mode::Produce;
 
@@ -730,6 +752,28 @@ mod tests {
         let consumed = r.sides.iter().find(|s| s.name == "consume").unwrap();
         assert!(consumed.messages > 40_000, "{}", consumed.messages);
         assert!(consumed.latency.value_at_percentile(50.0) < 100_000);
+    }
+
+    #[test]
+    fn every_produce_and_fetch_version_round_trips() {
+        let a = mock(3, None, None);
+        for (p, f) in [(3, 4), (7, 11), (8, 10), (9, 12)] {
+            let (p, f) = (p.to_string(), f.to_string());
+            let topic = format!("v{p}-{f}");
+            let extra = [
+                "--messages",
+                "2000",
+                "--max-produce-version",
+                &p,
+                "--max-fetch-version",
+                &f,
+                "--topic",
+                &topic,
+            ];
+            let r = run(&args(&a, &extra), Mode::EndToEnd).unwrap();
+            assert!(r.verified, "produce v{p} fetch v{f}: {}", r.faults);
+            assert_eq!(r.checked, 2000);
+        }
     }
 
     #[test]
