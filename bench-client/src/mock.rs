@@ -328,19 +328,17 @@ fn connection(
                                 b + (i32::from_be_bytes(bytes[23..27].try_into().unwrap()) as i64)
                                     < p.fetch_offset
                             });
-                            let mut served = Vec::new();
+                            let mut n = 0usize;
                             for (_, b) in &log.batches[start..] {
                                 if !records.is_empty()
                                     && records.len() + b.len() > p.partition_max_bytes as usize
                                 {
                                     break;
                                 }
-                                served.push(b.clone());
+                                n += 1;
                                 records.extend_from_slice(b);
                             }
                             let high = log.next_offset;
-                            let n = served.len();
-                            let _ = served;
                             if let Some(every) = args.corrupt_every {
                                 for _ in 0..n {
                                     st.served_batches += 1;

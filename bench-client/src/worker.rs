@@ -326,7 +326,6 @@ impl ProducerConn {
             timestamp_ms: wall_ms(),
             send_time_ns: &send_time,
         };
-        let before = self.out.len();
         if w.compression == Compression::None {
             let records_bytes = batch_bytes(&w.payloads, count);
             proto::produce_prefix(
@@ -370,7 +369,6 @@ impl ProducerConn {
             created_ns: now,
             bytes: (count * w.payloads.value_bytes()) as u64,
         });
-        let _ = before;
         Ok(())
     }
 
