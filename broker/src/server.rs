@@ -34,11 +34,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let address = listeners.1;
     let mesh = MeshBuilder::<Job, _>::full(config.cores, MESH_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let (drained_tx, drained_rx) = mpsc::channel::<usize>();
     let mut stops = Vec::new();
+    let mut closes = Vec::new();
     let mut threads = Vec::new();
     for (id, fd) in listeners.0.into_iter().enumerate() {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         stops.push(stop_tx);
+        let (close_tx, close_rx) = oneshot::channel::<()>();
+        closes.push(close_tx);
+        let drained = drained_tx.clone();
         let config = config.clone();
         let catalog = catalog.clone();
         let mesh = mesh.clone();
@@ -49,7 +54,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .io_memory(IO_MEMORY_BYTES)
             .spawn(move || async move {
                 let listener = unsafe { TcpListener::from_raw_fd(fd) };
-                run_shard(id, config, catalog, mesh, listener, ready, stop_rx).await
+                let stop = Stop {
+                    stop: stop_rx,
+                    drained,
+                    close: close_rx,
+                };
+                run_shard(id, config, catalog, mesh, listener, ready, stop).await
             })
             .map_err(|e| anyhow::anyhow!("cores: cannot start shard {id} on cpu {cpu}: {e}"))?;
         threads.push(handle);
@@ -72,14 +82,34 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if let Some(signal) = signals.forever().next() {
         tracing::info!(signal, "shutting down: flushing and syncing every log");
     }
+    // Two phases: every shard first finishes the requests it took (which may need other
+    // shards, through the mesh, to answer), and only once all have, closes its logs. A shard
+    // closing early would fail or strand requests of its peers that it owns partitions of.
     for stop in stops {
         let _ = stop.send(());
+    }
+    drop(drained_tx);
+    for _ in 0..config.cores {
+        if drained_rx.recv().is_err() {
+            break; // a shard thread is gone; the others still close their logs
+        }
+    }
+    for close in closes {
+        let _ = close.send(());
     }
     for handle in threads {
         let _ = handle.join();
     }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// How the main thread stops a shard: `stop` (stop taking requests and finish those taken),
+/// the shard answers on `drained`, then `close` (close and sync every log).
+struct Stop {
+    stop: oneshot::Receiver<()>,
+    drained: mpsc::Sender<usize>,
+    close: oneshot::Receiver<()>,
 }
 
 async fn run_shard(
@@ -89,7 +119,7 @@ async fn run_shard(
     mesh: MeshBuilder<Job, glommio::channels::channel_mesh::Full>,
     listener: TcpListener,
     ready: mpsc::Sender<Result<(), String>>,
-    stop: oneshot::Receiver<()>,
+    stop: Stop,
 ) {
     let config = Rc::new(config);
     let (senders, receivers) = match mesh.join().await {
@@ -102,6 +132,10 @@ async fn run_shard(
     let shard = Shard::new(id, config.clone(), senders);
     shard.spawn_mesh_receivers(receivers);
     if let Err(e) = shard.apply_catalog(catalog).await {
+        let _ = ready.send(Err(format!("shard {id}: {e}")));
+        return;
+    }
+    if let Err(e) = crate::groups::start(&shard).await {
         let _ = ready.send(Err(format!("shard {id}: {e}")));
         return;
     }
@@ -121,6 +155,7 @@ async fn run_shard(
     let _ = ready.send(Ok(()));
 
     let budget = Rc::new(Semaphore::new(config.max_buffered_bytes_per_shard as u64));
+    let unsent = budget.clone();
     let connections = Rc::new(std::cell::Cell::new(0usize));
     let accept_shard = shard.clone();
     let acceptor = glommio::spawn_local(async move {
@@ -150,23 +185,31 @@ async fn run_shard(
             .detach();
         }
     });
-    let _ = stop.await;
-    // Stop taking connections and requests, let the requests already taken finish (bounded),
-    // then flush and sync every log so the next start needs no recovery scan.
+    let _ = stop.stop.await;
+    // Stop taking connections and requests, let the requests already taken finish and their
+    // responses go out (bounded: a response holds its budget share until written), then,
+    // once every shard got there, flush and sync every log so the next start needs no
+    // recovery scan.
     shard.shutting_down.set(true);
     drop(acceptor.cancel());
+    let budget_bytes = config.max_buffered_bytes_per_shard as u64;
+    let busy = || shard.requests_in_flight.get() > 0 || unsent.available() < budget_bytes;
     let deadline = std::time::Instant::now() + SHUTDOWN_DRAIN_MAX;
-    while shard.requests_in_flight.get() > 0 && std::time::Instant::now() < deadline {
+    while busy() && std::time::Instant::now() < deadline {
         glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
     }
-    if shard.requests_in_flight.get() > 0 {
+    if busy() {
         tracing::warn!(
             shard = id,
             left = shard.requests_in_flight.get(),
+            unsent_bytes = budget_bytes - unsent.available(),
             "requests still running at shutdown"
         );
     }
+    let _ = stop.drained.send(id);
+    let _ = stop.close.await;
     shard.close_logs().await;
+    crate::groups::stop(&shard).await;
 }
 
 /// One listening socket per shard on the same address (resolving port 0 once).

@@ -72,14 +72,22 @@ async fn read_loop(
 ) -> Result<(), String> {
     let max_frame_bytes = shard.config.max_frame_bytes;
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    // The budget share of the frame at the front of `buf`, taken as soon as its size is
+    // known and before its body is buffered (as Kafka's memory pool does): memory held for
+    // frames still arriving counts against the shard's budget too, so peers that announce
+    // large frames and send them slowly, or never, cannot grow the broker.
+    let mut frame_permit: Option<StaticPermit> = None;
     loop {
         // Hand every complete frame in the buffer to a handler.
-        while buf.len() >= 4 {
-            let size = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
-            if size < 0 || size as usize > max_frame_bytes {
-                return Err(format!("frame size {size} outside 0..={max_frame_bytes}"));
+        while let Some(size) = frame_size(&buf, max_frame_bytes)? {
+            if frame_permit.is_none() {
+                frame_permit = Some(
+                    budget
+                        .acquire_static_permit(size.max(1) as u64)
+                        .await
+                        .map_err(|e| format!("buffer budget closed: {e}"))?,
+                );
             }
-            let size = size as usize;
             if buf.len() < 4 + size {
                 buf.reserve(4 + size - buf.len());
                 break;
@@ -89,10 +97,7 @@ async fn read_loop(
             }
             buf.advance(4);
             let frame = buf.split_to(size).freeze();
-            let permit = budget
-                .acquire_static_permit(size.max(1) as u64)
-                .await
-                .map_err(|e| format!("buffer budget closed: {e}"))?;
+            let permit = frame_permit.take().expect("taken when the size was read");
             let handler = shard.clone();
             handler
                 .requests_in_flight
@@ -116,7 +121,12 @@ async fn read_loop(
             }
         }
         let start = buf.len();
-        let want = buf.capacity().saturating_sub(start).max(READ_CHUNK_BYTES);
+        // Zero-fill (and so touch) only what the pending frame still needs, or one chunk.
+        let missing = match frame_size(&buf, max_frame_bytes)? {
+            Some(size) => (4 + size).saturating_sub(start),
+            None => 0,
+        };
+        let want = missing.max(READ_CHUNK_BYTES);
         buf.resize(start + want, 0);
         let read = stream.read(&mut buf[start..]).await;
         match read {
@@ -135,6 +145,20 @@ async fn read_loop(
             Err(e) => return Err(format!("read: {e}")),
         }
     }
+}
+
+/// The size of the frame at the start of `buf` once its 4-byte prefix has arrived. A
+/// negative size or one above `max_frame_bytes` is an error: the connection is closed
+/// before anything is allocated for it.
+pub fn frame_size(buf: &[u8], max_frame_bytes: usize) -> Result<Option<usize>, String> {
+    let Some(prefix) = buf.first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let size = i32::from_be_bytes(*prefix);
+    if size < 0 || size as usize > max_frame_bytes {
+        return Err(format!("frame size {size} outside 0..={max_frame_bytes}"));
+    }
+    Ok(Some(size as usize))
 }
 
 async fn write_loop(mut writer: TcpStream, handlers: LocalReceiver<Pending>) -> Result<(), String> {

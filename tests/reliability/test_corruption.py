@@ -1,0 +1,269 @@
+"""Corruption on disk while the broker is stopped.
+
+A truncated segment, flipped bytes in a segment, a damaged or missing index: the broker
+starts, says in its log what it found and did, cuts the log back to the last valid batch
+where the damage is in the tail it scans, and never serves a batch that fails its CRC.
+A damaged catalog is refused with a clear message and a non-zero exit.
+
+Batches are written and read with raw Produce/Fetch so the test knows every batch's bytes
+and checks every CRC itself.
+"""
+
+import os
+import signal
+import struct
+
+import pytest
+
+from rel_harness import (RawConnection, auto_create, fetch_v4, fetch_v4_response, parse_batches,
+                         produce_v3, record_batch)
+
+TOPIC = "c"
+BATCHES = 240
+RECORDS_PER_BATCH = 4
+SEGMENT_BYTES = 64 << 10
+
+
+def values(batch: int):
+    return [f"b{batch:05d}r{r}".encode().ljust(250, b".") for r in range(RECORDS_PER_BATCH)]
+
+
+def produce_batches(broker, first, count):
+    conn = RawConnection(broker.port)
+    try:
+        for i in range(first, first + count):
+            conn.send(produce_v3(TOPIC, 0, record_batch(values(i)), acks=-1, correlation_id=i))
+            answer = conn.recv_frame()
+            # v3 response: correlation, [topic [partition error base_offset ...]]
+            error, base = struct.unpack_from(">hq", answer, 4 + 4 + 2 + len(TOPIC) + 4 + 4)
+            assert error == 0, f"produce of batch {i} failed with error {error}"
+            assert base == i * RECORDS_PER_BATCH, (i, base)
+    finally:
+        conn.close()
+
+
+def read_all(broker):
+    """(batches [(base, count, crc_ok)], error code that stopped the read, high watermark)."""
+    conn = RawConnection(broker.port)
+    out = []
+    offset = 0
+    try:
+        while True:
+            conn.send(fetch_v4(TOPIC, 0, offset, max_bytes=256 << 10, correlation_id=offset))
+            error, hw, records = fetch_v4_response(conn.recv_frame())
+            if error != 0:
+                return out, error, hw
+            batches = parse_batches(records)
+            if not batches:
+                assert offset >= hw, f"empty answer at {offset} below the high watermark {hw}"
+                return out, 0, hw
+            for base, count, crc_ok in batches:
+                if base + count <= offset:
+                    continue
+                assert base == offset, f"expected a batch at {offset}, got one at {base}"
+                out.append((base, count, crc_ok))
+                offset = base + count
+    finally:
+        conn.close()
+
+
+def partition_dir(broker):
+    return broker.data_dir / "topics" / f"{TOPIC}-0"
+
+
+def segments(broker):
+    return sorted(p for p in partition_dir(broker).iterdir() if p.suffix == ".log")
+
+
+def batch_positions(path, data_bytes):
+    """File positions of the batches in the first `data_bytes` of a segment file."""
+    raw = path.read_bytes()[:data_bytes]
+    pos, out = 0, []
+    while pos + 12 <= len(raw):
+        base, length = struct.unpack_from(">qi", raw, pos)
+        if length <= 0:
+            break
+        out.append((pos, base, 12 + length))
+        pos += 12 + length
+    return out
+
+
+def data_end(path):
+    """Bytes of batches at the start of a segment (the rest is preallocated zeros)."""
+    return sum(size for _, _, size in batch_positions(path, path.stat().st_size))
+
+
+@pytest.fixture
+def filled(rel_broker_factory):
+    broker = rel_broker_factory(cores=1, extra_args=["--segment-bytes", str(SEGMENT_BYTES)])
+    broker.start()
+    auto_create(broker.port, TOPIC)
+    produce_batches(broker, 0, BATCHES)
+    return broker
+
+
+def assert_all_crcs_ok_and_prefix(batches, expect_count=None):
+    assert all(ok for _, _, ok in batches), "a batch failing its CRC was served"
+    assert [b for b, _, _ in batches] == [i * RECORDS_PER_BATCH for i in range(len(batches))]
+    if expect_count is not None:
+        assert len(batches) == expect_count, (len(batches), expect_count)
+
+
+def test_clean_restart_serves_everything_without_a_scan(filled):
+    assert filled.kill(signal.SIGTERM) == 0
+    filled.start()
+    log = filled.this_run_log()
+    assert "opened log" in log and "clean shutdown" in log, log
+    assert "recovered log" not in log, log
+    batches, error, hw = read_all(filled)
+    assert error == 0
+    assert_all_crcs_ok_and_prefix(batches, BATCHES)
+    assert len(segments(filled)) >= 3, "the test needs several segments"
+
+
+def test_truncated_active_segment_is_cut_to_the_last_whole_batch(filled):
+    filled.kill(signal.SIGKILL)
+    last = segments(filled)[-1]
+    positions = batch_positions(last, last.stat().st_size)
+    cut_pos, cut_base, cut_size = positions[-3]
+    os.truncate(last, cut_pos + cut_size // 2)
+    filled.start()
+    log = filled.this_run_log()
+    assert "recovered log" in log and "torn" in log, log
+    batches, error, hw = read_all(filled)
+    assert error == 0
+    assert hw == cut_base, (hw, cut_base)
+    assert_all_crcs_ok_and_prefix(batches, cut_base // RECORDS_PER_BATCH)
+    # The log goes on from the cut, with contiguous offsets.
+    produce_first = cut_base // RECORDS_PER_BATCH
+    produce_batches(filled, produce_first, 5)
+    batches, error, hw = read_all(filled)
+    assert error == 0
+    assert_all_crcs_ok_and_prefix(batches, produce_first + 5)
+
+
+def test_truncated_active_segment_after_clean_stop_is_noticed(filled):
+    """The clean-shutdown marker records the active segment's size; a shorter file than
+    that must not be trusted."""
+    assert filled.kill(signal.SIGTERM) == 0
+    last = segments(filled)[-1]
+    positions = batch_positions(last, last.stat().st_size)
+    cut_pos, cut_base, cut_size = positions[-2]
+    os.truncate(last, cut_pos + cut_size // 2)
+    filled.start()
+    log = filled.this_run_log()
+    assert "torn" in log, log
+    batches, error, hw = read_all(filled)
+    assert error == 0
+    assert hw == cut_base, (hw, cut_base)
+    assert_all_crcs_ok_and_prefix(batches, cut_base // RECORDS_PER_BATCH)
+    produce_batches(filled, cut_base // RECORDS_PER_BATCH, 3)
+    batches, error, _ = read_all(filled)
+    assert error == 0
+    assert_all_crcs_ok_and_prefix(batches, cut_base // RECORDS_PER_BATCH + 3)
+
+
+def test_flipped_byte_in_active_segment_truncates_at_that_batch(filled):
+    filled.kill(signal.SIGKILL)
+    last = segments(filled)[-1]
+    positions = batch_positions(last, last.stat().st_size)
+    pos, base, size = positions[len(positions) // 2]
+    with open(last, "r+b") as f:
+        f.seek(pos + size - 10)  # inside the records: only the CRC can tell
+        byte = f.read(1)
+        f.seek(pos + size - 10)
+        f.write(bytes([byte[0] ^ 0x5A]))
+    filled.start()
+    log = filled.this_run_log()
+    assert "fails its CRC-32C" in log and "truncat" in log, log
+    batches, error, hw = read_all(filled)
+    assert error == 0
+    assert hw == base
+    assert_all_crcs_ok_and_prefix(batches, base // RECORDS_PER_BATCH)
+
+
+def test_flipped_byte_in_older_segment_is_never_served(filled):
+    """An old segment is not scanned at start (that would cost a read of the whole log);
+    its damage is found by the CRC check on read, and the fetch fails instead of serving it."""
+    assert filled.kill(signal.SIGTERM) == 0
+    first = segments(filled)[0]
+    positions = batch_positions(first, first.stat().st_size)
+    pos, base, size = positions[len(positions) // 2]
+    with open(first, "r+b") as f:
+        f.seek(pos + size - 10)
+        byte = f.read(1)
+        f.seek(pos + size - 10)
+        f.write(bytes([byte[0] ^ 0x01]))
+    filled.start()
+    batches, error, hw = read_all(filled)
+    assert error == 2, f"expected CORRUPT_MESSAGE (2), got {error}"
+    assert hw == BATCHES * RECORDS_PER_BATCH
+    assert_all_crcs_ok_and_prefix(batches, base // RECORDS_PER_BATCH)
+    # Reads past the damaged batch still work.
+    conn = RawConnection(filled.port)
+    conn.send(fetch_v4(TOPIC, 0, base + RECORDS_PER_BATCH))
+    error, _, records = fetch_v4_response(conn.recv_frame())
+    conn.close()
+    assert error == 0 and parse_batches(records)[0][0] == base + RECORDS_PER_BATCH
+    assert all(ok for _, _, ok in parse_batches(records))
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "shuffled"])
+def test_damaged_index_is_rebuilt(filled, damage):
+    assert filled.kill(signal.SIGTERM) == 0
+    target = segments(filled)[1].with_suffix(".index")
+    raw = target.read_bytes()
+    assert len(raw) >= 16, "the test needs an index with several entries"
+    if damage == "missing":
+        target.unlink()
+    elif damage == "garbage":
+        target.write_bytes(os.urandom(len(raw) - 3))
+    else:
+        entries = [raw[i:i + 8] for i in range(0, len(raw), 8)]
+        target.write_bytes(b"".join(reversed(entries)))
+    filled.start()
+    log = filled.this_run_log()
+    assert "rebuilt" in log, log
+    batches, error, _ = read_all(filled)
+    assert error == 0
+    assert_all_crcs_ok_and_prefix(batches, BATCHES)
+
+
+def test_index_pointing_at_wrong_positions_is_never_trusted_blindly(filled):
+    """An index that is well-formed but wrong (a flipped position byte): reads must not
+    serve garbage, and every batch must stay readable."""
+    assert filled.kill(signal.SIGTERM) == 0
+    target = segments(filled)[1].with_suffix(".index")
+    raw = bytearray(target.read_bytes())
+    entries = len(raw) // 8
+    assert entries >= 3
+    i = entries // 2
+    # Move one entry's position by 100 bytes, keeping the index ordered.
+    pos = struct.unpack_from(">I", raw, i * 8 + 4)[0]
+    struct.pack_into(">I", raw, i * 8 + 4, pos + 100)
+    target.write_bytes(bytes(raw))
+    filled.start()
+    batches, error, _ = read_all(filled)
+    assert error == 0, f"fetch failed with {error}"
+    assert_all_crcs_ok_and_prefix(batches, BATCHES)
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "empty"])
+def test_damaged_catalog_is_refused(filled, damage):
+    assert filled.kill(signal.SIGTERM) == 0
+    catalog = filled.data_dir / "catalog.bin"
+    raw = bytearray(catalog.read_bytes())
+    if damage == "flipped":
+        raw[len(raw) // 2] ^= 0xFF
+    elif damage == "truncated":
+        raw = raw[: len(raw) // 2]
+    else:
+        raw = bytearray()
+    catalog.write_bytes(bytes(raw))
+    proc = filled.spawn()
+    code = proc.wait(timeout=30)
+    filled.log_file.close()
+    log = filled.this_run_log()
+    assert code != 0
+    assert "catalog" in log and "damaged" in log and "refusing to start" in log, log
+    assert catalog.read_bytes() == bytes(raw), "the damaged catalog must be left as it was"
