@@ -7,6 +7,7 @@ its stderr goes to a file that is attached to the report of a failing test.
 
 import os
 import pathlib
+import shutil
 
 import pytest
 
@@ -69,6 +70,13 @@ def start_broker(shardlog_bin, tmp_path, request):
             problems.append(str(e))
     if problems:
         pytest.fail("; ".join(problems))
+    # Every partition preallocates disk space (64 MiB each): drop the data of a test that
+    # passed now, so a full run never holds more than one test's data. A failed test keeps
+    # its data dir for a look.
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.passed:
+        for broker in brokers:
+            shutil.rmtree(broker.data_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -87,6 +95,7 @@ def broker2(start_broker):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
     brokers = getattr(item, "shardlog_brokers", None)
     if report.failed and brokers and report.when in ("call", "teardown"):
         for broker in brokers:

@@ -37,11 +37,16 @@ def shard_of_connection(broker, conn):
         conn.send_raw(requests)
         for _ in range(3000):
             assert conn.recv_frame() is not None
-    used = busy_shards(broker, work)
-    serving = max(used, key=used.get)
-    others = [used[s] for s in used if s != serving]
-    assert used[serving] > 2 * max(others), f"no clear serving shard: CPU ns {used}"
-    return serving
+    # Background work (a topic's logs being opened, a flush) can blur one measurement:
+    # measure again then, a few times at most.
+    measured = []
+    for _ in range(5):
+        used = busy_shards(broker, work)
+        serving = max(used, key=used.get)
+        if used[serving] > 2 * max(used[s] for s in used if s != serving):
+            return serving
+        measured.append(used)
+    raise AssertionError(f"no clear serving shard; CPU ns per shard: {measured}")
 
 
 def connections_by_shard(broker, wanted_per_shard=1, tries_max=40):
@@ -69,9 +74,15 @@ def owner_of_partition(broker, conn, conn_shard, topic, partition):
         for _ in range(20):
             answer = wire.produce(conn, topic, {partition: batch})
             assert answer[partition][0] == wire.NONE
-    used = busy_shards(broker, work)
     other = 1 - conn_shard
-    return other if used[other] > 0.3 * used[conn_shard] else conn_shard
+    # Two measurements must agree, so background work on a shard cannot decide alone.
+    verdicts = []
+    for _ in range(4):
+        used = busy_shards(broker, work)
+        verdicts.append(other if used[other] > 0.3 * used[conn_shard] else conn_shard)
+        if len(verdicts) >= 2 and verdicts[-1] == verdicts[-2]:
+            return verdicts[-1]
+    raise AssertionError(f"owner of {topic}/{partition} unclear: {verdicts}")
 
 
 def test_connections_land_on_both_shards(broker2):
