@@ -218,3 +218,26 @@ def test_pipelined_produce_requests_are_appended_in_request_order_on_both_paths(
             [f"p{p}-{i}".encode() for i in range(requests)]
     for conns in by_shard.values():
         conns[0].close()
+
+
+def test_fetch_of_partitions_on_both_shards_answers_in_request_order_within_max_bytes(broker2):
+    ck_create_topic(broker2, "fanout", partitions=4)
+    value = b"f" * 10_000
+    with wire.Conn(broker2.address) as conn:
+        for p in range(4):
+            for _ in range(3):
+                assert wire.produce(conn, "fanout", {p: wire.record_batch([value])})[p][0] == 0
+
+        order = {3: 0, 0: 1, 2: 0, 1: 2}
+        everything = wire.fetch_many(conn, "fanout", order)
+        limited = wire.fetch_many(conn, "fanout", order, max_bytes=25_000)
+
+    assert [(p, e, hw) for p, e, hw, _ in everything] == [(p, wire.NONE, 3) for p in order]
+    assert [[b["base_offset"] for b in batches] for *_, batches in everything] == \
+        [[0, 1, 2], [1, 2], [0, 1, 2], [2]]
+    # max_bytes bounds the whole response (the first batch always goes, so a consumer
+    # never gets stuck on a batch larger than its limit).
+    limited_bytes = sum(b["length"] + 12 for *_, batches in limited for b in batches)
+    assert [p for p, *_ in limited] == list(order)
+    assert 0 < limited_bytes <= 25_000
+    assert limited[0][3] and limited[0][3][0]["base_offset"] == 0
