@@ -554,8 +554,8 @@ impl PartitionLog {
         let clean = marker.filter(|m| m.active_base_offset == last_base);
         // The marker vouches for a size: a last segment shorter than that was cut after the
         // clean stop (a torn copy, a bad disk), and its tail must be scanned, not trusted.
-        let last_len = std::fs::metadata(files::segment_path(&dir, last_base, "log"))
-            .map_or(0, |m| m.len());
+        let last_len =
+            std::fs::metadata(files::segment_path(&dir, last_base, "log")).map_or(0, |m| m.len());
         let clean = clean.filter(|m| {
             let intact = m.active_size_bytes <= last_len;
             if !intact {
