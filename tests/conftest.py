@@ -42,15 +42,21 @@ def shardlog_bin():
 def start_broker(shardlog_bin, tmp_path, request):
     """Factory: start_broker(cores=1, args=[...], data_dir=None) -> a running Broker.
 
+    Log files grow in 1 MiB steps (`--preallocate-bytes`) instead of the default 64 MiB, so
+    a run needs little disk and the growth path is exercised; preallocate_bytes=None keeps
+    the broker's default.
+
     At teardown each broker must still be running (a crash fails the test) and must stop
     cleanly with SIGTERM (exit 0), unless the test stopped or killed it itself.
     """
     brokers = []
     request.node.shardlog_brokers = brokers
 
-    def start(cores=1, args=(), data_dir=None):
+    def start(cores=1, args=(), data_dir=None, preallocate_bytes=1 << 20):
         n = len(brokers)
         data_dir = data_dir or tmp_path / f"data{n}"
+        if preallocate_bytes is not None:
+            args = ["--preallocate-bytes", str(preallocate_bytes), *args]
         broker = Broker(shardlog_bin, data_dir, tmp_path, cores=cores, extra_args=args)
         brokers.append(broker)
         return broker.start()

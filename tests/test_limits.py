@@ -67,20 +67,19 @@ def test_a_message_just_under_max_message_bytes_goes_through_whole(broker):
 
 
 def test_a_topic_with_many_partitions_serves_each_of_them(broker2):
-    # 24, not hundreds: each partition preallocates 64 MiB of disk.
-    ck_create_topic(broker2, "wide", partitions=24)
+    ck_create_topic(broker2, "wide", partitions=64)
     producer = ck_producer(broker2)
-    for p in range(24):
+    for p in range(64):
         ck_produce(producer, "wide", [f"p{p}".encode()], partition=p)
 
     with wire.Conn(broker2.address) as conn:
         metadata = wire.metadata(conn, ["wide"])
-        for p in range(24):
+        for p in range(64):
             error, high_watermark, batches = wire.fetch(conn, "wide", p, 0)
             assert (error, high_watermark) == (wire.NONE, 1)
             assert batches[0]["values"] == [f"p{p}".encode()]
     assert metadata["wide"][0] == wire.NONE
-    assert metadata["wide"][1] == {p: wire.NONE for p in range(24)}
+    assert metadata["wide"][1] == {p: wire.NONE for p in range(64)}
 
 
 def test_retention_bytes_deletes_old_segments_and_moves_the_log_start(start_broker):

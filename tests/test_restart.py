@@ -55,7 +55,7 @@ def test_sigterm_restart_keeps_topics_configs_and_every_message(start_broker):
 
 
 def test_sigkill_after_acks_all_loses_no_acknowledged_message(start_broker):
-    broker = start_broker(cores=2)
+    broker = start_broker(cores=2, preallocate_bytes=None)  # the default preallocation
     ck_create_topic(broker, "durable", partitions=4)
     sent = {p: sent_for(p, 300, prefix="d") for p in range(4)}
     for p in range(4):
