@@ -331,7 +331,7 @@ mod tests {
     // the fault a broker could commit (drop, repeat, reorder, flip a byte), fed to the check a
     // consumer runs on each fetched partition.
 
-    /// One uncompressed batch of `count` messages of `producer_id`, as the broker would serve
+    /// One uncompressed batch of ten messages of `producer_id`, as the broker would serve
     /// it at `base_offset` (the base offset is outside the CRC, so stamping keeps it valid).
     fn batch(p: &Payloads, base_offset: i64, producer_id: u32, first_sequence: u64) -> Vec<u8> {
         let mut out = Vec::new();
