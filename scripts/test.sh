@@ -47,13 +47,16 @@ python3 -m pip install --root-user-action=ignore "${pip_args[@]}" 2>/dev/null \
 step "cargo build --release -p shardlog"
 cargo build --release -p shardlog
 
-# Run both suites even when the first fails, so one run shows every failure.
-failed=()
-step "cargo test --workspace --release"
-cargo test --workspace --release || failed+=("cargo test")
-
+# Both suites run the release broker: pytest, and shardlog-bench's end-to-end tests (which
+# would otherwise look for target/debug/shardlog and fail when it is missing).
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 export SHARDLOG_BIN="$target_dir/release/shardlog"
+
+# Run both suites even when the first fails, so one run shows every failure.
+failed=()
+step "cargo test --workspace --release (broker: $SHARDLOG_BIN)"
+cargo test --workspace --release || failed+=("cargo test")
+
 step "pytest tests/ (broker: $SHARDLOG_BIN)"
 python3 -m pytest tests/ -q "$@" || failed+=("pytest")
 
