@@ -37,6 +37,25 @@ struct Pending {
     _budget: StaticPermit,
 }
 
+/// Counts one request in the shard's `requests_in_flight` for as long as it lives.
+struct InFlight(Rc<Shard>);
+
+impl InFlight {
+    fn enter(shard: Rc<Shard>) -> InFlight {
+        shard
+            .requests_in_flight
+            .set(shard.requests_in_flight.get() + 1);
+        InFlight(shard)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let count = &self.0.requests_in_flight;
+        count.set(count.get() - 1);
+    }
+}
+
 /// Serve one accepted connection until the peer closes it or it misbehaves.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, budget: Rc<Semaphore>) {
     let peer = stream
@@ -99,15 +118,12 @@ async fn read_loop(
             let frame = buf.split_to(size).freeze();
             let permit = frame_permit.take().expect("taken when the size was read");
             let handler = shard.clone();
-            handler
-                .requests_in_flight
-                .set(handler.requests_in_flight.get() + 1);
+            let counted = InFlight::enter(shard.clone());
             let task = glommio::spawn_local(async move {
-                let reply = protocol::handle(&handler, frame).await;
-                handler
-                    .requests_in_flight
-                    .set(handler.requests_in_flight.get() - 1);
-                reply
+                // Held by the task: uncounted when it ends or is dropped unfinished (a
+                // client that leaves mid-request drops its queued handlers).
+                let _counted = counted;
+                protocol::handle(&handler, frame).await
             });
             if queue
                 .send(Pending {
