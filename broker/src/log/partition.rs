@@ -155,8 +155,6 @@ impl PartitionLog {
         });
         report.clean_shutdown = clean.is_some();
         report.segments = bases.len();
-        // A directory with no segment yet is a new partition, not a recovery.
-        let new_log = bases.is_empty();
         let interval = config.index_interval_bytes.max(1) as u64;
 
         let mut segments = Vec::with_capacity(bases.len());
@@ -329,7 +327,7 @@ impl PartitionLog {
         report.log_end_offset = log_end_offset;
         if report.clean_shutdown {
             tracing::info!(dir = %log.dir.display(), %report, "opened log");
-        } else if new_log {
+        } else if is_new {
             tracing::debug!(dir = %log.dir.display(), "created log");
         } else {
             tracing::warn!(dir = %log.dir.display(), %report, "recovered log");
