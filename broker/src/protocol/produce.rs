@@ -135,9 +135,14 @@ fn refuse_unreadable(records: &[u8], version: i16) -> i16 {
     const CODEC_MASK: i16 = 0x07;
     const CODEC_ZSTD: i16 = 4;
     const CONTROL_FLAG: i16 = 0x20;
+    // A v2 batch header is 61 bytes; its length field counts from byte 12.
+    const BATCH_HEADER_AFTER_LENGTH_BYTES: i32 = 61 - 12;
     let mut at = 0usize;
     while let Some(header) = records.get(at..at + ATTRIBUTES_AT + 2) {
         let length = i32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+        if length < BATCH_HEADER_AFTER_LENGTH_BYTES {
+            break; // the header itself is cut: the log reports it as CORRUPT_MESSAGE
+        }
         let attributes = i16::from_be_bytes([header[ATTRIBUTES_AT], header[ATTRIBUTES_AT + 1]]);
         let codec = attributes & CODEC_MASK;
         if codec > CODEC_ZSTD || (codec == CODEC_ZSTD && version < 7) {
@@ -145,9 +150,6 @@ fn refuse_unreadable(records: &[u8], version: i16) -> i16 {
         }
         if attributes & CONTROL_FLAG != 0 {
             return codes::INVALID_RECORD;
-        }
-        if length <= 0 {
-            break; // malformed: the log reports it as CORRUPT_MESSAGE
         }
         at += 12 + length as usize;
     }
