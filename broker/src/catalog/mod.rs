@@ -157,6 +157,15 @@ pub fn topic_log_config(base: &crate::log::LogConfig, topic: &Topic) -> crate::l
             _ => {}
         }
     }
+    // A compacted topic (cleanup.policy without "delete") keeps every key's latest record
+    // forever in Kafka: time or size retention must never delete it. Compaction itself is
+    // not implemented yet, so such a topic keeps everything (more disk, nothing lost).
+    if let Some(policy) = topic.configs.get("cleanup.policy") {
+        if !policy.split(',').any(|p| p.trim() == "delete") {
+            config.retention_ms = -1;
+            config.retention_bytes = -1;
+        }
+    }
     config
 }
 
@@ -231,6 +240,22 @@ mod tests {
         assert!(!valid_topic_name(".."));
         assert!(!valid_topic_name("a/b"));
         assert!(!valid_topic_name(&"x".repeat(250)));
+    }
+
+    #[test]
+    fn compacted_topics_are_never_deleted_by_retention() {
+        let mut topic = sample().topics.remove("orders").unwrap();
+        let base = crate::log::LogConfig::default();
+        assert_eq!(topic_log_config(&base, &topic).retention_ms, 1000);
+        topic
+            .configs
+            .insert("cleanup.policy".into(), "compact".into());
+        let config = topic_log_config(&base, &topic);
+        assert_eq!((config.retention_ms, config.retention_bytes), (-1, -1));
+        topic
+            .configs
+            .insert("cleanup.policy".into(), "compact,delete".into());
+        assert_eq!(topic_log_config(&base, &topic).retention_ms, 1000);
     }
 
     #[test]
