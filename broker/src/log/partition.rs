@@ -479,8 +479,8 @@ impl PartitionLog {
         let clean = marker.filter(|m| m.active_base_offset == last_base);
         // The marker vouches for a size: a last segment shorter than that was cut after the
         // clean stop (a torn copy, a bad disk), and its tail must be scanned, not trusted.
-        let last_len = std::fs::metadata(files::segment_path(&dir, last_base, "log"))
-            .map_or(0, |m| m.len());
+        let last_len =
+            std::fs::metadata(files::segment_path(&dir, last_base, "log")).map_or(0, |m| m.len());
         let clean = clean.filter(|m| {
             let intact = m.active_size_bytes <= last_len;
             if !intact {
@@ -1243,6 +1243,11 @@ impl PartitionLog {
     /// Bytes appended but not yet durable.
     pub fn dirty_bytes(&self) -> u64 {
         self.appended_total.get() - self.durable_total.get()
+    }
+
+    /// True once a write or sync failed: appends are refused until the log is reopened.
+    pub fn is_failed(&self) -> bool {
+        self.failure.borrow().is_some()
     }
 
     /// True once `close` or `delete` ran.
