@@ -93,6 +93,12 @@ impl Shard {
                 log_append_time_ms: -1,
                 log_start_offset: -1,
             };
+            if self
+                .log(topic, partition)
+                .is_some_and(|log| log.is_failed())
+            {
+                self.reopen_if_failed(topic, partition).await;
+            }
             let Some(log) = self.log(topic, partition) else {
                 result.error = codes::UNKNOWN_TOPIC_OR_PARTITION;
                 results.push(result);
