@@ -10,6 +10,7 @@
 """
 
 import socket
+import threading
 import struct
 import time
 
@@ -165,3 +166,30 @@ def test_idle_timeout_closes_silent_connections_only(rel_broker_factory):
     silent.close()
     busy.close()
     assert f"idle for {idle_ms} ms" in broker.this_run_log()
+
+
+def test_small_produces_pin_no_more_than_the_tail_cache(rel_broker_factory):
+    """Cached batches may hold `--tail-cache-bytes` per partition, not the read buffers they
+    arrived in: 10,000 produces of ~1 KiB, one per read, on 20 connections."""
+    cache_bytes = 8 << 20
+    broker = rel_broker_factory(cores=1, extra_args=[
+        "--tail-cache-bytes", str(cache_bytes)]).start()
+    auto_create(broker.port, "small")
+    before = broker.rss_bytes()
+    request = produce_v3("small", 0, record_batch([b"s" * 1000]), acks=1)
+
+    def run():
+        conn = RawConnection(broker.port)
+        for _ in range(500):
+            conn.send(request)
+            assert produce_answer_error(conn.recv_frame(), "small") == 0
+        conn.close()
+
+    threads = [threading.Thread(target=run) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    grown = broker.rss_bytes() - before
+    print(f"\n10,000 produces of 1 KiB: RSS grew {grown >> 20} MiB (tail cache {cache_bytes >> 20} MiB)")
+    assert grown < 2 * cache_bytes + (16 << 20), f"RSS grew {grown >> 20} MiB"
