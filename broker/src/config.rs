@@ -94,6 +94,8 @@ pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `shardlog=debug`.
     #[arg(long, env = "SHARDLOG_LOG")]
     pub log: Option<String>,
+    #[command(flatten)]
+    pub groups: crate::groups::GroupsArgs,
 }
 
 /// The same settings as [`Cli`], read from the optional TOML file.
@@ -124,6 +126,8 @@ struct FileConfig {
     flush_bytes: Option<u64>,
     retention_check_interval_ms: Option<u64>,
     log: Option<String>,
+    /// `[groups]` table: the group coordinator's settings.
+    groups: Option<crate::groups::GroupsArgs>,
 }
 
 /// Validated configuration of a running broker.
@@ -154,6 +158,7 @@ pub struct Config {
     pub flush_bytes: u64,
     pub retention_check_interval_ms: u64,
     pub log: String,
+    pub groups: crate::groups::GroupsConfig,
 }
 
 impl Config {
@@ -207,6 +212,7 @@ impl Config {
             flush_bytes: pick!(flush_bytes, 64 << 20),
             retention_check_interval_ms: pick!(retention_check_interval_ms, 300_000),
             log: pick!(log, "info".to_string()),
+            groups: crate::groups::GroupsConfig::load(&cli.groups, file.groups.as_ref())?,
         };
         config.validate(cores_available)?;
         Ok(config)

@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod groups;
 pub mod log;
 pub mod net;
 pub mod protocol;

@@ -135,6 +135,10 @@ async fn run_shard(
         let _ = ready.send(Err(format!("shard {id}: {e}")));
         return;
     }
+    if let Err(e) = crate::groups::start(&shard).await {
+        let _ = ready.send(Err(format!("shard {id}: {e}")));
+        return;
+    }
     let background = glommio::executor().create_task_queue(
         glommio::Shares::Static(100),
         glommio::Latency::NotImportant,
@@ -205,6 +209,7 @@ async fn run_shard(
     let _ = stop.drained.send(id);
     let _ = stop.close.await;
     shard.close_logs().await;
+    crate::groups::stop(&shard).await;
 }
 
 /// One listening socket per shard on the same address (resolving port 0 once).

@@ -40,7 +40,7 @@ mod shard;
 mod tests;
 
 pub use partition::{probe_direct_io, PartitionLog};
-pub use shard::ShardStorage;
+pub use shard::{ShardStorage, RETENTION_CHECK_INTERVAL_MS_DEFAULT};
 
 use std::fmt;
 
@@ -59,9 +59,13 @@ pub struct LogConfig {
     pub retention_bytes: i64,
     /// Largest accepted batch, log overhead included (Kafka `max.message.bytes`).
     pub max_batch_bytes: u32,
-    /// Recent batches kept in memory for readers near the head.
+    /// Recent batches kept in memory for readers near the head. Batches not yet written to
+    /// the device always stay (they have no other copy), so the cache may exceed this by up
+    /// to two staging buffers. Cached batches are slices of the appended `Bytes`.
     pub tail_cache_bytes: usize,
-    /// Size of one aligned staging buffer; one fills while at most one more is written.
+    /// Size of one aligned staging buffer and of a full write; one fills while at most one
+    /// more is written (two while a flush is in progress); then `append` waits. A change
+    /// applies from the next segment roll.
     pub write_buffer_bytes: usize,
     /// Files grow in steps of this size, so most writes need no block allocation.
     pub preallocate_bytes: u64,
@@ -182,7 +186,8 @@ pub struct RecoveryReport {
     pub scanned_bytes: u64,
     /// Batches validated by the scan.
     pub scanned_batches: u64,
-    /// Bytes past the last valid batch that were cut off (torn or corrupt data).
+    /// Bytes cut off after the last valid batch: the torn or corrupt batch and whatever
+    /// followed it in the file, preallocated space included.
     pub truncated_bytes: u64,
     /// Why the scan stopped before the end of the file, if it found something invalid.
     pub truncated_reason: Option<String>,

@@ -454,6 +454,80 @@ async fn scan_segment(
     })
 }
 
+/// Batches containing and following `offset`, parsed from `pos` (where the batch with base
+/// offset `expected` starts) up to `disk_end`.
+async fn read_batches_at(
+    file: &DmaFile,
+    offset: i64,
+    max_bytes: usize,
+    mut expected: i64,
+    mut pos: u64,
+    disk_end: u64,
+) -> Result<Vec<(BatchHeader, Vec<Bytes>)>, LogError> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    let mut buf = None;
+    while pos + BATCH_HEADER_BYTES as u64 <= disk_end {
+        // One read should cover the whole answer: what is left of max_bytes, bounded.
+        let hint = max_bytes
+            .saturating_sub(bytes)
+            .clamp(DISK_READ_CHUNK_BYTES, DISK_READ_BYTES_MAX);
+        if !ensure_read(file, &mut buf, pos, BATCH_HEADER_BYTES, hint, disk_end).await? {
+            break;
+        }
+        let corrupt = |msg: String| -> Result<Vec<(BatchHeader, Vec<Bytes>)>, LogError> {
+            Err(LogError::CorruptBatch(msg))
+        };
+        let h = match BatchHeader::parse(slice_of(&buf, pos, BATCH_HEADER_BYTES)) {
+            Ok(h) if h.base_offset() == expected => h,
+            Ok(h) if out.is_empty() => {
+                return corrupt(format!(
+                    "batch at byte {pos} has offset {} instead of {expected}",
+                    h.base_offset()
+                ))
+            }
+            Err(e) if out.is_empty() => return corrupt(format!("batch at byte {pos}: {e}")),
+            _ => break,
+        };
+        let size = h.total_bytes();
+        if pos + size as u64 > disk_end {
+            break;
+        }
+        expected = h.last_offset() + 1;
+        if h.last_offset() < offset {
+            pos += size as u64;
+            continue;
+        }
+        if !out.is_empty() && bytes + size > max_bytes {
+            break;
+        }
+        let hint = max_bytes
+            .saturating_sub(bytes)
+            .clamp(DISK_READ_CHUNK_BYTES, DISK_READ_BYTES_MAX);
+        ensure_read(file, &mut buf, pos, size, hint, disk_end).await?;
+        let slice = slice_of(&buf, pos, size);
+        if !batch::crc_matches(slice, h.crc()) {
+            if out.is_empty() {
+                return corrupt(format!("batch at byte {pos} fails its CRC-32C"));
+            }
+            break;
+        }
+        out.push((h, vec![Bytes::copy_from_slice(slice)]));
+        bytes += size;
+        pos += size as u64;
+        if bytes >= max_bytes {
+            break;
+        }
+    }
+    if out.is_empty() {
+        // Below the log end there is always a whole batch: the segment lost data at rest.
+        return Err(LogError::CorruptBatch(format!(
+            "no whole batch at offset {offset} on disk"
+        )));
+    }
+    Ok(out)
+}
+
 impl PartitionLog {
     /// Opens (creating if missing) the log in `dir`, recovering after an unclean stop.
     pub async fn open(
@@ -472,7 +546,8 @@ impl PartitionLog {
         }
         let mut bases = files::list_segments(&dir)?;
         let mut report = RecoveryReport::default();
-        if bases.is_empty() {
+        let is_new = bases.is_empty();
+        if is_new {
             bases.push(0);
         }
         let last_base = *bases.last().expect("one segment");
@@ -556,8 +631,12 @@ impl PartitionLog {
             seg.written_bytes = seg.size_bytes;
             segments.push(seg);
         }
-        if bases.len() == 1 && segments[0].size_bytes == 0 && segments[0].allocated_bytes == 0 {
+        if is_new {
+            // The directory and its first segment must survive a crash before any append.
             files::sync_dir(&dir)?;
+            if let Some(parent) = dir.parent() {
+                files::sync_dir(parent)?;
+            }
         }
         let log_start_offset = segments[0].base_offset;
 
@@ -1152,7 +1231,7 @@ impl PartitionLog {
         offset: i64,
         max_bytes: usize,
     ) -> Result<Vec<(BatchHeader, Vec<Bytes>)>, LogError> {
-        let (file, mut expected, mut pos, disk_end) = {
+        let (file, segment_base, entry_offset, position, disk_end) = {
             let st = self.state.borrow();
             let i = st.segments.partition_point(|s| s.base_offset <= offset);
             let Some(i) = i.checked_sub(1) else {
@@ -1165,64 +1244,25 @@ impl PartitionLog {
             } else {
                 seg.size_bytes
             };
-            (seg.file.clone(), entry_offset, position, disk_end)
+            (
+                seg.file.clone(),
+                seg.base_offset,
+                entry_offset,
+                position,
+                disk_end,
+            )
         };
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        let mut buf = None;
-        while pos + BATCH_HEADER_BYTES as u64 <= disk_end {
-            // One read should cover the whole answer: what is left of max_bytes, bounded.
-            let hint = max_bytes
-                .saturating_sub(bytes)
-                .clamp(DISK_READ_CHUNK_BYTES, DISK_READ_BYTES_MAX);
-            if !ensure_read(&file, &mut buf, pos, BATCH_HEADER_BYTES, hint, disk_end).await? {
-                break;
+        let found =
+            read_batches_at(&file, offset, max_bytes, entry_offset, position, disk_end).await;
+        match found {
+            Err(LogError::CorruptBatch(reason)) if position > 0 => {
+                // A damaged index entry looks like damaged data: retry from the segment
+                // start, which costs a longer read only when something is wrong.
+                tracing::warn!(dir = %self.dir.display(), segment_base, %reason, "reading from the segment start");
+                read_batches_at(&file, offset, max_bytes, segment_base, 0, disk_end).await
             }
-            let corrupt = |msg: String| -> Result<Vec<(BatchHeader, Vec<Bytes>)>, LogError> {
-                Err(LogError::CorruptBatch(msg))
-            };
-            let h = match BatchHeader::parse(slice_of(&buf, pos, BATCH_HEADER_BYTES)) {
-                Ok(h) if h.base_offset() == expected => h,
-                Ok(h) if out.is_empty() => {
-                    return corrupt(format!(
-                        "batch at byte {pos} has offset {} instead of {expected}",
-                        h.base_offset()
-                    ))
-                }
-                Err(e) if out.is_empty() => return corrupt(format!("batch at byte {pos}: {e}")),
-                _ => break,
-            };
-            let size = h.total_bytes();
-            if pos + size as u64 > disk_end {
-                break;
-            }
-            expected = h.last_offset() + 1;
-            if h.last_offset() < offset {
-                pos += size as u64;
-                continue;
-            }
-            if !out.is_empty() && bytes + size > max_bytes {
-                break;
-            }
-            let hint = max_bytes
-                .saturating_sub(bytes)
-                .clamp(DISK_READ_CHUNK_BYTES, DISK_READ_BYTES_MAX);
-            ensure_read(&file, &mut buf, pos, size, hint, disk_end).await?;
-            let slice = slice_of(&buf, pos, size);
-            if !batch::crc_matches(slice, h.crc()) {
-                if out.is_empty() {
-                    return corrupt(format!("batch at byte {pos} fails its CRC-32C"));
-                }
-                break;
-            }
-            out.push((h, vec![Bytes::copy_from_slice(slice)]));
-            bytes += size;
-            pos += size as u64;
-            if bytes >= max_bytes {
-                break;
-            }
+            other => other,
         }
-        Ok(out)
     }
 
     /// Offset of the log's first batch.

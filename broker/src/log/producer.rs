@@ -53,6 +53,9 @@ pub(crate) struct ProducerStates {
     producers: HashMap<i64, ProducerEntry>,
 }
 
+/// Epoch of a producer the log has no state for.
+const UNKNOWN_EPOCH: i16 = i16::MIN;
+
 fn next_sequence(last: i32) -> i32 {
     if last == i32::MAX {
         0
@@ -72,8 +75,9 @@ impl ProducerEntry {
             });
         }
         if epoch > self.epoch || self.batches.is_empty() {
-            // A new epoch restarts sequences at 0; an entry without batches accepts any.
-            if epoch > self.epoch && h.base_sequence() != 0 {
+            // A known producer's new epoch restarts sequences at 0. A producer this log has
+            // no state for (new, or its batches were deleted) may start anywhere, as in Kafka.
+            if epoch > self.epoch && self.epoch != UNKNOWN_EPOCH && h.base_sequence() != 0 {
                 return Err(LogError::OutOfOrderSequence {
                     producer_id,
                     expected: 0,
@@ -137,7 +141,7 @@ impl ProducerStates {
             }
             let entry = scratch.entry(pid).or_insert_with(|| {
                 self.producers.get(&pid).cloned().unwrap_or(ProducerEntry {
-                    epoch: i16::MIN,
+                    epoch: UNKNOWN_EPOCH,
                     batches: VecDeque::new(),
                 })
             });

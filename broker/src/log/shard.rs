@@ -16,6 +16,9 @@ use super::{LogError, PartitionLog};
 /// enough that `flush_bytes` is noticed quickly, long enough to cost nothing when idle.
 const BACKGROUND_TICK_MS_MAX: u64 = 5;
 
+/// Retention check interval callers pass to `run_background` unless configured (5 min).
+pub const RETENTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 5 * 60 * 1000;
+
 /// One per shard: group commit and the background flusher.
 pub struct ShardStorage {
     flush_interval_ms: u64,
@@ -70,6 +73,14 @@ impl ShardStorage {
     /// at the same moment share one round of fdatasyncs, one per dirty log, issued
     /// concurrently.
     pub async fn wait_durable(&self, log: &Rc<PartitionLog>, offset: i64) -> Result<(), LogError> {
+        if offset >= log.log_end_offset() {
+            // Not appended yet: no sync could ever cover it, so refuse instead of spinning.
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                start: log.log_start_offset(),
+                end: log.log_end_offset(),
+            });
+        }
         loop {
             if log.durable_offset() > offset {
                 return Ok(());

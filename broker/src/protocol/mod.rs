@@ -10,6 +10,7 @@ pub mod admin;
 pub mod codes;
 pub mod fetch;
 pub mod fetch_encode;
+pub mod groups;
 pub mod metadata;
 pub mod produce;
 pub mod versions;
@@ -140,6 +141,17 @@ pub async fn handle(shard: &Rc<Shard>, frame: Bytes) -> Reply {
             admin::handle_incremental_alter_configs(shard, &request).await
         }
         ApiKey::InitProducerId => admin::handle_init_producer_id(shard, &request).await,
+        ApiKey::FindCoordinator => groups::handle_find_coordinator(shard, &request).await,
+        ApiKey::JoinGroup => groups::handle_join_group(shard, &request).await,
+        ApiKey::SyncGroup => groups::handle_sync_group(shard, &request).await,
+        ApiKey::Heartbeat => groups::handle_heartbeat(shard, &request).await,
+        ApiKey::LeaveGroup => groups::handle_leave_group(shard, &request).await,
+        ApiKey::OffsetCommit => groups::handle_offset_commit(shard, &request).await,
+        ApiKey::OffsetFetch => groups::handle_offset_fetch(shard, &request).await,
+        ApiKey::ListGroups => groups::handle_list_groups(shard, &request).await,
+        ApiKey::DescribeGroups => groups::handle_describe_groups(shard, &request).await,
+        ApiKey::DeleteGroups => groups::handle_delete_groups(shard, &request).await,
+        ApiKey::OffsetDelete => groups::handle_offset_delete(shard, &request).await,
         other => Err(format!("api {other:?} is not implemented")),
     };
     outcome.unwrap_or_else(Reply::Close)

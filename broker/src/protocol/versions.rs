@@ -24,6 +24,18 @@ const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::AlterConfigs, 0, 2, 0),
     (ApiKey::IncrementalAlterConfigs, 0, 1, 0),
     (ApiKey::CreatePartitions, 0, 3, 0),
+    // Consumer groups (protocol/groups.rs). OffsetCommit decodes from v2 in the crate.
+    (ApiKey::FindCoordinator, 0, 6, 0),
+    (ApiKey::JoinGroup, 0, 9, 0),
+    (ApiKey::SyncGroup, 0, 5, 0),
+    (ApiKey::Heartbeat, 0, 4, 0),
+    (ApiKey::LeaveGroup, 0, 5, 0),
+    (ApiKey::OffsetCommit, 2, 9, 2),
+    (ApiKey::OffsetFetch, 1, 9, 1),
+    (ApiKey::ListGroups, 0, 5, 0),
+    (ApiKey::DescribeGroups, 0, 5, 0),
+    (ApiKey::DeleteGroups, 0, 2, 0),
+    (ApiKey::OffsetDelete, 0, 0, 0),
 ];
 
 /// Whether a request of this api and version can be decoded and served.

@@ -66,6 +66,8 @@ pub struct Shard {
     /// Serialises catalog changes on the controller (shard 0).
     pub(crate) controller_lock: glommio::sync::Semaphore,
     pub(crate) shutting_down: Cell<bool>,
+    /// Coordinator of the consumer groups that hash to this shard (set once at start).
+    pub groups: std::cell::OnceCell<Rc<crate::groups::GroupCoordinator>>,
     /// Requests being handled on this shard right now (for a clean shutdown).
     pub(crate) requests_in_flight: Cell<usize>,
     /// When this shard last tried to reopen a failed log.
@@ -85,6 +87,7 @@ impl Shard {
             senders,
             controller_lock: glommio::sync::Semaphore::new(1),
             shutting_down: Cell::new(false),
+            groups: std::cell::OnceCell::new(),
             requests_in_flight: Cell::new(0),
             last_reopen: Cell::new(None),
         })

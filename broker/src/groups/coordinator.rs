@@ -1,0 +1,1010 @@
+//! The group coordinator of one shard: the groups whose id hashes to this shard, their
+//! committed offsets, and the shard's internal offsets log.
+//!
+//! A commit is appended to the offsets log as one batch and acknowledged only once the log
+//! is durable (`ShardStorage::wait_durable`, shared with every other sync of the shard: group
+//! commit); it then becomes visible to OffsetFetch. At start the log is replayed into memory.
+//! A timer tick (every `TICK_MS`) expires sessions and ends join phases; a slower one
+//! expires the offsets of groups that have been empty for `offsets_retention_ms`.
+//!
+//! Runs on its shard only (`Rc`, `RefCell`, `Cell`); a `RefCell` borrow is never held
+//! across an `.await`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::group::{
+    errors, CommittedOffset, Group, GroupDescription, JoinArgs, JoinOutcome, Reply, SyncOutcome,
+};
+use super::offsets_log::{self, OffsetRecord, OffsetValue};
+use super::{coordinator_shard, GroupsConfig};
+use crate::log::{LogConfig, PartitionLog, ShardStorage};
+use crate::shard::ops::now_ms;
+
+/// Period of the timer that expires sessions and ends join phases: the precision of session
+/// and rebalance timeouts.
+const TICK_MS: u64 = 100;
+/// Bytes read per step while replaying the offsets log at start.
+const REPLAY_READ_BYTES: usize = 1 << 20;
+/// Bytes of records per batch when rewriting many offsets (compaction, migration); well
+/// under the smallest `max_message_bytes` (1024 is the floor, but records are ~100 bytes
+/// plus metadata, so this budget is checked per record).
+const REWRITE_BATCH_BYTES: usize = 256 << 10;
+/// The offsets log is compacted (live offsets rewritten into a new generation, the old one
+/// deleted) once it holds `offsets_compact_min_records` records and more than this many
+/// times the live ones. Bounds both its disk size and the replay time at start.
+const COMPACT_GARBAGE_RATIO: u64 = 4;
+/// How long start waits for the other shards' coordinators when moving offsets between
+/// shards after a change of `cores`.
+const MIGRATION_WAIT: Duration = Duration::from_secs(60);
+/// Name of the directory (under the data dir) holding each shard's offsets log.
+pub const OFFSETS_DIR: &str = "__consumer_offsets";
+/// File in a shard's offsets directory naming its current log generation.
+const CURRENT_FILE: &str = "CURRENT";
+
+/// One partition of an OffsetCommit.
+#[derive(Clone, Debug)]
+pub struct CommitEntry {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+}
+
+/// One partition of an OffsetFetch answer: (partition, offset, leader epoch, metadata, error).
+pub type FetchedOffset = (i32, i64, i32, String, i16);
+
+/// Offsets found at start that belong to another shard (after a change of `cores`), and the
+/// logs of shards that no longer exist; `GroupCoordinator::migrate` moves them.
+#[derive(Default)]
+pub struct Migration {
+    /// Latest value of each key found outside its coordinator's log (None: deleted).
+    moving: HashMap<(String, String, i32), Option<OffsetValue>>,
+    /// Live keys of this shard's own log that belong elsewhere: tombstoned once moved.
+    leaving: Vec<(String, String, i32)>,
+    /// Offsets logs of shards beyond the current count, deleted once moved.
+    orphans: Vec<(std::path::PathBuf, Rc<PartitionLog>)>,
+}
+
+/// Group coordinator of one shard.
+pub struct GroupCoordinator {
+    shard_id: usize,
+    nr_shards: usize,
+    config: GroupsConfig,
+    groups: RefCell<HashMap<String, Group>>,
+    /// This shard's offsets directory: `CURRENT` and one log directory per generation.
+    dir: std::path::PathBuf,
+    log_config: LogConfig,
+    log: RefCell<Rc<PartitionLog>>,
+    generation: Cell<u64>,
+    /// Records in the current log generation, and live offsets in memory: compaction input.
+    log_records: Cell<u64>,
+    live_offsets: Cell<u64>,
+    /// Writes hold it shared; compaction holds it alone while it switches logs.
+    switch_lock: glommio::sync::RwLock<()>,
+    compacting: Cell<bool>,
+    storage: Rc<ShardStorage>,
+    member_seq: Cell<u64>,
+    boot_id: u64,
+    stopped: Cell<bool>,
+}
+
+/// Open the current generation of the offsets log in `dir`, removing leftovers of an
+/// interrupted compaction (generations other than the current one).
+async fn open_generation(
+    dir: &Path,
+    log_config: &LogConfig,
+) -> Result<(Rc<PartitionLog>, u64), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let generation = match std::fs::read_to_string(dir.join(CURRENT_FILE)) {
+        Ok(text) => text.trim().parse::<u64>().map_err(|_| {
+            format!(
+                "{}: bad generation '{}'",
+                dir.join(CURRENT_FILE).display(),
+                text.trim()
+            )
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(format!("reading {}: {e}", dir.join(CURRENT_FILE).display())),
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.parse::<u64>().is_ok_and(|g| g != generation) {
+            tracing::info!(dir = %entry.path().display(), "removing a stale offsets log generation");
+            std::fs::remove_dir_all(entry.path())
+                .map_err(|e| format!("removing {}: {e}", entry.path().display()))?;
+        }
+    }
+    let log_dir = dir.join(generation.to_string());
+    let (log, report) = PartitionLog::open(&log_dir, log_config.clone())
+        .await
+        .map_err(|e| format!("opening offsets log {}: {e}", log_dir.display()))?;
+    tracing::debug!(dir = %log_dir.display(), "opened offsets log: {report}");
+    Ok((log, generation))
+}
+
+/// Every record of a log, in order, with its offset.
+async fn read_log(log: &PartitionLog) -> Result<Vec<(i64, OffsetRecord)>, String> {
+    let mut offset = log.log_start_offset();
+    let mut out = Vec::new();
+    while offset < log.log_end_offset() {
+        let read = log
+            .read(offset, REPLAY_READ_BYTES)
+            .await
+            .map_err(|e| format!("reading offsets log at {offset}: {e}"))?;
+        if read.chunks.is_empty() {
+            break;
+        }
+        let mut bytes = BytesMut::with_capacity(read.bytes);
+        for chunk in &read.chunks {
+            bytes.extend_from_slice(chunk);
+        }
+        let bytes = bytes.freeze();
+        let Some(next) = next_offset_after(&bytes) else {
+            return Err(format!("offsets log at {offset}: unreadable batch header"));
+        };
+        if next <= offset {
+            return Err(format!("offsets log at {offset}: batch does not advance"));
+        }
+        for (record_offset, record) in offsets_log::decode_batches(bytes)? {
+            // A batch read from the middle can hold records before `offset`: skip them.
+            if record_offset >= offset {
+                out.push((record_offset, record));
+            }
+        }
+        offset = next;
+    }
+    Ok(out)
+}
+
+/// Replace `dir/CURRENT` atomically (write, fsync, rename, fsync the directory).
+fn write_current(dir: &Path, generation: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{CURRENT_FILE}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(format!("{generation}\n").as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(CURRENT_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Records grouped into batches of at most `REWRITE_BATCH_BYTES`.
+fn chunks_of(records: Vec<OffsetRecord>) -> Vec<Vec<OffsetRecord>> {
+    let mut out: Vec<Vec<OffsetRecord>> = Vec::new();
+    let mut bytes = 0;
+    for record in records {
+        let size = 64
+            + record.group.len()
+            + record.topic.len()
+            + record.value.as_ref().map_or(0, |v| v.metadata.len());
+        if out.is_empty() || bytes + size > REWRITE_BATCH_BYTES {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        out.last_mut().expect("pushed above").push(record);
+    }
+    out
+}
+
+impl GroupCoordinator {
+    /// Open (or create) this shard's offsets log and load the committed offsets of the groups
+    /// it coordinates. Offsets of other shards' groups (found after a change of `cores`,
+    /// also in logs of shards that no longer exist) are returned for [`Self::migrate`].
+    pub async fn open(
+        shard_id: usize,
+        nr_shards: usize,
+        data_dir: &Path,
+        log_config: LogConfig,
+        storage: Rc<ShardStorage>,
+        config: GroupsConfig,
+    ) -> Result<(Rc<GroupCoordinator>, Migration), String> {
+        let base = data_dir.join(OFFSETS_DIR);
+        let dir = base.join(shard_id.to_string());
+        // Committed offsets leave by expiry and compaction, never by time retention; the log
+        // is small and read at start only, so it needs little cache.
+        let log_config = LogConfig {
+            retention_ms: -1,
+            retention_bytes: -1,
+            tail_cache_bytes: log_config.tail_cache_bytes.min(1 << 20),
+            ..log_config
+        };
+        let (log, generation) = open_generation(&dir, &log_config).await?;
+        storage.register(&log);
+        let boot_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let coordinator = Rc::new(GroupCoordinator {
+            shard_id,
+            nr_shards,
+            config,
+            groups: RefCell::new(HashMap::new()),
+            dir,
+            log_config,
+            log: RefCell::new(log.clone()),
+            generation: Cell::new(generation),
+            log_records: Cell::new(0),
+            live_offsets: Cell::new(0),
+            switch_lock: glommio::sync::RwLock::new(()),
+            compacting: Cell::new(false),
+            storage,
+            member_seq: Cell::new(0),
+            boot_id,
+            stopped: Cell::new(false),
+        });
+        let mut migration = Migration::default();
+        let now = now_ms();
+        let records = read_log(&log).await?;
+        coordinator.log_records.set(records.len() as u64);
+        let loaded = records.len();
+        for (offset, record) in records {
+            if coordinator_shard(&record.group, nr_shards) == shard_id {
+                coordinator.apply(record, offset, now);
+            } else {
+                let key = (record.group, record.topic, record.partition);
+                migration.moving.insert(key, record.value);
+            }
+        }
+        // Keys already tombstoned here (moved by an earlier start) stay as they are.
+        migration.moving.retain(|_, value| value.is_some());
+        migration.leaving = migration.moving.keys().cloned().collect();
+        // Logs of shards beyond the current count: every record moves.
+        if let Ok(entries) = std::fs::read_dir(&base) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                let Ok(other) = name.parse::<usize>() else {
+                    continue;
+                };
+                if other < nr_shards || other % nr_shards != shard_id {
+                    continue;
+                }
+                let (orphan, _) = open_generation(&entry.path(), &coordinator.log_config).await?;
+                for (_, record) in read_log(&orphan).await? {
+                    let key = (record.group, record.topic, record.partition);
+                    let keep_newer = match (migration.moving.get(&key), &record.value) {
+                        (Some(Some(old)), Some(new)) => new.commit_time_ms >= old.commit_time_ms,
+                        (Some(Some(_)), None) => false,
+                        _ => true,
+                    };
+                    if keep_newer {
+                        migration.moving.insert(key, record.value);
+                    }
+                }
+                migration.orphans.push((entry.path(), orphan));
+            }
+        }
+        tracing::info!(
+            shard = shard_id,
+            records = loaded,
+            groups = coordinator.groups.borrow().len(),
+            moving = migration.moving.len(),
+            "loaded committed offsets"
+        );
+        Ok((coordinator, migration))
+    }
+
+    /// Move offsets found at start to their coordinators (after a change of `cores`), then
+    /// tombstone them here and delete the logs of shards that no longer exist.
+    pub async fn migrate(
+        self: &Rc<Self>,
+        shard: &Rc<crate::shard::Shard>,
+        migration: Migration,
+    ) -> Result<(), String> {
+        let Migration {
+            moving,
+            leaving,
+            orphans,
+        } = migration;
+        let mut by_target: HashMap<usize, Vec<OffsetRecord>> = HashMap::new();
+        for ((group, topic, partition), value) in moving {
+            if value.is_none() {
+                continue;
+            }
+            let target = coordinator_shard(&group, self.nr_shards);
+            by_target.entry(target).or_default().push(OffsetRecord {
+                group,
+                topic,
+                partition,
+                value,
+            });
+        }
+        for (target, records) in by_target {
+            let count = records.len();
+            let deadline = Instant::now() + MIGRATION_WAIT;
+            loop {
+                let batch = records.clone();
+                let outcome = shard
+                    .call(target, move |s| async move {
+                        match s.groups.get().cloned() {
+                            Some(g) => Some(g.write_all(batch).await),
+                            None => None,
+                        }
+                    })
+                    .await
+                    .map_err(|_| format!("shard {target} is gone"))?;
+                match outcome {
+                    Some(result) => {
+                        result?;
+                        break;
+                    }
+                    None if Instant::now() < deadline => {
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                    }
+                    None => {
+                        return Err(format!("shard {target}'s group coordinator did not start"))
+                    }
+                }
+            }
+            tracing::info!(
+                from = self.shard_id,
+                to = target,
+                count,
+                "moved committed offsets"
+            );
+        }
+        if !leaving.is_empty() {
+            let tombstones = leaving
+                .into_iter()
+                .map(|(group, topic, partition)| OffsetRecord {
+                    group,
+                    topic,
+                    partition,
+                    value: None,
+                })
+                .collect();
+            self.write_all(tombstones).await?;
+        }
+        for (dir, log) in orphans {
+            log.delete()
+                .await
+                .map_err(|e| format!("deleting {}: {e}", dir.display()))?;
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| format!("removing {}: {e}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Write records in batches of bounded size (migration, compaction input).
+    pub async fn write_all(&self, records: Vec<OffsetRecord>) -> Result<(), String> {
+        for chunk in chunks_of(records) {
+            self.write(chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// The current offsets log.
+    fn log(&self) -> Rc<PartitionLog> {
+        self.log.borrow().clone()
+    }
+
+    /// Start the timers (session expiry and join deadlines; offset expiry).
+    pub fn spawn_timers(self: &Rc<Self>) {
+        let this = self.clone();
+        glommio::spawn_local(async move {
+            while !this.stopped.get() {
+                glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
+                let now = Instant::now();
+                for group in this.groups.borrow_mut().values_mut() {
+                    group.tick(now);
+                }
+                if this.needs_compaction() {
+                    let compactor = this.clone();
+                    glommio::spawn_local(async move { compactor.compact().await }).detach();
+                }
+            }
+        })
+        .detach();
+        let this = self.clone();
+        glommio::spawn_local(async move {
+            let period = Duration::from_millis(this.config.offsets_retention_check_interval_ms);
+            while !this.stopped.get() {
+                glommio::timer::sleep(period).await;
+                if !this.stopped.get() {
+                    this.expire_offsets(now_ms()).await;
+                }
+            }
+        })
+        .detach();
+    }
+
+    /// Stop the timers, fail waiting requests, flush and close the offsets log.
+    pub async fn close(&self) {
+        self.stopped.set(true);
+        for group in self.groups.borrow_mut().values_mut() {
+            group.shutdown();
+        }
+        let _exclusive = self.switch_lock.write().await;
+        let log = self.log();
+        self.storage.unregister(&log);
+        if let Err(e) = log.close().await {
+            tracing::error!(shard = self.shard_id, "closing the offsets log failed: {e}");
+        }
+    }
+
+    fn new_member_id(&self, prefix: &str) -> String {
+        let seq = self.member_seq.get() + 1;
+        self.member_seq.set(seq);
+        format!("{prefix}-{:016x}-{}-{seq}", self.boot_id, self.shard_id)
+    }
+
+    /// The group, created if absent and allowed. Err(error code) otherwise.
+    fn with_group<R>(
+        &self,
+        group_id: &str,
+        create: bool,
+        f: impl FnOnce(&mut Group) -> R,
+    ) -> Result<R, i16> {
+        let mut groups = self.groups.borrow_mut();
+        if !groups.contains_key(group_id) {
+            if !create {
+                return Err(errors::UNKNOWN_MEMBER_ID);
+            }
+            if groups.len() >= self.config.max_groups_per_shard as usize {
+                tracing::warn!(
+                    shard = self.shard_id,
+                    max = self.config.max_groups_per_shard,
+                    "max_groups_per_shard reached; refusing a new group"
+                );
+                return Err(errors::COORDINATOR_NOT_AVAILABLE);
+            }
+            let delay = Duration::from_millis(u64::from(self.config.initial_rebalance_delay_ms));
+            groups.insert(
+                group_id.to_string(),
+                Group::new(group_id.to_string(), now_ms(), delay),
+            );
+        }
+        Ok(f(groups.get_mut(group_id).expect("inserted above")))
+    }
+
+    /// JoinGroup: resolves when the join phase ends (or at once on error).
+    pub async fn join(&self, group_id: String, args: JoinArgs) -> JoinOutcome {
+        let member_id = args.member_id.clone();
+        // A member id for a group that does not exist is unknown; an empty one creates it.
+        let create = member_id.is_empty();
+        let reply = self.with_group(&group_id, create, |group| {
+            group.join(args, Instant::now(), &self.config, |p| {
+                self.new_member_id(p)
+            })
+        });
+        match reply {
+            Err(code) => JoinOutcome::error(code, &member_id),
+            Ok(Reply::Now(outcome)) => outcome,
+            Ok(Reply::Later(answer)) => answer.await.unwrap_or_else(|_| {
+                JoinOutcome::error(errors::COORDINATOR_NOT_AVAILABLE, &member_id)
+            }),
+        }
+    }
+
+    /// SyncGroup: the leader's call hands out the assignment; others wait for it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn sync(
+        &self,
+        group_id: String,
+        member_id: String,
+        instance_id: Option<String>,
+        generation: i32,
+        protocol_type: Option<String>,
+        protocol_name: Option<String>,
+        assignments: Vec<(String, Bytes)>,
+    ) -> SyncOutcome {
+        let reply = self.with_group(&group_id, false, |group| {
+            group.sync(
+                &member_id,
+                instance_id.as_deref(),
+                generation,
+                (protocol_type.as_deref(), protocol_name.as_deref()),
+                assignments,
+                Instant::now(),
+            )
+        });
+        match reply {
+            Err(code) => SyncOutcome::error(code),
+            Ok(Reply::Now(outcome)) => outcome,
+            Ok(Reply::Later(answer)) => answer
+                .await
+                .unwrap_or_else(|_| SyncOutcome::error(errors::COORDINATOR_NOT_AVAILABLE)),
+        }
+    }
+
+    /// Heartbeat: an error code.
+    pub fn heartbeat(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+    ) -> i16 {
+        self.with_group(group_id, false, |group| {
+            group.heartbeat(member_id, instance_id, generation, Instant::now())
+        })
+        .unwrap_or_else(|code| code)
+    }
+
+    /// LeaveGroup of each (member id, instance id): (top-level error, one error per member).
+    pub fn leave(&self, group_id: &str, members: &[(String, Option<String>)]) -> (i16, Vec<i16>) {
+        let outcome = self.with_group(group_id, false, |group| {
+            members
+                .iter()
+                .map(|(id, instance)| group.leave(id, instance.as_deref(), Instant::now()))
+                .collect::<Vec<i16>>()
+        });
+        match outcome {
+            Ok(codes) => (errors::NONE, codes),
+            Err(code) => (code, vec![code; members.len()]),
+        }
+    }
+
+    /// OffsetCommit: one error code per entry, after the commit is durable.
+    /// `known` says whether a topic partition exists.
+    pub async fn commit(
+        &self,
+        group_id: String,
+        member_id: String,
+        instance_id: Option<String>,
+        generation: i32,
+        entries: Vec<CommitEntry>,
+        known: impl Fn(&str, i32) -> bool,
+    ) -> Vec<i16> {
+        let simple = generation < 0 && member_id.is_empty() && instance_id.is_none();
+        let validation = {
+            let groups = self.groups.borrow();
+            match groups.get(&group_id) {
+                Some(group) => {
+                    let code =
+                        group.validate_commit(&member_id, instance_id.as_deref(), generation);
+                    (code, group.offsets.len())
+                }
+                None if simple => {
+                    if groups.len() >= self.config.max_groups_per_shard as usize {
+                        (errors::COORDINATOR_NOT_AVAILABLE, 0)
+                    } else {
+                        (errors::NONE, 0)
+                    }
+                }
+                None => (errors::ILLEGAL_GENERATION, 0),
+            }
+        };
+        let (code, mut stored) = validation;
+        if code != errors::NONE {
+            return vec![code; entries.len()];
+        }
+        let mut results = Vec::with_capacity(entries.len());
+        let mut records = Vec::new();
+        let mut written = Vec::new();
+        let now = now_ms();
+        for (i, entry) in entries.into_iter().enumerate() {
+            let metadata = entry.metadata.unwrap_or_default();
+            let code = if metadata.len() > self.config.offset_metadata_max_bytes as usize {
+                crate::groups::group::errors::OFFSET_METADATA_TOO_LARGE
+            } else if !known(&entry.topic, entry.partition) {
+                crate::protocol::codes::UNKNOWN_TOPIC_OR_PARTITION
+            } else if stored >= self.config.max_offsets_per_group as usize
+                && !self.has_offset(&group_id, &entry.topic, entry.partition)
+            {
+                errors::INVALID_COMMIT_OFFSET_SIZE
+            } else {
+                stored += 1;
+                errors::NONE
+            };
+            results.push(code);
+            if code == errors::NONE {
+                written.push(i);
+                records.push(OffsetRecord {
+                    group: group_id.clone(),
+                    topic: entry.topic,
+                    partition: entry.partition,
+                    value: Some(OffsetValue {
+                        offset: entry.offset,
+                        leader_epoch: entry.leader_epoch,
+                        metadata,
+                        commit_time_ms: now,
+                    }),
+                });
+            }
+        }
+        if records.is_empty() {
+            return results;
+        }
+        if let Err(e) = self.write(records).await {
+            tracing::error!(group = %group_id, "offset commit failed: {e}");
+            for i in written {
+                results[i] = errors::COORDINATOR_NOT_AVAILABLE;
+            }
+        }
+        results
+    }
+
+    fn has_offset(&self, group_id: &str, topic: &str, partition: i32) -> bool {
+        self.groups
+            .borrow()
+            .get(group_id)
+            .is_some_and(|g| g.offsets.contains_key(&(topic.to_string(), partition)))
+    }
+
+    /// Append records to the offsets log, wait until durable, then apply them in memory.
+    async fn write(&self, records: Vec<OffsetRecord>) -> Result<(), String> {
+        // Shared: a compaction switching logs waits for this write to finish, and this write
+        // cannot land in a log that is being replaced.
+        let _shared = self
+            .switch_lock
+            .read()
+            .await
+            .map_err(|_| "offsets log closed".to_string())?;
+        if self.stopped.get() {
+            return Err("offsets log closed".into());
+        }
+        let log = self.log();
+        let now = now_ms();
+        let batch = offsets_log::encode_batch(&records, now)?;
+        let info = log
+            .append(batch, now)
+            .await
+            .map_err(|e| format!("append: {e}"))?;
+        self.storage
+            .wait_durable(&log, info.last_offset)
+            .await
+            .map_err(|e| format!("sync: {e}"))?;
+        self.log_records
+            .set(self.log_records.get() + records.len() as u64);
+        for (i, record) in records.into_iter().enumerate() {
+            self.apply(record, info.base_offset + i as i64, now);
+        }
+        Ok(())
+    }
+
+    /// Apply one record of the offsets log to memory.
+    fn apply(&self, record: OffsetRecord, log_offset: i64, now: i64) {
+        let mut groups = self.groups.borrow_mut();
+        let delay = Duration::from_millis(u64::from(self.config.initial_rebalance_delay_ms));
+        let group = groups
+            .entry(record.group.clone())
+            .or_insert_with(|| Group::new(record.group.clone(), now, delay));
+        let value = record.value.map(|v| CommittedOffset {
+            offset: v.offset,
+            leader_epoch: v.leader_epoch,
+            metadata: v.metadata,
+            commit_time_ms: v.commit_time_ms,
+            log_offset,
+        });
+        let before = group.offsets.len() as u64;
+        group.apply_offset(&record.topic, record.partition, value);
+        let after = group.offsets.len() as u64;
+        self.live_offsets
+            .set((self.live_offsets.get() + after).saturating_sub(before));
+        if group.is_dead() {
+            groups.remove(&record.group);
+        }
+    }
+
+    /// Whether the log holds enough superseded records to be worth compacting.
+    fn needs_compaction(&self) -> bool {
+        let records = self.log_records.get();
+        records >= self.config.offsets_compact_min_records
+            && records > COMPACT_GARBAGE_RATIO * self.live_offsets.get()
+            && !self.compacting.get()
+    }
+
+    /// Rewrite the live offsets into a new log generation, make it current, delete the old
+    /// one. Writes wait meanwhile (they hold the switch lock shared).
+    pub async fn compact(self: &Rc<Self>) {
+        if self.compacting.replace(true) {
+            return;
+        }
+        let Ok(_exclusive) = self.switch_lock.write().await else {
+            return;
+        };
+        if self.stopped.get() {
+            return;
+        }
+        let generation = self.generation.get() + 1;
+        let log_dir = self.dir.join(generation.to_string());
+        match self.write_generation(generation, &log_dir).await {
+            Ok((log, records)) => {
+                let old = self.log.replace(log.clone());
+                self.storage.register(&log);
+                self.storage.unregister(&old);
+                self.generation.set(generation);
+                let before = self.log_records.replace(records);
+                tracing::info!(
+                    shard = self.shard_id,
+                    generation,
+                    records_before = before,
+                    records_after = records,
+                    "compacted the offsets log"
+                );
+                if let Err(e) = old.delete().await {
+                    tracing::warn!(shard = self.shard_id, "deleting the old offsets log: {e}");
+                }
+            }
+            Err(e) => {
+                tracing::error!(
+                    shard = self.shard_id,
+                    "compacting the offsets log failed: {e}"
+                );
+                let _ = std::fs::remove_dir_all(&log_dir);
+            }
+        }
+        self.compacting.set(false);
+    }
+
+    /// Write every live offset into generation `generation`, make it durable and current,
+    /// and point memory at the new record offsets. Returns the new log and its record count.
+    async fn write_generation(
+        &self,
+        generation: u64,
+        log_dir: &Path,
+    ) -> Result<(Rc<PartitionLog>, u64), String> {
+        let _ = std::fs::remove_dir_all(log_dir);
+        let (log, _) = PartitionLog::open(log_dir, self.log_config.clone())
+            .await
+            .map_err(|e| format!("opening {}: {e}", log_dir.display()))?;
+        let records: Vec<OffsetRecord> = self
+            .groups
+            .borrow()
+            .values()
+            .flat_map(|g| {
+                g.offsets
+                    .iter()
+                    .map(|((topic, partition), c)| OffsetRecord {
+                        group: g.id.clone(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                        value: Some(OffsetValue {
+                            offset: c.offset,
+                            leader_epoch: c.leader_epoch,
+                            metadata: c.metadata.clone(),
+                            commit_time_ms: c.commit_time_ms,
+                        }),
+                    })
+            })
+            .collect();
+        let count = records.len() as u64;
+        let now = now_ms();
+        let mut placed = Vec::with_capacity(records.len());
+        let mut last = -1;
+        for chunk in chunks_of(records) {
+            let batch = offsets_log::encode_batch(&chunk, now)?;
+            let info = log
+                .append(batch, now)
+                .await
+                .map_err(|e| format!("append: {e}"))?;
+            last = info.last_offset;
+            for (i, r) in chunk.into_iter().enumerate() {
+                placed.push((r.group, r.topic, r.partition, info.base_offset + i as i64));
+            }
+        }
+        if last >= 0 {
+            self.storage
+                .wait_durable(&log, last)
+                .await
+                .map_err(|e| format!("sync: {e}"))?;
+        }
+        let dir = self.dir.clone();
+        glommio::executor()
+            .spawn_blocking(move || write_current(&dir, generation))
+            .await
+            .map_err(|e| format!("writing {CURRENT_FILE}: {e}"))?;
+        // From here on the new generation is the log; offsets in memory must be its offsets.
+        let mut groups = self.groups.borrow_mut();
+        for (group, topic, partition, offset) in placed {
+            if let Some(c) = groups
+                .get_mut(&group)
+                .and_then(|g| g.offsets.get_mut(&(topic, partition)))
+            {
+                c.log_offset = offset;
+            }
+        }
+        Ok((log, count))
+    }
+
+    /// OffsetFetch: committed offsets of the asked partitions (all when `topics` is None).
+    /// Partitions without a commit answer offset -1.
+    pub fn fetch_offsets(
+        &self,
+        group_id: &str,
+        topics: Option<Vec<(String, Vec<i32>)>>,
+    ) -> Vec<(String, Vec<FetchedOffset>)> {
+        let groups = self.groups.borrow();
+        let group = groups.get(group_id);
+        match topics {
+            Some(topics) => topics
+                .into_iter()
+                .map(|(topic, partitions)| {
+                    let answers = partitions
+                        .into_iter()
+                        .map(
+                            |p| match group.and_then(|g| g.offsets.get(&(topic.clone(), p))) {
+                                Some(c) => (p, c.offset, c.leader_epoch, c.metadata.clone(), 0),
+                                None => (p, -1, -1, String::new(), 0),
+                            },
+                        )
+                        .collect();
+                    (topic, answers)
+                })
+                .collect(),
+            None => {
+                let mut by_topic: HashMap<String, Vec<FetchedOffset>> = HashMap::new();
+                for ((topic, p), c) in group.map(|g| g.offsets.iter()).into_iter().flatten() {
+                    by_topic.entry(topic.clone()).or_default().push((
+                        *p,
+                        c.offset,
+                        c.leader_epoch,
+                        c.metadata.clone(),
+                        0,
+                    ));
+                }
+                let mut out: Vec<_> = by_topic.into_iter().collect();
+                out.sort_by(|a, b| a.0.cmp(&b.0));
+                for (_, partitions) in &mut out {
+                    partitions.sort_by_key(|p| p.0);
+                }
+                out
+            }
+        }
+    }
+
+    /// ListGroups: (group id, protocol type, state) of every group of this shard.
+    pub fn list(&self) -> Vec<(String, String, String)> {
+        let mut out: Vec<_> = self
+            .groups
+            .borrow()
+            .values()
+            .map(|g| {
+                (
+                    g.id.clone(),
+                    g.protocol_type().to_string(),
+                    g.state().name().to_string(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// DescribeGroups of one group; None if this shard does not know it.
+    pub fn describe(&self, group_id: &str) -> Option<GroupDescription> {
+        self.groups.borrow().get(group_id).map(|g| g.describe())
+    }
+
+    /// DeleteGroups of one group: only an empty group; its offsets get tombstones.
+    pub async fn delete_group(&self, group_id: &str) -> i16 {
+        let tombstones = {
+            let groups = self.groups.borrow();
+            let Some(group) = groups.get(group_id) else {
+                return errors::GROUP_ID_NOT_FOUND;
+            };
+            if group.member_count() > 0 {
+                return errors::NON_EMPTY_GROUP;
+            }
+            tombstones(group_id, group.offsets.keys().cloned())
+        };
+        if !tombstones.is_empty() {
+            if let Err(e) = self.write(tombstones).await {
+                tracing::error!(group = %group_id, "deleting group offsets failed: {e}");
+                return errors::COORDINATOR_NOT_AVAILABLE;
+            }
+        }
+        let mut groups = self.groups.borrow_mut();
+        if groups.get(group_id).is_some_and(|g| g.member_count() == 0) {
+            if let Some(mut group) = groups.remove(group_id) {
+                group.shutdown();
+            }
+        }
+        errors::NONE
+    }
+
+    /// OffsetDelete: (top-level error, per topic the per-partition errors).
+    pub async fn delete_offsets(
+        &self,
+        group_id: &str,
+        topics: Vec<(String, Vec<i32>)>,
+    ) -> (i16, Vec<(String, Vec<(i32, i16)>)>) {
+        let (answers, records) = {
+            let groups = self.groups.borrow();
+            let Some(group) = groups.get(group_id) else {
+                return (errors::GROUP_ID_NOT_FOUND, Vec::new());
+            };
+            if group.member_count() > 0 && group.protocol_type() != "consumer" {
+                return (errors::NON_EMPTY_GROUP, Vec::new());
+            }
+            let subscribed = if group.member_count() > 0 {
+                group.subscribed_topics()
+            } else {
+                Vec::new()
+            };
+            let mut records = Vec::new();
+            let mut answers = Vec::with_capacity(topics.len());
+            for (topic, partitions) in topics {
+                let in_use = subscribed.contains(&topic);
+                let codes = partitions
+                    .iter()
+                    .map(|p| {
+                        if in_use {
+                            return (*p, errors::GROUP_SUBSCRIBED_TO_TOPIC);
+                        }
+                        if group.offsets.contains_key(&(topic.clone(), *p)) {
+                            records.extend(tombstones(group_id, [(topic.clone(), *p)]));
+                        }
+                        (*p, errors::NONE)
+                    })
+                    .collect();
+                answers.push((topic, codes));
+            }
+            (answers, records)
+        };
+        if !records.is_empty() {
+            if let Err(e) = self.write(records).await {
+                tracing::error!(group = %group_id, "deleting offsets failed: {e}");
+                return (errors::COORDINATOR_NOT_AVAILABLE, Vec::new());
+            }
+        }
+        (errors::NONE, answers)
+    }
+
+    /// Expire offsets of groups empty for `offsets_retention_ms` (counted from the later of
+    /// the commit and the moment the group became empty), and forget dead groups.
+    pub async fn expire_offsets(&self, now: i64) {
+        let retention = self.config.offsets_retention_ms as i64;
+        let records: Vec<OffsetRecord> = {
+            let mut groups = self.groups.borrow_mut();
+            groups.retain(|_, g| !g.is_dead());
+            groups
+                .values()
+                .filter(|g| g.member_count() == 0)
+                .flat_map(|g| {
+                    let expired = g
+                        .offsets
+                        .iter()
+                        .filter(|(_, c)| c.commit_time_ms.max(g.empty_since_ms) + retention <= now)
+                        .map(|(key, _)| key.clone())
+                        .collect::<Vec<_>>();
+                    tombstones(&g.id, expired)
+                })
+                .collect()
+        };
+        if records.is_empty() {
+            return;
+        }
+        let count = records.len();
+        match self.write(records).await {
+            Ok(()) => tracing::info!(shard = self.shard_id, count, "expired committed offsets"),
+            Err(e) => tracing::error!(shard = self.shard_id, "expiring offsets failed: {e}"),
+        }
+    }
+}
+
+fn tombstones(group_id: &str, keys: impl IntoIterator<Item = (String, i32)>) -> Vec<OffsetRecord> {
+    keys.into_iter()
+        .map(|(topic, partition)| OffsetRecord {
+            group: group_id.to_string(),
+            topic,
+            partition,
+            value: None,
+        })
+        .collect()
+}
+
+/// The offset after the last whole batch in `bytes` (base offset + last offset delta + 1),
+/// read from the v2 batch headers; None if a header is cut short.
+fn next_offset_after(bytes: &[u8]) -> Option<i64> {
+    let mut pos = 0;
+    let mut next = None;
+    while pos + 27 <= bytes.len() {
+        let base = i64::from_be_bytes(bytes[pos..pos + 8].try_into().ok()?);
+        let length = i32::from_be_bytes(bytes[pos + 8..pos + 12].try_into().ok()?);
+        let delta = i32::from_be_bytes(bytes[pos + 23..pos + 27].try_into().ok()?);
+        if length < 0 {
+            return None;
+        }
+        next = Some(base + i64::from(delta) + 1);
+        pos += 12 + length as usize;
+    }
+    next
+}

@@ -1,0 +1,638 @@
+//! Group APIs: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
+//! OffsetFetch, ListGroups, DescribeGroups, DeleteGroups, OffsetDelete.
+//!
+//! Each handler decodes its request into plain data, forwards it to the group's coordinator
+//! shard (`groups::coordinator_shard`), and encodes the answer for the request's version.
+//! The crate refuses to encode a field set to a non-default value at a version without it,
+//! so version-dependent fields are set only at versions that have them.
+
+use std::future::Future;
+use std::rc::Rc;
+
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{
+    BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
+    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::{codes, decode_body, encode_response, Reply, Request};
+use crate::groups::coordinator::{CommitEntry, FetchedOffset};
+use crate::groups::group::{errors, JoinArgs, JoinOutcome, SyncOutcome, GROUP_ID_MAX_BYTES};
+use crate::groups::{coordinator_shard, GroupCoordinator};
+use crate::shard::Shard;
+
+/// FindCoordinator key types.
+const KEY_TYPE_GROUP: i8 = 0;
+const KEY_TYPE_TRANSACTION: i8 = 1;
+
+fn str_bytes(text: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(text.into())
+}
+
+/// Kafka refuses an empty group id; we also refuse one longer than `GROUP_ID_MAX_BYTES`.
+fn invalid_group_id(group_id: &str) -> bool {
+    group_id.is_empty() || group_id.len() > GROUP_ID_MAX_BYTES
+}
+
+/// Run `f` with the group coordinator of `group_id`'s shard. None if that shard has no
+/// coordinator (still starting, or stopping) or is gone.
+async fn on_coordinator<R, F, Fut>(shard: &Rc<Shard>, group_id: &str, f: F) -> Option<R>
+where
+    R: Send + 'static,
+    F: FnOnce(Rc<Shard>, Rc<GroupCoordinator>) -> Fut + Send + 'static,
+    Fut: Future<Output = R> + 'static,
+{
+    let target = coordinator_shard(group_id, shard.nr_shards);
+    shard
+        .call(target, move |s| async move {
+            let coordinator = s.groups.get().cloned()?;
+            Some(f(s, coordinator).await)
+        })
+        .await
+        .ok()
+        .flatten()
+}
+
+pub async fn handle_find_coordinator(
+    shard: &Rc<Shard>,
+    request: &Request,
+) -> Result<Reply, String> {
+    let body: FindCoordinatorRequest = decode_body(request)?;
+    let config = &shard.config;
+    // One node: it coordinates every group (the coordinator *shard* is internal).
+    let error = match body.key_type {
+        KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION => codes::NONE,
+        _ => codes::INVALID_REQUEST,
+    };
+    let (node, host, port) = if error == codes::NONE {
+        (
+            config.node_id,
+            config.advertise_host.clone(),
+            i32::from(config.advertise_port),
+        )
+    } else {
+        (-1, String::new(), -1)
+    };
+    let mut response = FindCoordinatorResponse::default();
+    if request.version >= 4 {
+        response.coordinators = body
+            .coordinator_keys
+            .into_iter()
+            .map(|key| {
+                Coordinator::default()
+                    .with_key(key)
+                    .with_node_id(BrokerId(node))
+                    .with_host(str_bytes(host.clone()))
+                    .with_port(port)
+                    .with_error_code(error)
+            })
+            .collect();
+    } else {
+        response.error_code = error;
+        response.node_id = BrokerId(node);
+        response.host = str_bytes(host);
+        response.port = port;
+    }
+    Ok(encode_response(request, &response))
+}
+
+fn join_response(version: i16, outcome: JoinOutcome) -> JoinGroupResponse {
+    let members = outcome
+        .members
+        .into_iter()
+        .map(|(id, instance, metadata)| {
+            let member = JoinGroupResponseMember::default()
+                .with_member_id(str_bytes(id))
+                .with_metadata(metadata);
+            if version >= 5 {
+                member.with_group_instance_id(instance.map(str_bytes))
+            } else {
+                member
+            }
+        })
+        .collect();
+    let mut response = JoinGroupResponse::default()
+        .with_error_code(outcome.error)
+        .with_generation_id(outcome.generation_id)
+        .with_leader(str_bytes(outcome.leader))
+        .with_member_id(str_bytes(outcome.member_id))
+        .with_members(members);
+    if version >= 7 {
+        // Nullable from v7: absent until a protocol is chosen.
+        response.protocol_type = outcome.protocol_type.map(str_bytes);
+        response.protocol_name = outcome.protocol_name.map(str_bytes);
+    } else {
+        response.protocol_name = Some(str_bytes(outcome.protocol_name.unwrap_or_default()));
+    }
+    response
+}
+
+pub async fn handle_join_group(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
+    let body: JoinGroupRequest = decode_body(request)?;
+    let version = request.version;
+    let group_id = body.group_id.0.to_string();
+    let member_id = body.member_id.to_string();
+    if invalid_group_id(&group_id) {
+        let outcome = JoinOutcome::error(errors::INVALID_GROUP_ID, &member_id);
+        return Ok(encode_response(request, &join_response(version, outcome)));
+    }
+    let args = JoinArgs {
+        member_id: member_id.clone(),
+        group_instance_id: body.group_instance_id.map(|s| s.to_string()),
+        client_id: request
+            .header
+            .client_id
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+        client_host: String::new(),
+        session_timeout_ms: body.session_timeout_ms,
+        // v0 has no rebalance timeout: Kafka uses the session timeout.
+        rebalance_timeout_ms: if version >= 1 {
+            body.rebalance_timeout_ms
+        } else {
+            body.session_timeout_ms
+        },
+        protocol_type: body.protocol_type.to_string(),
+        protocols: body
+            .protocols
+            .into_iter()
+            .map(|p| (p.name.to_string(), p.metadata))
+            .collect(),
+        require_known_member_id: version >= 4,
+    };
+    let key = group_id.clone();
+    let outcome = on_coordinator(shard, &key, move |_, g| async move {
+        g.join(group_id, args).await
+    })
+    .await
+    .unwrap_or_else(|| JoinOutcome::error(errors::COORDINATOR_NOT_AVAILABLE, &member_id));
+    Ok(encode_response(request, &join_response(version, outcome)))
+}
+
+pub async fn handle_sync_group(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
+    let body: SyncGroupRequest = decode_body(request)?;
+    let group_id = body.group_id.0.to_string();
+    let outcome = if invalid_group_id(&group_id) {
+        SyncOutcome::error(errors::INVALID_GROUP_ID)
+    } else {
+        let member_id = body.member_id.to_string();
+        let instance_id = body.group_instance_id.map(|s| s.to_string());
+        let generation = body.generation_id;
+        let protocol_type = body.protocol_type.map(|s| s.to_string());
+        let protocol_name = body.protocol_name.map(|s| s.to_string());
+        let assignments = body
+            .assignments
+            .into_iter()
+            .map(|a| (a.member_id.to_string(), a.assignment))
+            .collect();
+        let key = group_id.clone();
+        on_coordinator(shard, &key, move |_, g| async move {
+            g.sync(
+                group_id,
+                member_id,
+                instance_id,
+                generation,
+                protocol_type,
+                protocol_name,
+                assignments,
+            )
+            .await
+        })
+        .await
+        .unwrap_or_else(|| SyncOutcome::error(errors::COORDINATOR_NOT_AVAILABLE))
+    };
+    let mut response = SyncGroupResponse::default()
+        .with_error_code(outcome.error)
+        .with_assignment(outcome.assignment);
+    if request.version >= 5 {
+        response.protocol_type = outcome.protocol_type.map(str_bytes);
+        response.protocol_name = outcome.protocol_name.map(str_bytes);
+    }
+    Ok(encode_response(request, &response))
+}
+
+pub async fn handle_heartbeat(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
+    let body: HeartbeatRequest = decode_body(request)?;
+    let group_id = body.group_id.0.to_string();
+    let error = if invalid_group_id(&group_id) {
+        errors::INVALID_GROUP_ID
+    } else {
+        let member_id = body.member_id.to_string();
+        let instance_id = body.group_instance_id.map(|s| s.to_string());
+        let generation = body.generation_id;
+        let key = group_id.clone();
+        on_coordinator(shard, &key, move |_, g| async move {
+            g.heartbeat(&group_id, &member_id, instance_id.as_deref(), generation)
+        })
+        .await
+        .unwrap_or(errors::COORDINATOR_NOT_AVAILABLE)
+    };
+    Ok(encode_response(
+        request,
+        &HeartbeatResponse::default().with_error_code(error),
+    ))
+}
+
+pub async fn handle_leave_group(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
+    let body: LeaveGroupRequest = decode_body(request)?;
+    let version = request.version;
+    let group_id = body.group_id.0.to_string();
+    let members: Vec<(String, Option<String>)> = if version >= 3 {
+        body.members
+            .iter()
+            .map(|m| {
+                (
+                    m.member_id.to_string(),
+                    m.group_instance_id.as_ref().map(|s| s.to_string()),
+                )
+            })
+            .collect()
+    } else {
+        vec![(body.member_id.to_string(), None)]
+    };
+    let (error, per_member) = if invalid_group_id(&group_id) {
+        (
+            errors::INVALID_GROUP_ID,
+            vec![errors::INVALID_GROUP_ID; members.len()],
+        )
+    } else {
+        let asked = members.clone();
+        let key = group_id.clone();
+        on_coordinator(shard, &key, move |_, g| async move {
+            g.leave(&group_id, &asked)
+        })
+        .await
+        .unwrap_or_else(|| {
+            (
+                errors::COORDINATOR_NOT_AVAILABLE,
+                vec![errors::COORDINATOR_NOT_AVAILABLE; members.len()],
+            )
+        })
+    };
+    let mut response = LeaveGroupResponse::default();
+    if version >= 3 {
+        response.error_code = error;
+        response.members = members
+            .into_iter()
+            .zip(per_member)
+            .map(|((id, instance), code)| {
+                MemberResponse::default()
+                    .with_member_id(str_bytes(id))
+                    .with_group_instance_id(instance.map(str_bytes))
+                    .with_error_code(code)
+            })
+            .collect();
+    } else {
+        response.error_code = per_member.first().copied().unwrap_or(error);
+    }
+    Ok(encode_response(request, &response))
+}
+
+pub async fn handle_offset_commit(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
+    let body: OffsetCommitRequest = decode_body(request)?;
+    let version = request.version;
+    let group_id = body.group_id.0.to_string();
+    let mut entries = Vec::new();
+    let mut shape: Vec<(TopicName, Vec<i32>)> = Vec::with_capacity(body.topics.len());
+    for topic in body.topics {
+        let name = topic.name.0.to_string();
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in topic.partitions {
+            partitions.push(p.partition_index);
+            entries.push(CommitEntry {
+                topic: name.clone(),
+                partition: p.partition_index,
+                offset: p.committed_offset,
+                leader_epoch: if version >= 6 {
+                    p.committed_leader_epoch
+                } else {
+                    -1
+                },
+                metadata: p.committed_metadata.map(|m| m.to_string()),
+            });
+        }
+        shape.push((topic.name, partitions));
+    }
+    let count = entries.len();
+    let results = if invalid_group_id(&group_id) {
+        vec![errors::INVALID_GROUP_ID; count]
+    } else {
+        let member_id = body.member_id.to_string();
+        let instance_id = body.group_instance_id.map(|s| s.to_string());
+        let generation = body.generation_id_or_member_epoch;
+        let key = group_id.clone();
+        on_coordinator(shard, &key, move |s, g| async move {
+            let known = move |topic: &str, partition: i32| s.owner_of(topic, partition).is_some();
+            g.commit(group_id, member_id, instance_id, generation, entries, known)
+                .await
+        })
+        .await
+        .unwrap_or_else(|| vec![errors::COORDINATOR_NOT_AVAILABLE; count])
+    };
+    let mut results = results.into_iter();
+    let topics = shape
+        .into_iter()
+        .map(|(name, partitions)| {
+            OffsetCommitResponseTopic::default()
+                .with_name(name)
+                .with_partitions(
+                    partitions
+                        .into_iter()
+                        .map(|p| {
+                            OffsetCommitResponsePartition::default()
+                                .with_partition_index(p)
+                                .with_error_code(
+                                    results.next().unwrap_or(codes::UNKNOWN_SERVER_ERROR),
+                                )
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    Ok(encode_response(
+        request,
+        &OffsetCommitResponse::default().with_topics(topics),
+    ))
+}
+
+/// Committed offsets of one group, from its coordinator; Err(code) if it cannot answer.
+async fn fetch_group_offsets(
+    shard: &Rc<Shard>,
+    group_id: String,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> Result<Vec<(String, Vec<FetchedOffset>)>, i16> {
+    let key = group_id.clone();
+    on_coordinator(shard, &key, move |_, g| async move {
+        g.fetch_offsets(&group_id, topics)
+    })
+    .await
+    .ok_or(errors::COORDINATOR_NOT_AVAILABLE)
+}
+
+pub async fn handle_offset_fetch(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
+    let body: OffsetFetchRequest = decode_body(request)?;
+    let version = request.version;
+    let mut response = OffsetFetchResponse::default();
+    if version >= 8 {
+        for group in body.groups {
+            let topics = group.topics.map(|ts| {
+                ts.into_iter()
+                    .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                    .collect()
+            });
+            let answer = fetch_group_offsets(shard, group.group_id.0.to_string(), topics).await;
+            let mut out = OffsetFetchResponseGroup::default().with_group_id(group.group_id);
+            match answer {
+                Ok(topics) => {
+                    out.topics = topics
+                        .into_iter()
+                        .map(|(name, partitions)| {
+                            OffsetFetchResponseTopics::default()
+                                .with_name(TopicName(str_bytes(name)))
+                                .with_partitions(
+                                    partitions
+                                        .into_iter()
+                                        .map(|(p, offset, epoch, metadata, error)| {
+                                            OffsetFetchResponsePartitions::default()
+                                                .with_partition_index(p)
+                                                .with_committed_offset(offset)
+                                                .with_committed_leader_epoch(epoch)
+                                                .with_metadata(Some(str_bytes(metadata)))
+                                                .with_error_code(error)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect();
+                }
+                Err(code) => out.error_code = code,
+            }
+            response.groups.push(out);
+        }
+        return Ok(encode_response(request, &response));
+    }
+    let topics = body.topics.map(|ts| {
+        ts.into_iter()
+            .map(|t| (t.name.0.to_string(), t.partition_indexes))
+            .collect()
+    });
+    match fetch_group_offsets(shard, body.group_id.0.to_string(), topics).await {
+        Ok(topics) => {
+            response.topics = topics
+                .into_iter()
+                .map(|(name, partitions)| {
+                    OffsetFetchResponseTopic::default()
+                        .with_name(TopicName(str_bytes(name)))
+                        .with_partitions(
+                            partitions
+                                .into_iter()
+                                .map(|(p, offset, epoch, metadata, error)| {
+                                    let mut out = OffsetFetchResponsePartition::default()
+                                        .with_partition_index(p)
+                                        .with_committed_offset(offset)
+                                        .with_metadata(Some(str_bytes(metadata)))
+                                        .with_error_code(error);
+                                    if version >= 5 {
+                                        out.committed_leader_epoch = epoch;
+                                    }
+                                    out
+                                })
+                                .collect(),
+                        )
+                })
+                .collect();
+        }
+        Err(code) => {
+            if version >= 2 {
+                response.error_code = code;
+            }
+        }
+    }
+    Ok(encode_response(request, &response))
+}
+
+pub async fn handle_list_groups(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
+    let body: ListGroupsRequest = decode_body(request)?;
+    let version = request.version;
+    let states: Vec<String> = body
+        .states_filter
+        .iter()
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    let types: Vec<String> = body
+        .types_filter
+        .iter()
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    let mut error = codes::NONE;
+    let mut groups = Vec::new();
+    for target in 0..shard.nr_shards {
+        let listed = shard
+            .call(target, |s| async move { s.groups.get().map(|g| g.list()) })
+            .await
+            .ok()
+            .flatten();
+        let Some(listed) = listed else {
+            error = errors::COORDINATOR_NOT_AVAILABLE;
+            continue;
+        };
+        for (id, protocol_type, state) in listed {
+            if !states.is_empty() && !states.contains(&state.to_ascii_lowercase()) {
+                continue;
+            }
+            // Every group here speaks the classic protocol.
+            if !types.is_empty() && !types.iter().any(|t| t == "classic") {
+                continue;
+            }
+            let mut group = ListedGroup::default()
+                .with_group_id(GroupId(str_bytes(id)))
+                .with_protocol_type(str_bytes(protocol_type));
+            if version >= 4 {
+                group.group_state = str_bytes(state);
+            }
+            if version >= 5 {
+                group.group_type = str_bytes("classic");
+            }
+            groups.push(group);
+        }
+    }
+    Ok(encode_response(
+        request,
+        &ListGroupsResponse::default()
+            .with_error_code(error)
+            .with_groups(groups),
+    ))
+}
+
+pub async fn handle_describe_groups(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
+    let body: DescribeGroupsRequest = decode_body(request)?;
+    let version = request.version;
+    let mut described = Vec::with_capacity(body.groups.len());
+    for group_id in body.groups {
+        let id = group_id.0.to_string();
+        let key = id.clone();
+        let answer = on_coordinator(shard, &key, move |_, g| async move { g.describe(&id) }).await;
+        let mut out = DescribedGroup::default().with_group_id(group_id);
+        match answer {
+            None => out.error_code = errors::COORDINATOR_NOT_AVAILABLE,
+            // Kafka describes an unknown group as Dead, without an error.
+            Some(None) => out.group_state = str_bytes("Dead"),
+            Some(Some(d)) => {
+                out.group_state = str_bytes(d.state);
+                out.protocol_type = str_bytes(d.protocol_type);
+                out.protocol_data = str_bytes(d.protocol_name);
+                out.members = d
+                    .members
+                    .into_iter()
+                    .map(|m| {
+                        let mut member = DescribedGroupMember::default()
+                            .with_member_id(str_bytes(m.member_id))
+                            .with_client_id(str_bytes(m.client_id))
+                            .with_client_host(str_bytes(m.client_host))
+                            .with_member_metadata(m.metadata)
+                            .with_member_assignment(m.assignment);
+                        if version >= 4 {
+                            member.group_instance_id = m.group_instance_id.map(str_bytes);
+                        }
+                        member
+                    })
+                    .collect();
+            }
+        }
+        described.push(out);
+    }
+    Ok(encode_response(
+        request,
+        &DescribeGroupsResponse::default().with_groups(described),
+    ))
+}
+
+pub async fn handle_delete_groups(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
+    let body: DeleteGroupsRequest = decode_body(request)?;
+    let mut results = Vec::with_capacity(body.groups_names.len());
+    for group_id in body.groups_names {
+        let id = group_id.0.to_string();
+        let key = id.clone();
+        let code = on_coordinator(
+            shard,
+            &key,
+            move |_, g| async move { g.delete_group(&id).await },
+        )
+        .await
+        .unwrap_or(errors::COORDINATOR_NOT_AVAILABLE);
+        results.push(
+            DeletableGroupResult::default()
+                .with_group_id(group_id)
+                .with_error_code(code),
+        );
+    }
+    Ok(encode_response(
+        request,
+        &DeleteGroupsResponse::default().with_results(results),
+    ))
+}
+
+pub async fn handle_offset_delete(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
+    let body: OffsetDeleteRequest = decode_body(request)?;
+    let group_id = body.group_id.0.to_string();
+    let topics: Vec<(String, Vec<i32>)> = body
+        .topics
+        .iter()
+        .map(|t| {
+            (
+                t.name.0.to_string(),
+                t.partitions.iter().map(|p| p.partition_index).collect(),
+            )
+        })
+        .collect();
+    let key = group_id.clone();
+    let (error, answers) = on_coordinator(shard, &key, move |_, g| async move {
+        g.delete_offsets(&group_id, topics).await
+    })
+    .await
+    .unwrap_or((errors::COORDINATOR_NOT_AVAILABLE, Vec::new()));
+    let topics = answers
+        .into_iter()
+        .map(|(name, partitions)| {
+            OffsetDeleteResponseTopic::default()
+                .with_name(TopicName(str_bytes(name)))
+                .with_partitions(
+                    partitions
+                        .into_iter()
+                        .map(|(p, code)| {
+                            OffsetDeleteResponsePartition::default()
+                                .with_partition_index(p)
+                                .with_error_code(code)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    Ok(encode_response(
+        request,
+        &OffsetDeleteResponse::default()
+            .with_error_code(error)
+            .with_topics(topics),
+    ))
+}

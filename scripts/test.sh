@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Install everything the tests need, build the broker, and run every test:
+#   1. Rust unit and property tests of the whole workspace (cargo test),
+#   2. the end-to-end suite in tests/: the real `shardlog` binary driven by real Kafka
+#      clients (confluent-kafka, kafka-python, kcat) and by raw sockets.
+# Meant for a fresh Debian machine as root, and for CI (.ci/run). Exits non-zero on any failure.
+# Extra arguments go to pytest, e.g. `scripts/test.sh -k restart -x`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" -eq 0 ]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        apt_updated=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
+}
+
+step "system packages"
+command -v kcat >/dev/null || apt_install kcat
+command -v python3 >/dev/null || apt_install python3
+python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+if ! command -v cargo >/dev/null; then
+    echo "cargo not found: install a Rust toolchain (rustup or the rust image) first" >&2
+    exit 1
+fi
+
+step "python packages (tests/requirements.txt)"
+pip_args=(-q --disable-pip-version-check -r tests/requirements.txt)
+# Debian's own python refuses system-wide pip installs (PEP 668) unless told otherwise;
+# the packages pinned here do not collide with Debian's python3-* packages.
+if python3 -c 'import sys, sysconfig, os; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["stdlib"], "EXTERNALLY-MANAGED")))'; then
+    pip_args+=(--break-system-packages)
+fi
+python3 -m pip install --root-user-action=ignore "${pip_args[@]}" 2>/dev/null \
+    || python3 -m pip install "${pip_args[@]}"
+
+# One profile for everything, so dependencies compile once: the end-to-end tests run the
+# release binary, and the unit tests reuse the same compiled dependencies.
+step "cargo build --release -p shardlog"
+cargo build --release -p shardlog
+
+# Run both suites even when the first fails, so one run shows every failure.
+failed=()
+step "cargo test --workspace --release"
+cargo test --workspace --release || failed+=("cargo test")
+
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+export SHARDLOG_BIN="$target_dir/release/shardlog"
+step "pytest tests/ (broker: $SHARDLOG_BIN)"
+python3 -m pytest tests/ -q "$@" || failed+=("pytest")
+
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "FAILED: ${failed[*]}" >&2
+    exit 1
+fi
