@@ -14,7 +14,16 @@ if [[ -z "${SHARDLOG_BIN:-}" ]]; then
     cargo build --release --bin shardlog
     SHARDLOG_BIN="$PWD/target/release/shardlog"
 fi
-data="$(mktemp -d -p "${RESTART_DIR:-/tmp}" shardlog-restart.XXXXXX)"
+parent="${RESTART_DIR:-/tmp}"
+# Never fill the disk for everyone else: GIB plus 64 MiB preallocation per partition plus
+# 4 GiB to spare must be free.
+free_gib=$(( $(df -k --output=avail "$parent" | tail -1) / 1024 / 1024 ))
+need_gib=$(python3 -c "import math; print(math.ceil($gib) + 4)")
+if (( free_gib < need_gib )); then
+    echo "only ${free_gib} GiB free under $parent; ${need_gib} GiB needed for a ${gib} GiB run" >&2
+    exit 2
+fi
+data="$(mktemp -d -p "$parent" shardlog-restart.XXXXXX)"
 log="$data.log"
 trap 'kill -KILL $broker 2>/dev/null || true; rm -rf "$data" "$log"' EXIT
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
