@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cycles="${1:-50}"
 if [[ -z "${SHARDLOG_BIN:-}" ]]; then
-    cargo build --release --bin shardlog
+    cargo build --release -p shardlog
     export SHARDLOG_BIN="$PWD/target/release/shardlog"
 fi
 python3 -c 'import confluent_kafka, pytest' 2>/dev/null \

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 gib="${1:-10}"
 if [[ -z "${SHARDLOG_BIN:-}" ]]; then
-    cargo build --release --bin shardlog
+    cargo build --release -p shardlog
     SHARDLOG_BIN="$PWD/target/release/shardlog"
 fi
 parent="${RESTART_DIR:-/tmp}"

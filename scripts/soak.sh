@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-120}"
 connections="${2:-1000}"
 if [[ -z "${SHARDLOG_BIN:-}" ]]; then
-    cargo build --release --bin shardlog
+    cargo build --release -p shardlog
     SHARDLOG_BIN="$PWD/target/release/shardlog"
 fi
 # Each connection is a socket on both ends: make room for them.
