@@ -279,3 +279,34 @@ fn send_vectored_nonblocking(fd: RawFd, chunks: &[Bytes]) -> std::io::Result<usi
         Ok(n as usize)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_size_waits_for_four_bytes_and_refuses_negative_or_oversized_sizes() {
+        assert_eq!(frame_size(&[0, 0, 1], 1024), Ok(None));
+        assert_eq!(frame_size(&[0, 0, 4, 0, 9], 1024), Ok(Some(1024)));
+        assert!(frame_size(&[0, 0, 4, 1], 1024).is_err());
+        assert!(frame_size(&[0xff, 0xff, 0xff, 0xff], 1024).is_err());
+        assert!(frame_size(&[0x80, 0, 0, 0], usize::MAX).is_err());
+    }
+
+    #[test]
+    fn small_frames_are_copied_out_and_large_ones_share_the_read_buffer() {
+        let mut buf = BytesMut::from(&vec![7u8; 3 * COPY_FRAME_BYTES_MAX][..]);
+        let start = buf.as_ptr();
+        let small = take_frame(&mut buf, 100);
+        assert_eq!(small.len(), 100);
+        assert_ne!(
+            small.as_ptr(),
+            start,
+            "a small frame must not pin the read buffer"
+        );
+        let rest = buf.as_ptr();
+        let large = take_frame(&mut buf, COPY_FRAME_BYTES_MAX);
+        assert_eq!(large.as_ptr(), rest, "a large frame stays zero-copy");
+        assert_eq!(buf.len(), 2 * COPY_FRAME_BYTES_MAX - 100);
+    }
+}
