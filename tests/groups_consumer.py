@@ -9,11 +9,14 @@ appended to `OUT_PREFIX.assign.log`). With GROUP_INSTANCE_ID it is a static memb
 after each batch; on SIGTERM finishes the batch, commits, leaves the group and exits.
 """
 
+import os
 import signal
 import sys
 
 client, bootstrap, group, topic, prefix = sys.argv[1:6]
 instance_id = sys.argv[6] if len(sys.argv) > 6 else None
+# librdkafka assignor: "range" (eager) or "cooperative-sticky" (incremental rebalances).
+strategy = os.environ.get("GROUPS_TEST_ASSIGNOR", "range")
 SESSION_TIMEOUT_MS = 3000
 HEARTBEAT_INTERVAL_MS = 500
 
@@ -32,8 +35,6 @@ out = open(prefix + ".msgs", "a")
 def write_assignment(partitions):
     with open(prefix + ".assign.tmp", "w") as f:
         f.write(",".join(str(p) for p in sorted(partitions)))
-    import os
-
     os.replace(prefix + ".assign.tmp", prefix + ".assign")
     with open(prefix + ".assign.log", "a") as f:
         f.write(",".join(str(p) for p in sorted(partitions)) + "\n")
@@ -51,15 +52,23 @@ def run_confluent():
             "enable.auto.commit": False,
             "session.timeout.ms": SESSION_TIMEOUT_MS,
             "heartbeat.interval.ms": HEARTBEAT_INTERVAL_MS,
-            "partition.assignment.strategy": "range",
+            "partition.assignment.strategy": strategy,
             **({"group.instance.id": instance_id} if instance_id else {}),
         }
     )
-    consumer.subscribe(
-        [topic],
-        on_assign=lambda c, parts: write_assignment(p.partition for p in parts),
-        on_revoke=lambda c, parts: write_assignment([]),
-    )
+    # Eager assignors hand out the whole assignment, cooperative ones the changes only:
+    # keeping a set of what was added and removed serves both.
+    owned = set()
+
+    def on_assign(c, parts):
+        owned.update(p.partition for p in parts)
+        write_assignment(owned)
+
+    def on_revoke(c, parts):
+        owned.difference_update(p.partition for p in parts)
+        write_assignment(owned)
+
+    consumer.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
     while not stop:
         batch = [m for m in consumer.consume(500, 0.2) if m.error() is None]
         for m in batch:

@@ -6,6 +6,7 @@ Group joins take a while: every wait is on a condition with a generous deadline.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,14 @@ from groups_fixture import Broker, broker, shardlog_binary, wait_until  # noqa: 
 
 HERE = Path(__file__).resolve().parent
 JOIN_DEADLINE_S = 60
+
+
+@pytest.fixture(autouse=True)
+def remove_broker_data(tmp_path):
+    """Log segments are preallocated (tens of MiB each): drop the data dirs after each test,
+    keeping the broker and consumer logs next to them for reading."""
+    yield
+    shutil.rmtree(tmp_path / "data", ignore_errors=True)
 
 
 def create_topic(bootstrap, name, partitions):
@@ -41,13 +50,15 @@ def produce(bootstrap, topic, values, partitions):
 class ConsumerProcess:
     """One consumer (groups_consumer.py) in its own process."""
 
-    def __init__(self, client, bootstrap, group, topic, directory, name, instance_id=None):
+    def __init__(self, client, bootstrap, group, topic, directory, name, instance_id=None, assignor=None):
         self.prefix = str(Path(directory) / name)
         self.name = name
+        env = dict(os.environ, **({"GROUPS_TEST_ASSIGNOR": assignor} if assignor else {}))
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "groups_consumer.py"), client, bootstrap, group, topic, self.prefix]
             + ([instance_id] if instance_id else []),
             stderr=open(self.prefix + ".stderr", "a"),
+            env=env,
         )
 
     def assignment(self):
@@ -232,6 +243,42 @@ def test_a_restarted_static_member_gets_its_partitions_back_without_a_rebalance(
         c.terminate()
 
 
+def test_a_clean_shutdown_does_not_wait_for_a_parked_join(tmp_path):
+    topic, group = "parked", "parked-group"
+    b = Broker(tmp_path / "data")
+    # The join phase of a new group now lasts a minute: the JoinGroup stays parked.
+    b.GROUP_ARGS = ["--group-min-session-timeout-ms", "1000", "--group-initial-rebalance-delay-ms", "60000"]
+    b.start()
+    try:
+        create_topic(b.bootstrap, topic, 1)
+        member = ConsumerProcess("confluent", b.bootstrap, group, topic, tmp_path, "parked")
+        wait_until(lambda: "PreparingRebalance" in groups_cli(b, "describe", group), 30, "a parked join")
+        stopped_at = time.monotonic()
+        b.stop()
+        assert time.monotonic() - stopped_at < 3, "shutdown waited for the join phase"
+        member.kill9()
+    finally:
+        b.kill9()
+
+
+def test_cooperative_sticky_members_share_partitions_through_incremental_rebalances(broker, tmp_path):
+    topic, group, partitions = "coop", "coop-group", 6
+    create_topic(broker.bootstrap, topic, partitions)
+    members = []
+    for i in range(3):
+        members.append(ConsumerProcess("confluent", broker.bootstrap, group, topic, tmp_path, f"coop{i}",
+                                       assignor="cooperative-sticky"))
+        assignments = wait_assigned(members, partitions, f"{len(members)} cooperative members")
+    assert sorted(len(a) for a in assignments) == [2, 2, 2]
+    values = [f"s{i}" for i in range(6_000)]
+    produce(broker.bootstrap, topic, values, partitions)
+    wait_until(lambda: len(consumed_values(members)) >= len(values), 60, "all messages consumed")
+    got = consumed_values(members)
+    assert len(got) == len(values) and set(got) == set(values)
+    for m in members:
+        m.terminate()
+
+
 def test_publish_subscribe_two_groups_each_receive_every_message(broker):
     topic = "news"
     create_topic(broker.bootstrap, topic, 3)
@@ -311,6 +358,13 @@ def test_replay_by_resetting_offsets_to_earliest_and_to_a_timestamp(broker):
     assert [tp.offset for tp in committed(broker.bootstrap, group, topic, 2)] == [200, 200]
     groups_cli(broker, "reset-offsets", group, "--topic", topic, "--to-latest")
     assert [tp.offset for tp in committed(broker.bootstrap, group, topic, 2)] == [500, 500]
+    groups_cli(broker, "reset-offsets", group, "--topic", topic, "--shift-by", "-120")
+    assert [tp.offset for tp in committed(broker.bootstrap, group, topic, 2)] == [380, 380]
+    assert sorted(consume_all(broker.bootstrap, group, topic, 240)) == sorted((old + new)[760:])
+
+    groups_cli(broker, "delete", group)
+    assert group not in groups_cli(broker, "list")
+    assert [tp.offset for tp in committed(broker.bootstrap, group, topic, 2)] == [-1001, -1001]
 
 
 def test_reset_offsets_is_refused_while_the_group_has_members(broker, tmp_path):
@@ -420,6 +474,30 @@ def test_the_offsets_log_is_compacted_and_still_restores_every_offset(tmp_path):
             assert got == [(100, "meta-0"), (200, "meta-1")]
     finally:
         b.kill9()
+
+
+@pytest.mark.skipif(not storage_is_durable(), reason="storage engine not merged yet: logs are in memory")
+def test_running_consumers_rejoin_after_a_broker_restart_and_skip_nothing(broker, tmp_path):
+    # Group membership is not persisted: after a restart members are unknown, rejoin, and
+    # resume from their committed offsets.
+    topic, group, partitions = "restart", "restart-group", 4
+    create_topic(broker.bootstrap, topic, partitions)
+    members = [
+        ConsumerProcess("confluent", broker.bootstrap, group, topic, tmp_path, "rd"),
+        ConsumerProcess("kafka-python", broker.bootstrap, group, topic, tmp_path, "kp"),
+    ]
+    wait_assigned(members, partitions, "two members")
+    before = [f"x{i}" for i in range(1_000)]
+    produce(broker.bootstrap, topic, before, partitions)
+    wait_until(lambda: set(before) <= set(consumed_values(members)), 60, "consumption before the restart")
+    broker.restart()
+    after = [f"y{i}" for i in range(1_000)]
+    produce(broker.bootstrap, topic, after, partitions)
+    wait_until(lambda: set(after) <= set(consumed_values(members)), 90, "consumption after the restart")
+    again = [v for v in consumed_values(members) if v.startswith("x")]
+    assert len(again) == len(before), "committed messages were consumed again after the restart"
+    for m in members:
+        m.terminate()
 
 
 def test_mixed_librdkafka_and_kafka_python_members_share_one_group(broker, tmp_path):

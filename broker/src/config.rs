@@ -86,6 +86,9 @@ pub struct Cli {
     /// Recently appended bytes kept in memory per partition for consumers near the head.
     #[arg(long, env = "SHARDLOG_TAIL_CACHE_BYTES")]
     pub tail_cache_bytes: Option<usize>,
+    /// Log files grow in steps of this many bytes, so most writes need no block allocation.
+    #[arg(long, env = "SHARDLOG_PREALLOCATE_BYTES")]
+    pub preallocate_bytes: Option<u64>,
     /// Background flush period for data whose producers did not ask for acks=all.
     #[arg(long, env = "SHARDLOG_FLUSH_INTERVAL_MS")]
     pub flush_interval_ms: Option<u64>,
@@ -127,6 +130,7 @@ struct FileConfig {
     retention_bytes: Option<i64>,
     max_message_bytes: Option<u32>,
     tail_cache_bytes: Option<usize>,
+    preallocate_bytes: Option<u64>,
     flush_interval_ms: Option<u64>,
     flush_bytes: Option<u64>,
     retention_check_interval_ms: Option<u64>,
@@ -160,6 +164,7 @@ pub struct Config {
     pub retention_bytes: i64,
     pub max_message_bytes: u32,
     pub tail_cache_bytes: usize,
+    pub preallocate_bytes: u64,
     pub flush_interval_ms: u64,
     pub flush_bytes: u64,
     pub retention_check_interval_ms: u64,
@@ -215,6 +220,7 @@ impl Config {
             retention_bytes: pick!(retention_bytes, -1),
             max_message_bytes: pick!(max_message_bytes, 1_048_588),
             tail_cache_bytes: pick!(tail_cache_bytes, 8 << 20),
+            preallocate_bytes: pick!(preallocate_bytes, 64 << 20),
             flush_interval_ms: pick!(flush_interval_ms, 1000),
             flush_bytes: pick!(flush_bytes, 64 << 20),
             retention_check_interval_ms: pick!(retention_check_interval_ms, 300_000),
@@ -318,6 +324,13 @@ impl Config {
             ),
         )?;
         check(
+            self.preallocate_bytes.is_multiple_of(4096),
+            format!(
+                "preallocate_bytes: must be a multiple of 4096, got {}",
+                self.preallocate_bytes
+            ),
+        )?;
+        check(
             self.flush_interval_ms >= 1,
             "flush_interval_ms: must be at least 1".into(),
         )?;
@@ -342,6 +355,7 @@ impl Config {
             retention_bytes: self.retention_bytes,
             max_batch_bytes: self.max_message_bytes,
             tail_cache_bytes: self.tail_cache_bytes,
+            preallocate_bytes: self.preallocate_bytes,
             ..crate::log::LogConfig::default()
         }
     }

@@ -32,6 +32,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let catalog = Catalog::load(&config.data_dir).map_err(anyhow::Error::msg)?;
     let listeners = bind_listeners(&config)?;
     let address = listeners.1;
+    let mut config = config;
+    if config.advertise_port == 0 {
+        // Listening on port 0 picks a free port: advertise the one actually bound, or
+        // clients would be told to connect to port 0.
+        config.advertise_port = address.port();
+    }
     let mesh = MeshBuilder::<Job, _>::full(config.cores, MESH_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let (drained_tx, drained_rx) = mpsc::channel::<usize>();
@@ -192,6 +198,7 @@ async fn run_shard(
     // recovery scan.
     shard.shutting_down.set(true);
     drop(acceptor.cancel());
+    crate::groups::quiesce(&shard);
     let budget_bytes = config.max_buffered_bytes_per_shard as u64;
     let busy = || shard.requests_in_flight.get() > 0 || unsent.available() < budget_bytes;
     let deadline = std::time::Instant::now() + SHUTDOWN_DRAIN_MAX;

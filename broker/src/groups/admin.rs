@@ -6,7 +6,8 @@
 //!   (DescribeGroups, OffsetFetch, ListOffsets).
 //! - `reset-offsets GROUP --topic T --to-earliest|--to-latest|--to-offset N|--to-datetime TS`:
 //!   commits new offsets with generation -1 (outside group management), only while the group
-//!   has no members, as Kafka's tool requires.
+//!   has no members, as Kafka's tool requires. Also `--shift-by N`.
+//! - `delete GROUP...`: delete groups without members, and their offsets (DeleteGroups).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -19,10 +20,11 @@ use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, ConsumerProtocolAssignment, DescribeGroupsRequest, DescribeGroupsResponse,
-    GroupId, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetCommitResponse,
-    OffsetFetchRequest, OffsetFetchResponse, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, BrokerId, ConsumerProtocolAssignment, DeleteGroupsRequest, DeleteGroupsResponse,
+    DescribeGroupsRequest, DescribeGroupsResponse, GroupId, ListGroupsRequest, ListGroupsResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -54,6 +56,8 @@ pub enum GroupsAction {
     Describe { group: String },
     /// Move a group's committed offsets of one topic (the group must have no members).
     ResetOffsets(ResetArgs),
+    /// Delete groups with no members, and their committed offsets.
+    Delete { groups: Vec<String> },
 }
 
 #[derive(clap::Args, Debug)]
@@ -86,6 +90,10 @@ pub struct ResetTarget {
     /// when no zone is given) or milliseconds since the epoch.
     #[arg(long)]
     pub to_datetime: Option<String>,
+    /// Move each committed offset by N (negative: back), clamped to the partition's range;
+    /// a partition without a commit starts from its earliest offset.
+    #[arg(long, allow_hyphen_values = true)]
+    pub shift_by: Option<i64>,
 }
 
 /// Run a `shardlog groups` command; prints to stdout, errors are returned.
@@ -95,6 +103,7 @@ pub fn run(command: GroupsCommand) -> Result<(), String> {
         GroupsAction::List => list(&mut client),
         GroupsAction::Describe { group } => describe(&mut client, &group),
         GroupsAction::ResetOffsets(args) => reset_offsets(&mut client, args),
+        GroupsAction::Delete { groups } => delete(&mut client, &groups),
     }
 }
 
@@ -340,6 +349,33 @@ impl Client {
     }
 }
 
+fn delete(client: &mut Client, groups: &[String]) -> Result<(), String> {
+    let request = DeleteGroupsRequest::default().with_groups_names(
+        groups
+            .iter()
+            .map(|g| GroupId(str_bytes(g.as_str())))
+            .collect(),
+    );
+    let response: DeleteGroupsResponse = client.call(ApiKey::DeleteGroups, 2, &request)?;
+    let mut failed = Vec::new();
+    for result in response.results {
+        if result.error_code == 0 {
+            println!("deleted group {}", result.group_id.0);
+        } else {
+            failed.push(format!(
+                "{}: {}",
+                result.group_id.0,
+                error_name(result.error_code)
+            ));
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("not deleted: {}", failed.join(", ")))
+    }
+}
+
 fn list(client: &mut Client) -> Result<(), String> {
     println!("{:<40} {:<20} PROTOCOL-TYPE", "GROUP", "STATE");
     for (group, state, protocol_type) in client.list_groups()? {
@@ -382,11 +418,15 @@ fn describe(client: &mut Client, group: &str) -> Result<(), String> {
             .as_ref()
             .map(|i| format!(" instance {i}"))
             .unwrap_or_default();
+        let host = if m.client_host.is_empty() {
+            String::new()
+        } else {
+            format!(" host {}", m.client_host)
+        };
         println!(
-            "  member {} client {}{instance} host '{}': {}",
+            "  member {} client {}{instance}{host}: {}",
             m.member_id,
             m.client_id,
-            m.client_host,
             assigned_partitions(&m.member_assignment).join(" ")
         );
     }
@@ -455,8 +495,23 @@ fn reset_offsets(client: &mut Client, args: ResetArgs) -> Result<(), String> {
             .zip(&latest)
             .map(|(f, hi)| if *f < 0 { *hi } else { *f })
             .collect()
+    } else if let Some(shift) = target.shift_by {
+        let committed = client.committed(&args.group)?;
+        partitions
+            .iter()
+            .zip(earliest.iter().zip(&latest))
+            .map(|(p, (lo, hi))| {
+                let current = committed
+                    .iter()
+                    .find(|c| c.0 == args.topic && c.1 == *p && c.2 >= 0)
+                    .map_or(*lo, |c| c.2);
+                current.saturating_add(shift).clamp(*lo, *hi)
+            })
+            .collect()
     } else {
-        return Err("one of --to-earliest, --to-latest, --to-offset, --to-datetime".into());
+        return Err(
+            "one of --to-earliest, --to-latest, --to-offset, --to-datetime, --shift-by".into(),
+        );
     };
     let pairs: Vec<(i32, i64)> = partitions.iter().copied().zip(offsets).collect();
     if !args.dry_run {

@@ -1,11 +1,23 @@
 //! The group coordinator of one shard: the groups whose id hashes to this shard, their
 //! committed offsets, and the shard's internal offsets log.
 //!
-//! A commit is appended to the offsets log as one batch and acknowledged only once the log
-//! is durable (`ShardStorage::wait_durable`, shared with every other sync of the shard: group
-//! commit); it then becomes visible to OffsetFetch. At start the log is replayed into memory.
-//! A timer tick (every `TICK_MS`) expires sessions and ends join phases; a slower one
-//! expires the offsets of groups that have been empty for `offsets_retention_ms`.
+//! A commit is appended to the offsets log as one batch (split at 256 KiB) and acknowledged
+//! only once the log is durable (`ShardStorage::wait_durable`, shared with every other sync
+//! of the shard: group commit); it then becomes visible to OffsetFetch. At start the log is
+//! replayed into memory. A timer tick (every `TICK_MS`) expires sessions and ends join
+//! phases; a slower one expires the offsets of groups that have been empty for
+//! `offsets_retention_ms`.
+//!
+//! On disk, `<data_dir>/__consumer_offsets/<shard>/` holds `CURRENT` (the generation number,
+//! absent = 0) and one log directory per generation. Compaction writes the live offsets into
+//! generation n+1, makes it durable, switches `CURRENT` atomically, then deletes generation
+//! n; a start removes any generation that is not current (an interrupted compaction).
+//! After a change of `cores`, each shard hands the offsets of groups it no longer
+//! coordinates to their new coordinator at start (and folds in the logs of shards beyond
+//! the new count), so committed offsets survive a resize.
+//!
+//! Group membership itself is not persisted: after a restart, members are unknown, get
+//! UNKNOWN_MEMBER_ID and rejoin (a rebalance), then resume from their committed offsets.
 //!
 //! Runs on its shard only (`Rc`, `RefCell`, `Cell`); a `RefCell` borrow is never held
 //! across an `.await`.
@@ -31,10 +43,12 @@ use crate::shard::ops::now_ms;
 const TICK_MS: u64 = 100;
 /// Bytes read per step while replaying the offsets log at start.
 const REPLAY_READ_BYTES: usize = 1 << 20;
-/// Bytes of records per batch when rewriting many offsets (compaction, migration); well
-/// under the smallest `max_message_bytes` (1024 is the floor, but records are ~100 bytes
-/// plus metadata, so this budget is checked per record).
+/// Bytes of records per batch written to the offsets log (a large commit, compaction,
+/// migration are split at this size). A record is at most ~34 KiB (group id, topic name and
+/// metadata are bounded), so a batch stays below `OFFSETS_BATCH_MAX_BYTES`.
 const REWRITE_BATCH_BYTES: usize = 256 << 10;
+/// Largest batch the offsets log accepts, whatever `max_message_bytes` user topics have.
+const OFFSETS_BATCH_MAX_BYTES: u32 = 1 << 20;
 /// The offsets log is compacted (live offsets rewritten into a new generation, the old one
 /// deleted) once it holds `offsets_compact_min_records` records and more than this many
 /// times the live ones. Bounds both its disk size and the replay time at start.
@@ -93,6 +107,8 @@ pub struct GroupCoordinator {
     member_seq: Cell<u64>,
     boot_id: u64,
     stopped: Cell<bool>,
+    /// Set at shutdown: JoinGroup and SyncGroup no longer wait (they would hold the drain).
+    closing: Cell<bool>,
 }
 
 /// Open the current generation of the offsets log in `dir`, removing leftovers of an
@@ -214,6 +230,9 @@ impl GroupCoordinator {
             retention_ms: -1,
             retention_bytes: -1,
             tail_cache_bytes: log_config.tail_cache_bytes.min(1 << 20),
+            max_batch_bytes: OFFSETS_BATCH_MAX_BYTES,
+            segment_bytes: log_config.segment_bytes.min(64 << 20),
+            preallocate_bytes: log_config.preallocate_bytes.min(4 << 20),
             ..log_config
         };
         let (log, generation) = open_generation(&dir, &log_config).await?;
@@ -238,6 +257,7 @@ impl GroupCoordinator {
             member_seq: Cell::new(0),
             boot_id,
             stopped: Cell::new(false),
+            closing: Cell::new(false),
         });
         let mut migration = Migration::default();
         let now = now_ms();
@@ -414,6 +434,15 @@ impl GroupCoordinator {
         .detach();
     }
 
+    /// First step of shutdown: answer every waiting JoinGroup/SyncGroup (clients retry at the
+    /// next broker) and wait no more, so the drain of in-flight requests is not held up.
+    pub fn quiesce(&self) {
+        self.closing.set(true);
+        for group in self.groups.borrow_mut().values_mut() {
+            group.shutdown();
+        }
+    }
+
     /// Stop the timers, fail waiting requests, flush and close the offsets log.
     pub async fn close(&self) {
         self.stopped.set(true);
@@ -466,6 +495,9 @@ impl GroupCoordinator {
     /// JoinGroup: resolves when the join phase ends (or at once on error).
     pub async fn join(&self, group_id: String, args: JoinArgs) -> JoinOutcome {
         let member_id = args.member_id.clone();
+        if self.closing.get() {
+            return JoinOutcome::error(errors::COORDINATOR_NOT_AVAILABLE, &member_id);
+        }
         // A member id for a group that does not exist is unknown; an empty one creates it.
         let create = member_id.is_empty();
         let reply = self.with_group(&group_id, create, |group| {
@@ -494,6 +526,9 @@ impl GroupCoordinator {
         protocol_name: Option<String>,
         assignments: Vec<(String, Bytes)>,
     ) -> SyncOutcome {
+        if self.closing.get() {
+            return SyncOutcome::error(errors::COORDINATOR_NOT_AVAILABLE);
+        }
         let reply = self.with_group(&group_id, false, |group| {
             group.sync(
                 &member_id,
@@ -578,23 +613,25 @@ impl GroupCoordinator {
         let mut results = Vec::with_capacity(entries.len());
         let mut records = Vec::new();
         let mut written = Vec::new();
+        let mut in_request = std::collections::HashSet::new();
         let now = now_ms();
         for (i, entry) in entries.into_iter().enumerate() {
             let metadata = entry.metadata.unwrap_or_default();
+            let is_new = !self.has_offset(&group_id, &entry.topic, entry.partition)
+                && !in_request.contains(&(entry.topic.clone(), entry.partition));
             let code = if metadata.len() > self.config.offset_metadata_max_bytes as usize {
-                crate::groups::group::errors::OFFSET_METADATA_TOO_LARGE
+                errors::OFFSET_METADATA_TOO_LARGE
             } else if !known(&entry.topic, entry.partition) {
                 crate::protocol::codes::UNKNOWN_TOPIC_OR_PARTITION
-            } else if stored >= self.config.max_offsets_per_group as usize
-                && !self.has_offset(&group_id, &entry.topic, entry.partition)
-            {
+            } else if is_new && stored >= self.config.max_offsets_per_group as usize {
                 errors::INVALID_COMMIT_OFFSET_SIZE
             } else {
-                stored += 1;
+                stored += usize::from(is_new);
                 errors::NONE
             };
             results.push(code);
             if code == errors::NONE {
+                in_request.insert((entry.topic.clone(), entry.partition));
                 written.push(i);
                 records.push(OffsetRecord {
                     group: group_id.clone(),
@@ -612,7 +649,7 @@ impl GroupCoordinator {
         if records.is_empty() {
             return results;
         }
-        if let Err(e) = self.write(records).await {
+        if let Err(e) = self.write_all(records).await {
             tracing::error!(group = %group_id, "offset commit failed: {e}");
             for i in written {
                 results[i] = errors::COORDINATOR_NOT_AVAILABLE;
@@ -886,7 +923,7 @@ impl GroupCoordinator {
             tombstones(group_id, group.offsets.keys().cloned())
         };
         if !tombstones.is_empty() {
-            if let Err(e) = self.write(tombstones).await {
+            if let Err(e) = self.write_all(tombstones).await {
                 tracing::error!(group = %group_id, "deleting group offsets failed: {e}");
                 return errors::COORDINATOR_NOT_AVAILABLE;
             }
@@ -940,7 +977,7 @@ impl GroupCoordinator {
             (answers, records)
         };
         if !records.is_empty() {
-            if let Err(e) = self.write(records).await {
+            if let Err(e) = self.write_all(records).await {
                 tracing::error!(group = %group_id, "deleting offsets failed: {e}");
                 return (errors::COORDINATOR_NOT_AVAILABLE, Vec::new());
             }
@@ -973,7 +1010,7 @@ impl GroupCoordinator {
             return;
         }
         let count = records.len();
-        match self.write(records).await {
+        match self.write_all(records).await {
             Ok(()) => tracing::info!(shard = self.shard_id, count, "expired committed offsets"),
             Err(e) => tracing::error!(shard = self.shard_id, "expiring offsets failed: {e}"),
         }
@@ -1007,4 +1044,243 @@ fn next_offset_after(bytes: &[u8]) -> Option<i64> {
         pos += 12 + length as usize;
     }
     next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+
+    /// A test body on its own executor (512 KiB of I/O memory fits RLIMIT_MEMLOCK).
+    fn run<G, F>(body: G)
+    where
+        G: FnOnce() -> F + Send + 'static,
+        F: Future<Output = ()> + 'static,
+    {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(512 << 10)
+            .spawn(body)
+            .expect("executor")
+            .join()
+            .expect("test body");
+    }
+
+    fn small_log() -> LogConfig {
+        LogConfig {
+            segment_bytes: 1 << 20,
+            preallocate_bytes: 1 << 20,
+            write_buffer_bytes: 64 << 10,
+            ..LogConfig::default()
+        }
+    }
+
+    fn entry(topic: &str, partition: i32, offset: i64) -> CommitEntry {
+        CommitEntry {
+            topic: topic.into(),
+            partition,
+            offset,
+            leader_epoch: 2,
+            metadata: Some(format!("m{offset}")),
+        }
+    }
+
+    async fn open(dir: &Path, shard: usize, shards: usize) -> (Rc<GroupCoordinator>, Migration) {
+        let config = GroupsConfig {
+            offsets_compact_min_records: 10,
+            ..GroupsConfig::default()
+        };
+        open_with(dir, shard, shards, config).await
+    }
+
+    async fn open_with(
+        dir: &Path,
+        shard: usize,
+        shards: usize,
+        config: GroupsConfig,
+    ) -> (Rc<GroupCoordinator>, Migration) {
+        let storage = ShardStorage::new(1_000, 1 << 20);
+        GroupCoordinator::open(shard, shards, dir, small_log(), storage, config)
+            .await
+            .expect("open")
+    }
+
+    async fn simple_commit(
+        c: &GroupCoordinator,
+        group: &str,
+        entries: Vec<CommitEntry>,
+    ) -> Vec<i16> {
+        c.commit(group.into(), String::new(), None, -1, entries, |_, _| true)
+            .await
+    }
+
+    #[test]
+    fn commits_survive_a_reopen_and_a_compaction_keeps_only_the_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        run(move || async move {
+            let path = dir.path().to_path_buf();
+            let (c, _) = open(&path, 0, 1).await;
+            for n in 0..30 {
+                let codes =
+                    simple_commit(&c, "g", vec![entry("t", 0, n), entry("t", 1, 100 + n)]).await;
+                assert_eq!(codes, vec![0, 0]);
+            }
+            assert!(c.needs_compaction());
+            c.compact().await;
+            assert_eq!(c.generation.get(), 1);
+            assert_eq!(
+                c.log_records.get(),
+                2,
+                "only the live offsets were rewritten"
+            );
+            assert!(
+                !path.join(OFFSETS_DIR).join("0").join("0").exists(),
+                "old generation deleted"
+            );
+            simple_commit(&c, "g", vec![entry("t", 0, 77)]).await;
+            c.close().await;
+
+            let (c, migration) = open(&path, 0, 1).await;
+            assert!(migration.moving.is_empty());
+            let fetched = c.fetch_offsets("g", None);
+            assert_eq!(
+                fetched,
+                vec![(
+                    "t".to_string(),
+                    vec![
+                        (0, 77, 2, "m77".to_string(), 0),
+                        (1, 129, 2, "m129".to_string(), 0)
+                    ]
+                )]
+            );
+            c.close().await;
+        });
+    }
+
+    #[test]
+    fn offsets_of_groups_another_shard_now_coordinates_are_handed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        run(move || async move {
+            let path = dir.path().to_path_buf();
+            // With one shard, shard 0 coordinates every group.
+            let groups: Vec<String> = (0..20).map(|i| format!("group-{i}")).collect();
+            let (c, _) = open(&path, 0, 1).await;
+            for (i, g) in groups.iter().enumerate() {
+                simple_commit(&c, g, vec![entry("t", 0, i as i64)]).await;
+            }
+            c.close().await;
+            // With two shards, shard 0 keeps its groups and hands the others over.
+            let (c, migration) = open(&path, 0, 2).await;
+            let moving: Vec<&String> = groups
+                .iter()
+                .filter(|g| coordinator_shard(g, 2) == 1)
+                .collect();
+            assert!(!moving.is_empty());
+            assert_eq!(migration.moving.len(), moving.len());
+            assert_eq!(migration.leaving.len(), moving.len());
+            for g in &groups {
+                let kept = c.fetch_offsets(g, None);
+                assert_eq!(kept.is_empty(), coordinator_shard(g, 2) == 1, "{g}");
+            }
+            c.close().await;
+        });
+    }
+
+    #[test]
+    fn refused_commits_get_kafkas_errors_and_reach_no_log() {
+        let dir = tempfile::tempdir().unwrap();
+        run(move || async move {
+            let (c, _) = open(dir.path(), 0, 1).await;
+            let unknown = c
+                .commit(
+                    "g".into(),
+                    "m".into(),
+                    None,
+                    3,
+                    vec![entry("t", 0, 1)],
+                    |_, _| true,
+                )
+                .await;
+            assert_eq!(unknown, vec![errors::ILLEGAL_GENERATION]);
+            let unknown_topic = c
+                .commit(
+                    "g".into(),
+                    String::new(),
+                    None,
+                    -1,
+                    vec![entry("t", 0, 1)],
+                    |_, _| false,
+                )
+                .await;
+            assert_eq!(
+                unknown_topic,
+                vec![crate::protocol::codes::UNKNOWN_TOPIC_OR_PARTITION]
+            );
+            let mut big = entry("t", 0, 1);
+            big.metadata = Some("x".repeat(5000));
+            assert_eq!(
+                simple_commit(&c, "g", vec![big]).await,
+                vec![errors::OFFSET_METADATA_TOO_LARGE]
+            );
+            assert_eq!(c.log_records.get(), 0, "nothing refused reached the log");
+            c.close().await;
+        });
+    }
+
+    #[test]
+    fn offsets_of_empty_groups_expire_with_a_tombstone_that_outlives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        run(move || async move {
+            let path = dir.path().to_path_buf();
+            let config = GroupsConfig {
+                offsets_retention_ms: 60_000,
+                ..GroupsConfig::default()
+            };
+            let (c, _) = open_with(&path, 0, 1, config.clone()).await;
+            simple_commit(&c, "old", vec![entry("t", 0, 5)]).await;
+            c.expire_offsets(now_ms() + 30_000).await;
+            assert_eq!(c.fetch_offsets("old", None).len(), 1, "not yet expired");
+            c.expire_offsets(now_ms() + 61_000).await;
+            assert!(c.fetch_offsets("old", None).is_empty());
+            assert!(
+                c.list().is_empty(),
+                "a group with nothing left is forgotten"
+            );
+            c.close().await;
+            let (c, _) = open_with(&path, 0, 1, config).await;
+            assert!(
+                c.fetch_offsets("old", None).is_empty(),
+                "the expiry is durable"
+            );
+            c.close().await;
+        });
+    }
+
+    #[test]
+    fn a_new_group_beyond_max_groups_per_shard_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        run(move || async move {
+            let config = GroupsConfig {
+                max_groups_per_shard: 1,
+                ..GroupsConfig::default()
+            };
+            let (c, _) = open_with(dir.path(), 0, 1, config).await;
+            assert_eq!(
+                simple_commit(&c, "first", vec![entry("t", 0, 1)]).await,
+                vec![0]
+            );
+            assert_eq!(
+                simple_commit(&c, "second", vec![entry("t", 0, 1)]).await,
+                vec![errors::COORDINATOR_NOT_AVAILABLE]
+            );
+            let args = JoinArgs {
+                session_timeout_ms: 10_000,
+                protocol_type: "consumer".into(),
+                protocols: vec![("range".into(), Bytes::new())],
+                ..JoinArgs::default()
+            };
+            let joined = c.join("third".into(), args).await;
+            assert_eq!(joined.error, errors::COORDINATOR_NOT_AVAILABLE);
+            c.close().await;
+        });
+    }
 }

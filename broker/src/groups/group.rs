@@ -282,8 +282,8 @@ impl Group {
             && self.offsets.is_empty()
     }
 
-    /// Protocol names of the current members' subscriptions for `consumer` groups: the
-    /// metadata is ConsumerProtocolSubscription, whose topics we read for OffsetDelete.
+    /// Topics the current members subscribe to (`consumer` groups only: their member
+    /// metadata is a ConsumerProtocolSubscription). OffsetDelete refuses those topics.
     pub fn subscribed_topics(&self) -> Vec<String> {
         use kafka_protocol::messages::ConsumerProtocolSubscription;
         use kafka_protocol::protocol::Decodable;
@@ -417,7 +417,10 @@ impl Group {
                     .members
                     .get_mut(member_id)
                     .expect("member checked above");
-                member.sync_waiter = Some(sender);
+                if let Some(old) = member.sync_waiter.replace(sender) {
+                    // A retried SyncGroup supersedes the parked one (see update_member).
+                    let _ = old.send(SyncOutcome::error(REBALANCE_IN_PROGRESS));
+                }
                 member.heartbeat_deadline = now + member.session_timeout;
                 if self.leader.as_deref() == Some(member_id) {
                     let mut given: HashMap<String, Bytes> = assignments.into_iter().collect();
@@ -670,7 +673,9 @@ impl Group {
         let (sender, receiver) = oneshot::channel();
         let member = self.members.get_mut(id).expect("caller checked the member");
         if let Some(old) = member.join_waiter.replace(sender) {
-            let _ = old.send(JoinOutcome::error(UNKNOWN_MEMBER_ID, id));
+            // A retried JoinGroup supersedes the parked one. Its answer must not make the
+            // client drop its member id, so it says "rejoin" rather than "unknown member".
+            let _ = old.send(JoinOutcome::error(REBALANCE_IN_PROGRESS, id));
         }
         member.protocols = args.protocols;
         member.session_timeout = Duration::from_millis(args.session_timeout_ms.max(0) as u64);
@@ -808,9 +813,10 @@ impl Group {
         }
         self.generation += 1;
         if self.members.is_empty() {
+            // The protocol type stays, as in Kafka: an empty consumer group still lists as
+            // "consumer" (admin clients tell consumer groups from others by it).
             self.state = GroupState::Empty;
             self.protocol_name = None;
-            self.protocol_type = None;
             self.leader = None;
             self.empty_since_ms = crate::shard::ops::now_ms();
             return;

@@ -55,6 +55,13 @@ pub async fn start(shard: &Rc<Shard>) -> Result<(), String> {
     coordinator.migrate(shard, migration).await
 }
 
+/// Shutdown, before the drain of in-flight requests: waiting joins and syncs answer now.
+pub fn quiesce(shard: &Rc<Shard>) {
+    if let Some(coordinator) = shard.groups.get() {
+        coordinator.quiesce();
+    }
+}
+
 /// Stop this shard's group coordinator: fail waiting requests, close the offsets log.
 pub async fn stop(shard: &Rc<Shard>) {
     if let Some(coordinator) = shard.groups.get() {

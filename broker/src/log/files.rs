@@ -60,6 +60,29 @@ pub(crate) fn list_segments(dir: &Path) -> std::io::Result<Vec<i64>> {
     Ok(bases)
 }
 
+/// Removes index files whose `.log` is gone (a crash during retention) and leftover
+/// temporary files of `write_atomic`; returns how many were removed.
+pub(crate) fn remove_orphans(dir: &Path, bases: &[i64]) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let orphan_index = ["index", "timeindex"].iter().any(|ext| {
+            name.strip_suffix(&format!(".{ext}"))
+                .and_then(|stem| stem.parse::<i64>().ok())
+                .is_some_and(|base| !bases.contains(&base))
+        });
+        if orphan_index || name.ends_with(".tmp") {
+            fs::remove_file(&path)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 pub(crate) fn encode_index(entries: &[IndexEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.len() * INDEX_ENTRY_BYTES);
     for e in entries {

@@ -34,12 +34,14 @@ mod event;
 mod files;
 mod partition;
 mod producer;
+mod segment;
 mod shard;
 
 #[cfg(test)]
 mod tests;
 
-pub use partition::{probe_direct_io, PartitionLog};
+pub use partition::PartitionLog;
+pub use segment::probe_direct_io;
 pub use shard::{ShardStorage, RETENTION_CHECK_INTERVAL_MS_DEFAULT};
 
 use std::fmt;

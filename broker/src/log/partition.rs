@@ -1,5 +1,5 @@
-//! One partition's log: segments on `DmaFile`, the aligned staging buffers, the tail cache,
-//! offsets, durability tracking and recovery.
+//! One partition's log: its segments (see `segment`), the aligned staging buffers, the tail
+//! cache, offsets, idempotence checks, durability tracking, roll, retention and recovery.
 //!
 //! Owns every file of its directory and every byte buffered for it. Must never block on a
 //! lock shared with another shard, never hold a `RefCell` borrow across an `.await`, and
@@ -19,163 +19,25 @@ use std::rc::{Rc, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
-use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
+use glommio::io::{DmaBuffer, DmaFile};
 use glommio::sync::Semaphore;
 
-use super::batch::{self, BatchHeader, BATCH_HEADER_BYTES};
+use super::batch::{self, BatchHeader};
 use super::event::Event;
-use super::files::{self, CleanShutdown, IndexEntry, TimeEntry};
+use super::files::{self, CleanShutdown};
 use super::producer::{ProducerSnapshot, ProducerStates, SequenceCheck};
+use super::segment::{
+    align_down, align_up, open_segment_file, probe_direct_io, read_batches_at, scan_segment,
+    Segment, PAGE_BYTES,
+};
 use super::{AppendInfo, LogConfig, LogError, ReadResult, RecoveryReport};
 
-/// O_DIRECT alignment used for every write position and length (the device needs 512 B;
-/// 4 KiB matches the page and file-system block).
-pub(crate) const PAGE_BYTES: u64 = 4096;
-/// Smallest read when scanning a segment on recovery or reading old data: large enough
-/// that one io_uring read covers many batches.
-const DISK_READ_CHUNK_BYTES: usize = 256 << 10;
-/// Largest single read serving a fetch: bounds the memory one read can pin.
-const DISK_READ_BYTES_MAX: usize = 16 << 20;
 /// Bytes read per step while searching batches for a timestamp.
 const TIME_LOOKUP_READ_BYTES: usize = 64 << 10;
 /// Bytes read per step while replaying producer state on open.
 const REPLAY_READ_BYTES: usize = 1 << 20;
 /// Relative offsets and positions are u32 in the index files, as in Kafka.
 const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
-
-fn align_down(v: u64) -> u64 {
-    v & !(PAGE_BYTES - 1)
-}
-fn align_up(v: u64) -> u64 {
-    align_down(v + PAGE_BYTES - 1)
-}
-
-/// One `.log` file and its indexes, kept in memory.
-struct Segment {
-    base_offset: i64,
-    file: Rc<DmaFile>,
-    /// Bytes of whole batches appended to this segment.
-    size_bytes: u64,
-    /// Bytes that reached the device (written, maybe not yet synced).
-    written_bytes: u64,
-    /// File size after preallocation.
-    allocated_bytes: u64,
-    index: Vec<IndexEntry>,
-    time_index: Vec<TimeEntry>,
-    /// Entries already appended to the index files.
-    index_persisted: usize,
-    time_index_persisted: usize,
-    bytes_since_index: u64,
-    max_timestamp: i64,
-    max_timestamp_relative: u32,
-    /// When the segment got its first batch; drives `segment_ms`.
-    created_ms: Option<i64>,
-}
-
-impl Segment {
-    fn new(base_offset: i64, file: Rc<DmaFile>, allocated_bytes: u64) -> Segment {
-        Segment {
-            base_offset,
-            file,
-            size_bytes: 0,
-            written_bytes: 0,
-            allocated_bytes,
-            index: Vec::new(),
-            time_index: Vec::new(),
-            index_persisted: 0,
-            time_index_persisted: 0,
-            bytes_since_index: 0,
-            max_timestamp: -1,
-            max_timestamp_relative: 0,
-            created_ms: None,
-        }
-    }
-
-    /// Accounts a batch stored at `position`: indexes, max timestamp, size.
-    fn note_batch(&mut self, position: u64, h: &BatchHeader, index_interval_bytes: u64) {
-        let relative = (h.base_offset() - self.base_offset) as u32;
-        if h.max_timestamp() > self.max_timestamp || (self.size_bytes == 0 && position == 0) {
-            self.max_timestamp = self.max_timestamp.max(h.max_timestamp());
-            self.max_timestamp_relative = relative;
-        }
-        if self.index.is_empty() || self.bytes_since_index >= index_interval_bytes {
-            self.index.push(IndexEntry {
-                relative_offset: relative,
-                position: position as u32,
-            });
-            self.bytes_since_index = 0;
-            if self
-                .time_index
-                .last()
-                .is_none_or(|t| self.max_timestamp > t.timestamp)
-            {
-                self.time_index.push(TimeEntry {
-                    timestamp: self.max_timestamp,
-                    relative_offset: self.max_timestamp_relative,
-                });
-            }
-        }
-        self.bytes_since_index += h.total_bytes() as u64;
-        self.size_bytes = position + h.total_bytes() as u64;
-    }
-
-    /// Adds the closing time index entry so the segment's max timestamp survives reopen.
-    fn finish_time_index(&mut self) {
-        if self.size_bytes > 0
-            && self
-                .time_index
-                .last()
-                .is_none_or(|t| self.max_timestamp > t.timestamp)
-        {
-            self.time_index.push(TimeEntry {
-                timestamp: self.max_timestamp,
-                relative_offset: self.max_timestamp_relative,
-            });
-        }
-    }
-
-    /// File position of the batch containing or following `offset` is at or after this.
-    fn lookup(&self, offset: i64) -> (i64, u64) {
-        let relative = (offset - self.base_offset) as u32;
-        let at = self
-            .index
-            .partition_point(|e| e.relative_offset <= relative);
-        match at.checked_sub(1).map(|i| self.index[i]) {
-            Some(e) => (
-                self.base_offset + e.relative_offset as i64,
-                e.position as u64,
-            ),
-            None => (self.base_offset, 0),
-        }
-    }
-
-    fn persist_indexes(&mut self, dir: &Path) -> std::io::Result<()> {
-        let index = files::encode_index(&self.index[self.index_persisted..]);
-        files::append_file(&files::segment_path(dir, self.base_offset, "index"), &index)?;
-        self.index_persisted = self.index.len();
-        let time = files::encode_time_index(&self.time_index[self.time_index_persisted..]);
-        files::append_file(
-            &files::segment_path(dir, self.base_offset, "timeindex"),
-            &time,
-        )?;
-        self.time_index_persisted = self.time_index.len();
-        Ok(())
-    }
-
-    fn rewrite_indexes(&mut self, dir: &Path) -> std::io::Result<()> {
-        std::fs::write(
-            files::segment_path(dir, self.base_offset, "index"),
-            files::encode_index(&self.index),
-        )?;
-        std::fs::write(
-            files::segment_path(dir, self.base_offset, "timeindex"),
-            files::encode_time_index(&self.time_index),
-        )?;
-        self.index_persisted = self.index.len();
-        self.time_index_persisted = self.time_index.len();
-        Ok(())
-    }
-}
 
 /// A batch kept in memory for readers near the head: the stamped base offset and the
 /// rest of the batch as received, so serving it copies nothing.
@@ -228,6 +90,8 @@ pub struct PartitionLog {
     state: RefCell<State>,
     staging: RefCell<Staging>,
     pending: RefCell<VecDeque<PendingWrite>>,
+    /// One written full-size buffer kept for reuse (at most one, so it adds one buffer).
+    spare: RefCell<Option<DmaBuffer>>,
     /// Sealed buffers not yet on the device: bounded to one by `append`'s backpressure
     /// (two when a `flush` seals while one is in flight).
     writes_in_flight: Cell<usize>,
@@ -250,284 +114,6 @@ pub struct PartitionLog {
     failure: RefCell<Option<String>>,
 }
 
-struct ScanOutcome {
-    start_position: u64,
-    next_offset: i64,
-    batches: u64,
-    reason: Option<String>,
-    garbage_bytes: u64,
-}
-
-thread_local! {
-    static DIRECT_IO_PROBED: Cell<bool> = const { Cell::new(false) };
-}
-
-/// glommio decides once per thread and device whether O_DIRECT I/O may use its polled
-/// (IOPOLL) ring, by reading the first file opened. When that file is empty the probe
-/// succeeds without touching the device, and every later read on a device without poll
-/// queues (virtio here) then fails with EOPNOTSUPP. Probing with a file that has data
-/// makes glommio see the real answer. Runs once per thread; `PartitionLog::open` calls it,
-/// and so should anything else opening a `DmaFile` on this thread first.
-pub async fn probe_direct_io(dir: &Path) -> Result<(), LogError> {
-    if DIRECT_IO_PROBED.with(|p| p.get()) {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join(".direct_io_probe");
-    std::fs::write(&path, vec![0u8; PAGE_BYTES as usize])?;
-    let probe = DmaFile::open(&path).await;
-    let _ = std::fs::remove_file(&path);
-    probe?.close().await?;
-    DIRECT_IO_PROBED.with(|p| p.set(true));
-    Ok(())
-}
-
-async fn open_segment_file(path: &Path) -> Result<DmaFile, LogError> {
-    Ok(OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .dma_open(path)
-        .await?)
-}
-
-/// Reads `[pos, pos + len)` into `buf` unless it already holds it; false if the file is
-/// shorter.
-async fn ensure_read(
-    file: &DmaFile,
-    buf: &mut Option<(u64, glommio::io::ReadResult)>,
-    pos: u64,
-    len: usize,
-    read_hint: usize,
-    file_end: u64,
-) -> Result<bool, LogError> {
-    if let Some((start, r)) = buf {
-        if *start <= pos && pos + len as u64 <= *start + r.len() as u64 {
-            return Ok(true);
-        }
-    }
-    if pos + len as u64 > file_end {
-        return Ok(false);
-    }
-    let want = (len.max(read_hint) as u64).min(file_end - pos) as usize;
-    let r = file.read_at(pos, want).await?;
-    let ok = r.len() >= len;
-    *buf = Some((pos, r));
-    Ok(ok)
-}
-
-fn slice_of(buf: &Option<(u64, glommio::io::ReadResult)>, pos: u64, len: usize) -> &[u8] {
-    let (start, r) = buf.as_ref().expect("ensured");
-    let at = (pos - start) as usize;
-    &r[at..at + len]
-}
-
-/// Validates the batches of a segment from its last trustworthy index entry (or from the
-/// start) up to `file_end`, rebuilding the index entries after that point. Stops at the
-/// first batch that is torn, fails its CRC, or breaks offset continuity.
-async fn scan_segment(
-    seg: &mut Segment,
-    file_end: u64,
-    use_index: bool,
-    index_interval_bytes: u64,
-) -> Result<ScanOutcome, LogError> {
-    let mut start = (0u64, seg.base_offset, 0usize);
-    if use_index {
-        for i in (0..seg.index.len()).rev() {
-            let e = seg.index[i];
-            let pos = e.position as u64;
-            let expected = seg.base_offset + e.relative_offset as i64;
-            let mut buf = None;
-            if !ensure_read(
-                &seg.file,
-                &mut buf,
-                pos,
-                BATCH_HEADER_BYTES,
-                BATCH_HEADER_BYTES,
-                file_end,
-            )
-            .await?
-            {
-                continue;
-            }
-            let Ok(h) = BatchHeader::parse(slice_of(&buf, pos, BATCH_HEADER_BYTES)) else {
-                continue;
-            };
-            if h.base_offset() != expected
-                || !ensure_read(
-                    &seg.file,
-                    &mut buf,
-                    pos,
-                    h.total_bytes(),
-                    DISK_READ_CHUNK_BYTES,
-                    file_end,
-                )
-                .await?
-                || !batch::crc_matches(slice_of(&buf, pos, h.total_bytes()), h.crc())
-            {
-                continue;
-            }
-            start = (pos, expected, i);
-            break;
-        }
-    }
-    let (start_position, start_offset, kept) = start;
-    seg.index.truncate(kept);
-    let start_relative = (start_offset - seg.base_offset) as u32;
-    seg.time_index
-        .retain(|t| t.relative_offset < start_relative);
-    seg.max_timestamp = seg.time_index.last().map_or(-1, |t| t.timestamp);
-    seg.max_timestamp_relative = seg.time_index.last().map_or(0, |t| t.relative_offset);
-    seg.bytes_since_index = 0;
-    seg.size_bytes = start_position;
-
-    let mut pos = start_position;
-    let mut expected = start_offset;
-    let mut batches = 0;
-    let mut reason = None;
-    let mut buf = None;
-    loop {
-        if pos >= file_end {
-            break;
-        }
-        let header_len = BATCH_HEADER_BYTES.min((file_end - pos) as usize);
-        ensure_read(
-            &seg.file,
-            &mut buf,
-            pos,
-            header_len,
-            DISK_READ_CHUNK_BYTES,
-            file_end,
-        )
-        .await?;
-        let head = slice_of(&buf, pos, header_len);
-        if head.iter().all(|&b| b == 0) {
-            // Zeros are preallocated space never written: the clean end of the data.
-            break;
-        }
-        let h = match BatchHeader::parse(head) {
-            Ok(h) => h,
-            Err(e) => {
-                reason = Some(format!("invalid batch header at byte {pos}: {e}"));
-                break;
-            }
-        };
-        if h.base_offset() != expected {
-            reason = Some(format!(
-                "batch at byte {pos} has offset {} instead of {expected}",
-                h.base_offset()
-            ));
-            break;
-        }
-        if !ensure_read(
-            &seg.file,
-            &mut buf,
-            pos,
-            h.total_bytes(),
-            DISK_READ_CHUNK_BYTES,
-            file_end,
-        )
-        .await?
-        {
-            reason = Some(format!(
-                "batch at byte {pos} is torn: {} bytes past the end",
-                h.total_bytes()
-            ));
-            break;
-        }
-        if !batch::crc_matches(slice_of(&buf, pos, h.total_bytes()), h.crc()) {
-            reason = Some(format!("batch at byte {pos} fails its CRC-32C"));
-            break;
-        }
-        seg.note_batch(pos, &h, index_interval_bytes);
-        pos += h.total_bytes() as u64;
-        expected = h.last_offset() + 1;
-        batches += 1;
-    }
-    let garbage_bytes = if reason.is_some() { file_end - pos } else { 0 };
-    Ok(ScanOutcome {
-        start_position,
-        next_offset: expected,
-        batches,
-        reason,
-        garbage_bytes,
-    })
-}
-
-/// Batches containing and following `offset`, parsed from `pos` (where the batch with base
-/// offset `expected` starts) up to `disk_end`.
-async fn read_batches_at(
-    file: &DmaFile,
-    offset: i64,
-    max_bytes: usize,
-    mut expected: i64,
-    mut pos: u64,
-    disk_end: u64,
-) -> Result<Vec<(BatchHeader, Vec<Bytes>)>, LogError> {
-    let mut out = Vec::new();
-    let mut bytes = 0;
-    let mut buf = None;
-    while pos + BATCH_HEADER_BYTES as u64 <= disk_end {
-        // One read should cover the whole answer: what is left of max_bytes, bounded.
-        let hint = max_bytes
-            .saturating_sub(bytes)
-            .clamp(DISK_READ_CHUNK_BYTES, DISK_READ_BYTES_MAX);
-        if !ensure_read(file, &mut buf, pos, BATCH_HEADER_BYTES, hint, disk_end).await? {
-            break;
-        }
-        let corrupt = |msg: String| -> Result<Vec<(BatchHeader, Vec<Bytes>)>, LogError> {
-            Err(LogError::CorruptBatch(msg))
-        };
-        let h = match BatchHeader::parse(slice_of(&buf, pos, BATCH_HEADER_BYTES)) {
-            Ok(h) if h.base_offset() == expected => h,
-            Ok(h) if out.is_empty() => {
-                return corrupt(format!(
-                    "batch at byte {pos} has offset {} instead of {expected}",
-                    h.base_offset()
-                ))
-            }
-            Err(e) if out.is_empty() => return corrupt(format!("batch at byte {pos}: {e}")),
-            _ => break,
-        };
-        let size = h.total_bytes();
-        if pos + size as u64 > disk_end {
-            break;
-        }
-        expected = h.last_offset() + 1;
-        if h.last_offset() < offset {
-            pos += size as u64;
-            continue;
-        }
-        if !out.is_empty() && bytes + size > max_bytes {
-            break;
-        }
-        let hint = max_bytes
-            .saturating_sub(bytes)
-            .clamp(DISK_READ_CHUNK_BYTES, DISK_READ_BYTES_MAX);
-        ensure_read(file, &mut buf, pos, size, hint, disk_end).await?;
-        let slice = slice_of(&buf, pos, size);
-        if !batch::crc_matches(slice, h.crc()) {
-            if out.is_empty() {
-                return corrupt(format!("batch at byte {pos} fails its CRC-32C"));
-            }
-            break;
-        }
-        out.push((h, vec![Bytes::copy_from_slice(slice)]));
-        bytes += size;
-        pos += size as u64;
-        if bytes >= max_bytes {
-            break;
-        }
-    }
-    if out.is_empty() {
-        // Below the log end there is always a whole batch: the segment lost data at rest.
-        return Err(LogError::CorruptBatch(format!(
-            "no whole batch at offset {offset} on disk"
-        )));
-    }
-    Ok(out)
-}
-
 impl PartitionLog {
     /// Opens (creating if missing) the log in `dir`, recovering after an unclean stop.
     pub async fn open(
@@ -546,6 +132,9 @@ impl PartitionLog {
         }
         let mut bases = files::list_segments(&dir)?;
         let mut report = RecoveryReport::default();
+        if files::remove_orphans(&dir, &bases)? > 0 {
+            tracing::info!(dir = %dir.display(), "removed index files left without a segment");
+        }
         let is_new = bases.is_empty();
         if is_new {
             bases.push(0);
@@ -619,8 +208,12 @@ impl PartitionLog {
                     // Cut torn bytes for good, so a later scan can never revive stale batches
                     // that happen to line up behind newly written ones.
                     seg.file.truncate(seg.size_bytes).await?;
-                    seg.file.fdatasync().await?;
                     seg.allocated_bytes = seg.size_bytes;
+                }
+                if !trusted || outcome.reason.is_some() {
+                    // After a crash, written but unsynced data may sit in the device cache;
+                    // everything found is reported durable, so make it so.
+                    seg.file.fdatasync().await?;
                 }
                 seg.created_ms = seg.time_index.first().map(|t| t.timestamp);
                 seg.rewrite_indexes(&dir)?;
@@ -629,9 +222,13 @@ impl PartitionLog {
                 log_end_offset = clean.as_ref().map_or(base, |m| m.log_end_offset);
             }
             seg.written_bytes = seg.size_bytes;
+            if !is_last {
+                seg.thin_indexes();
+            }
             segments.push(seg);
         }
         if is_new {
+            segments[0].rewrite_indexes(&dir)?;
             // The directory and its first segment must survive a crash before any append.
             files::sync_dir(&dir)?;
             if let Some(parent) = dir.parent() {
@@ -688,6 +285,7 @@ impl PartitionLog {
             }),
             staging: RefCell::new(staging),
             pending: RefCell::new(VecDeque::new()),
+            spare: RefCell::new(None),
             writes_in_flight: Cell::new(0),
             append_lock: Semaphore::new(1),
             write_lock: Semaphore::new(1),
@@ -906,9 +504,17 @@ impl PartitionLog {
         old.as_bytes_mut()[len..aligned].fill(0);
         let partial_start = align_down(len as u64) as usize;
         let partial = len - partial_start;
-        let mut fresh = st.file.alloc_dma_buffer(st.capacity);
+        let spare = self
+            .spare
+            .borrow_mut()
+            .take()
+            .filter(|b| b.len() == st.capacity);
+        let mut fresh = spare.unwrap_or_else(|| st.file.alloc_dma_buffer(st.capacity));
         fresh.as_bytes_mut()[..partial].copy_from_slice(&old.as_bytes()[partial_start..len]);
-        old.trim_to_size(aligned);
+        if aligned < old.len() {
+            // Trimming is for good: this buffer will not come back as a spare.
+            old.trim_to_size(aligned);
+        }
         self.pending.borrow_mut().push_back(PendingWrite {
             buf: old,
             file: st.file.clone(),
@@ -980,7 +586,16 @@ impl PartitionLog {
             // inside the preallocated range has no file size to journal.
             w.file.pre_allocate(target, false).await?;
         }
-        let written = w.file.write_at(w.buf, w.file_start).await?;
+        let buf = Rc::new(w.buf);
+        let written = w.file.write_rc_at(buf.clone(), w.file_start).await?;
+        if let Ok(buf) = Rc::try_unwrap(buf) {
+            // A full buffer comes back as the next staging buffer: its pages are already
+            // faulted in, where a fresh allocation costs a page fault per 4 KiB.
+            let mut spare = self.spare.borrow_mut();
+            if spare.is_none() && buf.len() == self.staging.borrow().capacity {
+                *spare = Some(buf);
+            }
+        }
         if written != len {
             return Err(LogError::Io(std::io::Error::other(format!(
                 "short write: {written} of {len} bytes"
@@ -1049,6 +664,7 @@ impl PartitionLog {
             seg.allocated_bytes = old_size;
             seg.finish_time_index();
             seg.persist_indexes(&self.dir)?;
+            seg.thin_indexes();
         }
         let base = self.log_end_offset.get();
         let file = Rc::new(open_segment_file(&files::segment_path(&self.dir, base, "log")).await?);

@@ -37,7 +37,9 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{codes, decode_body, encode_response, Reply, Request};
 use crate::groups::coordinator::{CommitEntry, FetchedOffset};
-use crate::groups::group::{errors, JoinArgs, JoinOutcome, SyncOutcome, GROUP_ID_MAX_BYTES};
+use crate::groups::group::{
+    errors, GroupDescription, JoinArgs, JoinOutcome, SyncOutcome, GROUP_ID_MAX_BYTES,
+};
 use crate::groups::{coordinator_shard, GroupCoordinator};
 use crate::shard::Shard;
 
@@ -93,10 +95,25 @@ pub async fn handle_find_coordinator(
     } else {
         (-1, String::new(), -1)
     };
+    let response = find_coordinator_response(
+        request.version,
+        body.coordinator_keys,
+        error,
+        (node, host, port),
+    );
+    Ok(encode_response(request, &response))
+}
+
+/// v0-3 answer for the one key; v4+ for each of the batched keys.
+fn find_coordinator_response(
+    version: i16,
+    keys: Vec<StrBytes>,
+    error: i16,
+    (node, host, port): (i32, String, i32),
+) -> FindCoordinatorResponse {
     let mut response = FindCoordinatorResponse::default();
-    if request.version >= 4 {
-        response.coordinators = body
-            .coordinator_keys
+    if version >= 4 {
+        response.coordinators = keys
             .into_iter()
             .map(|key| {
                 Coordinator::default()
@@ -113,7 +130,7 @@ pub async fn handle_find_coordinator(
         response.host = str_bytes(host);
         response.port = port;
     }
-    Ok(encode_response(request, &response))
+    response
 }
 
 fn join_response(version: i16, outcome: JoinOutcome) -> JoinGroupResponse {
@@ -222,14 +239,21 @@ pub async fn handle_sync_group(shard: &Rc<Shard>, request: &Request) -> Result<R
         .await
         .unwrap_or_else(|| SyncOutcome::error(errors::COORDINATOR_NOT_AVAILABLE))
     };
+    Ok(encode_response(
+        request,
+        &sync_response(request.version, outcome),
+    ))
+}
+
+fn sync_response(version: i16, outcome: SyncOutcome) -> SyncGroupResponse {
     let mut response = SyncGroupResponse::default()
         .with_error_code(outcome.error)
         .with_assignment(outcome.assignment);
-    if request.version >= 5 {
+    if version >= 5 {
         response.protocol_type = outcome.protocol_type.map(str_bytes);
         response.protocol_name = outcome.protocol_name.map(str_bytes);
     }
-    Ok(encode_response(request, &response))
+    response
 }
 
 pub async fn handle_heartbeat(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
@@ -290,6 +314,17 @@ pub async fn handle_leave_group(shard: &Rc<Shard>, request: &Request) -> Result<
             )
         })
     };
+    let response = leave_response(version, error, members, per_member);
+    Ok(encode_response(request, &response))
+}
+
+/// v3+ answers per member; earlier versions carry the one member's error at the top.
+fn leave_response(
+    version: i16,
+    error: i16,
+    members: Vec<(String, Option<String>)>,
+    per_member: Vec<i16>,
+) -> LeaveGroupResponse {
     let mut response = LeaveGroupResponse::default();
     if version >= 3 {
         response.error_code = error;
@@ -306,7 +341,7 @@ pub async fn handle_leave_group(shard: &Rc<Shard>, request: &Request) -> Result<
     } else {
         response.error_code = per_member.first().copied().unwrap_or(error);
     }
-    Ok(encode_response(request, &response))
+    response
 }
 
 pub async fn handle_offset_commit(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
@@ -402,33 +437,9 @@ pub async fn handle_offset_fetch(shard: &Rc<Shard>, request: &Request) -> Result
                     .collect()
             });
             let answer = fetch_group_offsets(shard, group.group_id.0.to_string(), topics).await;
-            let mut out = OffsetFetchResponseGroup::default().with_group_id(group.group_id);
-            match answer {
-                Ok(topics) => {
-                    out.topics = topics
-                        .into_iter()
-                        .map(|(name, partitions)| {
-                            OffsetFetchResponseTopics::default()
-                                .with_name(TopicName(str_bytes(name)))
-                                .with_partitions(
-                                    partitions
-                                        .into_iter()
-                                        .map(|(p, offset, epoch, metadata, error)| {
-                                            OffsetFetchResponsePartitions::default()
-                                                .with_partition_index(p)
-                                                .with_committed_offset(offset)
-                                                .with_committed_leader_epoch(epoch)
-                                                .with_metadata(Some(str_bytes(metadata)))
-                                                .with_error_code(error)
-                                        })
-                                        .collect(),
-                                )
-                        })
-                        .collect();
-                }
-                Err(code) => out.error_code = code,
-            }
-            response.groups.push(out);
+            response
+                .groups
+                .push(offset_fetch_group(group.group_id, answer));
         }
         return Ok(encode_response(request, &response));
     }
@@ -437,7 +448,54 @@ pub async fn handle_offset_fetch(shard: &Rc<Shard>, request: &Request) -> Result
             .map(|t| (t.name.0.to_string(), t.partition_indexes))
             .collect()
     });
-    match fetch_group_offsets(shard, body.group_id.0.to_string(), topics).await {
+    let answer = fetch_group_offsets(shard, body.group_id.0.to_string(), topics).await;
+    Ok(encode_response(
+        request,
+        &offset_fetch_single(version, answer),
+    ))
+}
+
+/// OffsetFetch v8+: one group of the batched answer.
+fn offset_fetch_group(
+    group_id: GroupId,
+    answer: Result<Vec<(String, Vec<FetchedOffset>)>, i16>,
+) -> OffsetFetchResponseGroup {
+    let mut out = OffsetFetchResponseGroup::default().with_group_id(group_id);
+    match answer {
+        Ok(topics) => {
+            out.topics = topics
+                .into_iter()
+                .map(|(name, partitions)| {
+                    OffsetFetchResponseTopics::default()
+                        .with_name(TopicName(str_bytes(name)))
+                        .with_partitions(
+                            partitions
+                                .into_iter()
+                                .map(|(p, offset, epoch, metadata, error)| {
+                                    OffsetFetchResponsePartitions::default()
+                                        .with_partition_index(p)
+                                        .with_committed_offset(offset)
+                                        .with_committed_leader_epoch(epoch)
+                                        .with_metadata(Some(str_bytes(metadata)))
+                                        .with_error_code(error)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect();
+        }
+        Err(code) => out.error_code = code,
+    }
+    out
+}
+
+/// OffsetFetch v1-7: the one group's answer.
+fn offset_fetch_single(
+    version: i16,
+    answer: Result<Vec<(String, Vec<FetchedOffset>)>, i16>,
+) -> OffsetFetchResponse {
+    let mut response = OffsetFetchResponse::default();
+    match answer {
         Ok(topics) => {
             response.topics = topics
                 .into_iter()
@@ -463,13 +521,11 @@ pub async fn handle_offset_fetch(shard: &Rc<Shard>, request: &Request) -> Result
                 })
                 .collect();
         }
-        Err(code) => {
-            if version >= 2 {
-                response.error_code = code;
-            }
-        }
+        // v1 has no top-level error: the answer is then an empty list.
+        Err(code) if version >= 2 => response.error_code = code,
+        Err(_) => {}
     }
-    Ok(encode_response(request, &response))
+    response
 }
 
 pub async fn handle_list_groups(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
@@ -505,16 +561,7 @@ pub async fn handle_list_groups(shard: &Rc<Shard>, request: &Request) -> Result<
             if !types.is_empty() && !types.iter().any(|t| t == "classic") {
                 continue;
             }
-            let mut group = ListedGroup::default()
-                .with_group_id(GroupId(str_bytes(id)))
-                .with_protocol_type(str_bytes(protocol_type));
-            if version >= 4 {
-                group.group_state = str_bytes(state);
-            }
-            if version >= 5 {
-                group.group_type = str_bytes("classic");
-            }
-            groups.push(group);
+            groups.push(listed_group(version, id, protocol_type, state));
         }
     }
     Ok(encode_response(
@@ -525,6 +572,19 @@ pub async fn handle_list_groups(shard: &Rc<Shard>, request: &Request) -> Result<
     ))
 }
 
+fn listed_group(version: i16, id: String, protocol_type: String, state: String) -> ListedGroup {
+    let mut group = ListedGroup::default()
+        .with_group_id(GroupId(str_bytes(id)))
+        .with_protocol_type(str_bytes(protocol_type));
+    if version >= 4 {
+        group.group_state = str_bytes(state);
+    }
+    if version >= 5 {
+        group.group_type = str_bytes("classic");
+    }
+    group
+}
+
 pub async fn handle_describe_groups(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
     let body: DescribeGroupsRequest = decode_body(request)?;
     let version = request.version;
@@ -533,39 +593,49 @@ pub async fn handle_describe_groups(shard: &Rc<Shard>, request: &Request) -> Res
         let id = group_id.0.to_string();
         let key = id.clone();
         let answer = on_coordinator(shard, &key, move |_, g| async move { g.describe(&id) }).await;
-        let mut out = DescribedGroup::default().with_group_id(group_id);
-        match answer {
-            None => out.error_code = errors::COORDINATOR_NOT_AVAILABLE,
-            // Kafka describes an unknown group as Dead, without an error.
-            Some(None) => out.group_state = str_bytes("Dead"),
-            Some(Some(d)) => {
-                out.group_state = str_bytes(d.state);
-                out.protocol_type = str_bytes(d.protocol_type);
-                out.protocol_data = str_bytes(d.protocol_name);
-                out.members = d
-                    .members
-                    .into_iter()
-                    .map(|m| {
-                        let mut member = DescribedGroupMember::default()
-                            .with_member_id(str_bytes(m.member_id))
-                            .with_client_id(str_bytes(m.client_id))
-                            .with_client_host(str_bytes(m.client_host))
-                            .with_member_metadata(m.metadata)
-                            .with_member_assignment(m.assignment);
-                        if version >= 4 {
-                            member.group_instance_id = m.group_instance_id.map(str_bytes);
-                        }
-                        member
-                    })
-                    .collect();
-            }
-        }
-        described.push(out);
+        described.push(described_group(version, group_id, answer));
     }
     Ok(encode_response(
         request,
         &DescribeGroupsResponse::default().with_groups(described),
     ))
+}
+
+/// One group of a DescribeGroups answer; `answer` is None if the coordinator is away and
+/// Some(None) if it does not know the group.
+fn described_group(
+    version: i16,
+    group_id: GroupId,
+    answer: Option<Option<GroupDescription>>,
+) -> DescribedGroup {
+    let mut out = DescribedGroup::default().with_group_id(group_id);
+    match answer {
+        None => out.error_code = errors::COORDINATOR_NOT_AVAILABLE,
+        // Kafka describes an unknown group as Dead, without an error.
+        Some(None) => out.group_state = str_bytes("Dead"),
+        Some(Some(d)) => {
+            out.group_state = str_bytes(d.state);
+            out.protocol_type = str_bytes(d.protocol_type);
+            out.protocol_data = str_bytes(d.protocol_name);
+            out.members = d
+                .members
+                .into_iter()
+                .map(|m| {
+                    let mut member = DescribedGroupMember::default()
+                        .with_member_id(str_bytes(m.member_id))
+                        .with_client_id(str_bytes(m.client_id))
+                        .with_client_host(str_bytes(m.client_host))
+                        .with_member_metadata(m.metadata)
+                        .with_member_assignment(m.assignment);
+                    if version >= 4 {
+                        member.group_instance_id = m.group_instance_id.map(str_bytes);
+                    }
+                    member
+                })
+                .collect();
+        }
+    }
+    out
 }
 
 pub async fn handle_delete_groups(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
@@ -635,4 +705,128 @@ pub async fn handle_offset_delete(shard: &Rc<Shard>, request: &Request) -> Resul
             .with_error_code(error)
             .with_topics(topics),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::groups::group::MemberDescription;
+    use bytes::{Bytes, BytesMut};
+    use kafka_protocol::messages::ApiKey;
+    use kafka_protocol::protocol::{Decodable, Encodable};
+
+    /// Every version this broker accepts for `api`.
+    fn versions(api: ApiKey) -> Vec<i16> {
+        let all: Vec<i16> = (0..=20)
+            .filter(|v| super::super::versions::is_supported(api, *v))
+            .collect();
+        assert!(!all.is_empty(), "{api:?} is advertised");
+        all
+    }
+
+    /// Encode and decode back: the crate refuses fields a version lacks, so this proves each
+    /// builder sets version-dependent fields only where they exist.
+    fn round_trip<T: Encodable + Decodable>(api: ApiKey, version: i16, response: &T) -> T {
+        let mut buf = BytesMut::new();
+        response
+            .encode(&mut buf, version)
+            .unwrap_or_else(|e| panic!("{api:?} v{version}: {e}"));
+        T::decode(&mut buf.freeze(), version).unwrap_or_else(|e| panic!("{api:?} v{version}: {e}"))
+    }
+
+    fn s(text: &str) -> String {
+        text.to_string()
+    }
+
+    #[test]
+    fn every_group_response_encodes_at_every_advertised_version() {
+        for v in versions(ApiKey::FindCoordinator) {
+            let keys = vec![str_bytes("g1"), str_bytes("g2")];
+            let r = find_coordinator_response(v, keys, 0, (3, s("host"), 9092));
+            let back = round_trip(ApiKey::FindCoordinator, v, &r);
+            if v >= 4 {
+                assert_eq!(back.coordinators.len(), 2);
+                assert_eq!(back.coordinators[1].port, 9092);
+            } else {
+                assert_eq!((back.node_id.0, back.port), (3, 9092));
+            }
+        }
+        for v in versions(ApiKey::JoinGroup) {
+            let outcome = JoinOutcome {
+                error: 0,
+                generation_id: 4,
+                protocol_type: Some(s("consumer")),
+                protocol_name: Some(s("range")),
+                leader: s("m1"),
+                member_id: s("m1"),
+                members: vec![(s("m1"), Some(s("i1")), Bytes::from_static(b"meta"))],
+            };
+            let back = round_trip(ApiKey::JoinGroup, v, &join_response(v, outcome));
+            assert_eq!(back.generation_id, 4);
+            assert_eq!(back.protocol_name.as_deref(), Some("range"));
+            assert_eq!(back.members[0].metadata, Bytes::from_static(b"meta"));
+            let required = JoinOutcome::error(errors::MEMBER_ID_REQUIRED, "new-id");
+            let back = round_trip(ApiKey::JoinGroup, v, &join_response(v, required));
+            assert_eq!(back.member_id.as_str(), "new-id");
+        }
+        for v in versions(ApiKey::SyncGroup) {
+            let outcome = SyncOutcome {
+                error: 0,
+                protocol_type: Some(s("consumer")),
+                protocol_name: Some(s("range")),
+                assignment: Bytes::from_static(b"assigned"),
+            };
+            let back = round_trip(ApiKey::SyncGroup, v, &sync_response(v, outcome));
+            assert_eq!(back.assignment, Bytes::from_static(b"assigned"));
+        }
+        for v in versions(ApiKey::LeaveGroup) {
+            let members = vec![(s("m1"), Some(s("i1")))];
+            let r = leave_response(v, 0, members, vec![errors::UNKNOWN_MEMBER_ID]);
+            let back = round_trip(ApiKey::LeaveGroup, v, &r);
+            if v >= 3 {
+                assert_eq!(back.members[0].error_code, errors::UNKNOWN_MEMBER_ID);
+            } else {
+                assert_eq!(back.error_code, errors::UNKNOWN_MEMBER_ID);
+            }
+        }
+        let fetched = || Ok(vec![(s("t"), vec![(0, 42, 7, s("meta"), 0)])]);
+        for v in versions(ApiKey::OffsetFetch) {
+            if v >= 8 {
+                let group = offset_fetch_group(GroupId(str_bytes("g")), fetched());
+                let r = OffsetFetchResponse::default().with_groups(vec![group]);
+                let back = round_trip(ApiKey::OffsetFetch, v, &r);
+                assert_eq!(back.groups[0].topics[0].partitions[0].committed_offset, 42);
+            } else {
+                let back = round_trip(ApiKey::OffsetFetch, v, &offset_fetch_single(v, fetched()));
+                assert_eq!(back.topics[0].partitions[0].committed_offset, 42);
+                round_trip(ApiKey::OffsetFetch, v, &offset_fetch_single(v, Err(15)));
+            }
+        }
+        for v in versions(ApiKey::ListGroups) {
+            let group = listed_group(v, s("g"), s("consumer"), s("Stable"));
+            let r = ListGroupsResponse::default().with_groups(vec![group]);
+            let back = round_trip(ApiKey::ListGroups, v, &r);
+            assert_eq!(back.groups[0].group_id.0.as_str(), "g");
+        }
+        for v in versions(ApiKey::DescribeGroups) {
+            let description = GroupDescription {
+                state: s("Stable"),
+                protocol_type: s("consumer"),
+                protocol_name: s("range"),
+                members: vec![MemberDescription {
+                    member_id: s("m1"),
+                    group_instance_id: Some(s("i1")),
+                    client_id: s("c"),
+                    client_host: s("/127.0.0.1"),
+                    metadata: Bytes::from_static(b"meta"),
+                    assignment: Bytes::from_static(b"assigned"),
+                }],
+            };
+            for answer in [Some(Some(description)), Some(None), None] {
+                let group = described_group(v, GroupId(str_bytes("g")), answer);
+                let r = DescribeGroupsResponse::default().with_groups(vec![group]);
+                round_trip(ApiKey::DescribeGroups, v, &r);
+            }
+        }
+    }
 }
