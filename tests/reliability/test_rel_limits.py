@@ -101,17 +101,23 @@ def test_max_inflight_requests_stops_reading_the_connection(rel_broker_factory):
 
 
 def test_max_buffered_bytes_per_shard_stops_reading_when_taken(rel_broker_factory):
+    """Three peers each send 600 KiB of a 1 MiB frame and stall: the bytes they sent are
+    held against the shard's 1 MiB budget (paid 256 KiB at a time as they arrive), the
+    budget runs out, and the shard stops taking requests, even a 20-byte one, until they go."""
     budget = 1 << 20
     broker = rel_broker_factory(cores=1, extra_args=[
         "--max-frame-bytes", str(budget), "--max-message-bytes", str(budget - 4096),
         "--max-buffered-bytes-per-shard", str(budget)]).start()
-    hog = RawConnection(broker.port)
-    # A frame announcing the whole budget, of which only the header arrives.
-    hog.send(struct.pack(">i", budget) + request_header(18, 0, 1))
+    hogs = []
+    for _ in range(3):
+        hog = RawConnection(broker.port)
+        hog.send(struct.pack(">i", budget) + request_header(18, 0, 1) + b"\x00" * (600 << 10))
+        hogs.append(hog)
     other = RawConnection(broker.port)
     other.send(api_versions_v0(5))
     assert answered(other, 1.0) is None, "served although the shard's budget was taken"
-    hog.close()
+    for hog in hogs:
+        hog.close()
     answer = answered(other, 10.0)
     assert answer is not None and struct.unpack_from(">i", answer)[0] == 5
     other.close()

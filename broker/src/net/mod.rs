@@ -28,6 +28,11 @@ use crate::shard::Shard;
 
 /// Bytes read from the socket per read call when no larger frame is pending.
 const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Longest a reader holding part of a frame waits for more budget (see `acquire`).
+const HOLDING_WAIT_MAX: Duration = Duration::from_secs(2);
+/// A large frame's buffer grows by at most this much per read, each step paid from the
+/// shard's budget first.
+const FRAME_STEP_BYTES: usize = 256 << 10;
 /// Frames smaller than this are copied out of the read buffer (see `take_frame`).
 const COPY_FRAME_BYTES_MAX: usize = READ_CHUNK_BYTES;
 /// Most iovecs handed to one sendmsg (Linux allows 1024).
@@ -36,7 +41,7 @@ const IOVECS_PER_SEND_MAX: usize = 256;
 /// A request being handled, with the share of the shard's buffer budget it holds.
 struct Pending {
     task: Task<Reply>,
-    _budget: StaticPermit,
+    _budget: Vec<StaticPermit>,
 }
 
 /// Serve one accepted connection until the peer closes it or it misbehaves.
@@ -74,32 +79,32 @@ async fn read_loop(
 ) -> Result<(), String> {
     let max_frame_bytes = shard.config.max_frame_bytes;
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-    // The budget share of the frame at the front of `buf`, taken as soon as its size is
-    // known and before its body is buffered (as Kafka's memory pool does): memory held for
-    // frames still arriving counts against the shard's budget too, so peers that announce
-    // large frames and send them slowly, or never, cannot grow the broker.
-    let mut frame_permit: Option<StaticPermit> = None;
+    // Budget shares paid for the buffer of a large frame still arriving: its buffer grows
+    // one step at a time, and each step is paid from the shard's budget before bytes are
+    // read into it. Memory held for unfinished frames thus follows what peers actually sent
+    // (a peer announcing 100 MiB and sending nothing holds nothing), and stays within
+    // max_buffered_bytes_per_shard.
+    let mut frame_permits: Vec<StaticPermit> = Vec::new();
+    let mut paid_bytes = 0usize;
     loop {
         // Hand every complete frame in the buffer to a handler.
         while let Some(size) = frame_size(&buf, max_frame_bytes)? {
-            if frame_permit.is_none() {
-                frame_permit = Some(
-                    budget
-                        .acquire_static_permit(size.max(1) as u64)
-                        .await
-                        .map_err(|e| format!("buffer budget closed: {e}"))?,
-                );
-            }
             if buf.len() < 4 + size {
-                buf.reserve(4 + size - buf.len());
                 break;
             }
             if shard.is_shutting_down() {
                 return Err("broker is shutting down".into());
             }
+            // The frame's whole size is held until its response is written.
+            let unpaid = size.max(1).saturating_sub(paid_bytes);
+            if unpaid > 0 {
+                let permit = acquire(budget, unpaid, !frame_permits.is_empty()).await?;
+                frame_permits.push(permit);
+            }
+            paid_bytes = 0;
             buf.advance(4);
             let frame = take_frame(&mut buf, size);
-            let permit = frame_permit.take().expect("taken when the size was read");
+            let permit = std::mem::take(&mut frame_permits);
             let handler = shard.clone();
             handler
                 .requests_in_flight
@@ -128,7 +133,16 @@ async fn read_loop(
             Some(size) => (4 + size).saturating_sub(start),
             None => 0,
         };
-        let want = missing.max(READ_CHUNK_BYTES);
+        let want = if missing > READ_CHUNK_BYTES {
+            let step = missing.min(FRAME_STEP_BYTES);
+            let permit = acquire(budget, step, !frame_permits.is_empty()).await?;
+            frame_permits.push(permit);
+            paid_bytes += step;
+            step
+        } else {
+            READ_CHUNK_BYTES
+        };
+        buf.reserve(want);
         buf.resize(start + want, 0);
         let read = stream.read(&mut buf[start..]).await;
         match read {
@@ -147,6 +161,34 @@ async fn read_loop(
             Err(e) => return Err(format!("read: {e}")),
         }
     }
+}
+
+/// Takes `bytes` of the shard's budget. A reader that already holds part of a frame waits
+/// at most `HOLDING_WAIT_MAX`: large frames arriving on several connections could
+/// otherwise each hold part of the budget while waiting for the rest, forever. Closing the
+/// connection that waited too long releases its share and lets the others finish.
+async fn acquire(
+    budget: &Rc<Semaphore>,
+    bytes: usize,
+    holding: bool,
+) -> Result<StaticPermit, String> {
+    let wait = async {
+        budget
+            .acquire_static_permit(bytes as u64)
+            .await
+            .map_err(|e| format!("buffer budget closed: {e}"))
+    };
+    if !holding {
+        return wait.await;
+    }
+    glommio::timer::timeout(HOLDING_WAIT_MAX, async { Ok(wait.await) })
+        .await
+        .map_err(|_| {
+            format!(
+                "buffer budget exhausted for {} ms while holding part of a frame",
+                HOLDING_WAIT_MAX.as_millis()
+            )
+        })?
 }
 
 /// Takes the next `size` bytes of `buf` as a frame. A small frame is copied out: whatever a
