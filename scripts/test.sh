@@ -2,7 +2,8 @@
 # Install everything the tests need, build the broker, and run every test:
 #   1. Rust unit and property tests of the whole workspace (cargo test),
 #   2. the end-to-end suite in tests/: the real `shardlog` binary driven by real Kafka
-#      clients (confluent-kafka, kafka-python, kcat) and by raw sockets.
+#      clients (confluent-kafka, kafka-python, kcat) and by raw sockets,
+#   3. a few seconds of each standard bench workload, which must verify every message.
 # Meant for a fresh Debian machine as root, and for CI (.ci/run). Exits non-zero on any failure.
 # Extra arguments go to pytest, e.g. `scripts/test.sh -k restart -x`.
 set -euo pipefail
@@ -44,18 +45,29 @@ python3 -m pip install --root-user-action=ignore "${pip_args[@]}" 2>/dev/null \
 
 # One profile for everything, so dependencies compile once: the end-to-end tests run the
 # release binary, and the unit tests reuse the same compiled dependencies.
-step "cargo build --release -p shardlog"
-cargo build --release -p shardlog
+step "cargo build --release -p shardlog -p shardlog-bench"
+cargo build --release -p shardlog -p shardlog-bench
+
+# Both suites run the release broker: pytest, and shardlog-bench's end-to-end tests (which
+# would otherwise look for target/debug/shardlog and fail when it is missing).
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+export SHARDLOG_BIN="$target_dir/release/shardlog"
 
 # Run both suites even when the first fails, so one run shows every failure.
 failed=()
-step "cargo test --workspace --release"
+step "cargo test --workspace --release (broker: $SHARDLOG_BIN)"
 cargo test --workspace --release || failed+=("cargo test")
 
-target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
-export SHARDLOG_BIN="$target_dir/release/shardlog"
 step "pytest tests/ (broker: $SHARDLOG_BIN)"
 python3 -m pytest tests/ -q "$@" || failed+=("pytest")
+
+# A short run of the standard bench suite: it must verify every message (no loss, no
+# duplicate, no corruption); its throughput figures are reported, never judged (shared,
+# noisy machines). Skipped when pytest arguments select a subset of tests.
+if [ "$#" -eq 0 ]; then
+    step "scripts/bench.sh --quick (verification only)"
+    bash scripts/bench.sh --quick --no-build || failed+=("bench verification")
+fi
 
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "FAILED: ${failed[*]}" >&2

@@ -7,6 +7,7 @@ its stderr goes to a file that is attached to the report of a failing test.
 
 import os
 import pathlib
+import shutil
 
 import pytest
 
@@ -41,15 +42,21 @@ def shardlog_bin():
 def start_broker(shardlog_bin, tmp_path, request):
     """Factory: start_broker(cores=1, args=[...], data_dir=None) -> a running Broker.
 
+    Log files grow in 1 MiB steps (`--preallocate-bytes`) instead of the default 64 MiB, so
+    a run needs little disk and the growth path is exercised; preallocate_bytes=None keeps
+    the broker's default.
+
     At teardown each broker must still be running (a crash fails the test) and must stop
     cleanly with SIGTERM (exit 0), unless the test stopped or killed it itself.
     """
     brokers = []
     request.node.shardlog_brokers = brokers
 
-    def start(cores=1, args=(), data_dir=None):
+    def start(cores=1, args=(), data_dir=None, preallocate_bytes=1 << 20):
         n = len(brokers)
         data_dir = data_dir or tmp_path / f"data{n}"
+        if preallocate_bytes is not None:
+            args = ["--preallocate-bytes", str(preallocate_bytes), *args]
         broker = Broker(shardlog_bin, data_dir, tmp_path, cores=cores, extra_args=args)
         brokers.append(broker)
         return broker.start()
@@ -69,6 +76,13 @@ def start_broker(shardlog_bin, tmp_path, request):
             problems.append(str(e))
     if problems:
         pytest.fail("; ".join(problems))
+    # Every partition preallocates disk space (64 MiB each): drop the data of a test that
+    # passed now, so a full run never holds more than one test's data. A failed test keeps
+    # its data dir for a look.
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.passed:
+        for broker in brokers:
+            shutil.rmtree(broker.data_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -87,6 +101,7 @@ def broker2(start_broker):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
     brokers = getattr(item, "shardlog_brokers", None)
     if report.failed and brokers and report.when in ("call", "teardown"):
         for broker in brokers:

@@ -300,3 +300,40 @@ def test_produce_with_null_or_empty_records_is_refused_for_that_partition(broker
         answer = wire.produce(conn, "bystander", {0: None, 1: b""})
     assert answer[0][0] != wire.NONE and answer[1][0] != wire.NONE
     bystander.check()
+
+
+def with_attributes(batch, attributes):
+    """The same batch with other attributes and a CRC that matches them."""
+    b = bytearray(batch)
+    b[21:23] = struct.pack(">h", attributes)
+    b[17:21] = struct.pack(">I", wire.crc32c(bytes(b[21:])))
+    return bytes(b)
+
+
+@pytest.mark.parametrize("attributes, what", [
+    (5, "compression codec 5 (none such)"),
+    (7, "compression codec 7 (none such)"),
+    (0x20, "a control batch (only brokers write those)"),
+])
+def test_batch_no_consumer_could_read_is_refused_for_its_partition(broker, bystander,
+                                                                   attributes, what):
+    ck_create_topic(broker, "target")
+    bad = with_attributes(wire.record_batch([b"poison"]), attributes)
+
+    with wire.Conn(broker.address) as conn:
+        [(error, base_offset)] = wire.produce(conn, "target", {0: bad}).values()
+        high_watermark = wire.fetch(conn, "target", 0, 0)[1]
+
+    assert error != wire.NONE and base_offset == -1, f"{what} was accepted at {base_offset}"
+    assert high_watermark == 0
+    bystander.check()
+
+
+@pytest.mark.parametrize("magic", [0, 1])
+def test_old_message_format_gets_unsupported_for_message_format(broker, bystander, magic):
+    batch = bytearray(wire.record_batch([b"old"]))
+    batch[16] = magic
+    with wire.Conn(broker.address) as conn:
+        answer = wire.produce(conn, "bystander", {0: bytes(batch)})
+    assert answer == {0: (43, -1)}
+    bystander.check()

@@ -1,6 +1,7 @@
 """kafka-python 3.0 (a pure-Python, independent implementation) against the real broker."""
 
 import time
+import uuid
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -274,3 +275,26 @@ def test_legacy_alter_configs_round_trips(broker):
     finally:
         client.close()
     assert _value(after["retention.ms"]) == "7200000"
+
+
+def test_a_topic_id_survives_restart_and_describes_and_deletes_the_topic(broker):
+    create_topic(broker, "by-id", partitions=2)
+    client = admin(broker)
+    try:
+        [described] = client.describe_topics(["by-id"])
+    finally:
+        client.close()
+    topic_id = uuid.UUID(described["topic_id"])
+    assert topic_id.int != 0
+
+    broker.restart()
+
+    client = admin(broker)
+    try:
+        [by_id] = client.describe_topics([topic_id])
+        client.delete_topics([topic_id])
+        left = client.list_topics()
+    finally:
+        client.close()
+    assert (by_id["error_code"], by_id["name"], len(by_id["partitions"])) == (0, "by-id", 2)
+    assert "by-id" not in left

@@ -7,6 +7,7 @@ from confluent_kafka import OFFSET_BEGINNING
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions
 
 import wire
+from broker_process import wait_until
 from clients import (ck_admin, ck_create_topic, ck_offsets, ck_partition_count, ck_produce, ck_producer,
                      ck_read)
 from test_confluent_kafka import describe_topic
@@ -54,7 +55,7 @@ def test_sigterm_restart_keeps_topics_configs_and_every_message(start_broker):
 
 
 def test_sigkill_after_acks_all_loses_no_acknowledged_message(start_broker):
-    broker = start_broker(cores=2)
+    broker = start_broker(cores=2, preallocate_bytes=None)  # the default preallocation
     ck_create_topic(broker, "durable", partitions=4)
     sent = {p: sent_for(p, 300, prefix="d") for p in range(4)}
     for p in range(4):
@@ -209,3 +210,30 @@ def test_sigkill_keeps_acknowledged_admin_changes(start_broker):
     assert describe_topic(broker, "altered")["retention.ms"].value == "1234567"
     assert "deleted" not in ck_admin(broker).list_topics(timeout=20).topics
     assert_partition_holds(broker, "grown", 4, [b"p4"])
+
+
+def fetch_body(topic, max_wait_ms):
+    return (wire.i32(-1) + wire.i32(max_wait_ms) + wire.i32(1) + wire.i32(1 << 20) + wire.i8(0)
+            + wire.array([wire.string(topic) + wire.array(
+                [wire.i32(0) + wire.i64(0) + wire.i32(1 << 20)])]))
+
+
+def test_sigterm_stops_promptly_after_a_client_left_with_requests_in_flight(broker):
+    ck_create_topic(broker, "quiet")
+    with wire.Conn(broker.address) as conn:
+        # Pipelined long polls on an empty partition, ending one after the other.
+        for max_wait_ms in (100, 300, 3000):
+            conn.send(wire.API_FETCH, 4, fetch_body("quiet", max_wait_ms))
+        sent_at = time.monotonic()
+    # The first answers reach a closed connection while the last long poll still waits.
+    wait_until(lambda: "closing connection" in broker.log_text(), 10,
+               "the broker to notice the client left")
+    # Once the longest max wait has passed, no request of that client can still be running.
+    time.sleep(max(0.0, sent_at + 3.2 - time.monotonic()))
+
+    started = time.monotonic()
+    broker.stop()
+    stop_s = time.monotonic() - started
+
+    assert "requests still running" not in broker.log_text(), broker.log_text()
+    assert stop_s < 2.0, f"SIGTERM took {stop_s:.1f}s with no client connected"

@@ -37,11 +37,16 @@ def shard_of_connection(broker, conn):
         conn.send_raw(requests)
         for _ in range(3000):
             assert conn.recv_frame() is not None
-    used = busy_shards(broker, work)
-    serving = max(used, key=used.get)
-    others = [used[s] for s in used if s != serving]
-    assert used[serving] > 2 * max(others), f"no clear serving shard: CPU ns {used}"
-    return serving
+    # Background work (a topic's logs being opened, a flush) can blur one measurement:
+    # measure again then, a few times at most.
+    measured = []
+    for _ in range(5):
+        used = busy_shards(broker, work)
+        serving = max(used, key=used.get)
+        if used[serving] > 2 * max(used[s] for s in used if s != serving):
+            return serving
+        measured.append(used)
+    raise AssertionError(f"no clear serving shard; CPU ns per shard: {measured}")
 
 
 def connections_by_shard(broker, wanted_per_shard=1, tries_max=40):
@@ -69,9 +74,15 @@ def owner_of_partition(broker, conn, conn_shard, topic, partition):
         for _ in range(20):
             answer = wire.produce(conn, topic, {partition: batch})
             assert answer[partition][0] == wire.NONE
-    used = busy_shards(broker, work)
     other = 1 - conn_shard
-    return other if used[other] > 0.3 * used[conn_shard] else conn_shard
+    # Two measurements must agree, so background work on a shard cannot decide alone.
+    verdicts = []
+    for _ in range(4):
+        used = busy_shards(broker, work)
+        verdicts.append(other if used[other] > 0.3 * used[conn_shard] else conn_shard)
+        if len(verdicts) >= 2 and verdicts[-1] == verdicts[-2]:
+            return verdicts[-1]
+    raise AssertionError(f"owner of {topic}/{partition} unclear: {verdicts}")
 
 
 def test_connections_land_on_both_shards(broker2):
@@ -207,3 +218,26 @@ def test_pipelined_produce_requests_are_appended_in_request_order_on_both_paths(
             [f"p{p}-{i}".encode() for i in range(requests)]
     for conns in by_shard.values():
         conns[0].close()
+
+
+def test_fetch_of_partitions_on_both_shards_answers_in_request_order_within_max_bytes(broker2):
+    ck_create_topic(broker2, "fanout", partitions=4)
+    value = b"f" * 10_000
+    with wire.Conn(broker2.address) as conn:
+        for p in range(4):
+            for _ in range(3):
+                assert wire.produce(conn, "fanout", {p: wire.record_batch([value])})[p][0] == 0
+
+        order = {3: 0, 0: 1, 2: 0, 1: 2}
+        everything = wire.fetch_many(conn, "fanout", order)
+        limited = wire.fetch_many(conn, "fanout", order, max_bytes=25_000)
+
+    assert [(p, e, hw) for p, e, hw, _ in everything] == [(p, wire.NONE, 3) for p in order]
+    assert [[b["base_offset"] for b in batches] for *_, batches in everything] == \
+        [[0, 1, 2], [1, 2], [0, 1, 2], [2]]
+    # max_bytes bounds the whole response (the first batch always goes, so a consumer
+    # never gets stuck on a batch larger than its limit).
+    limited_bytes = sum(b["length"] + 12 for *_, batches in limited for b in batches)
+    assert [p for p, *_ in limited] == list(order)
+    assert 0 < limited_bytes <= 25_000
+    assert limited[0][3] and limited[0][3][0]["base_offset"] == 0

@@ -367,3 +367,19 @@ def init_producer_id(conn):
     r = conn.request(API_INIT_PRODUCER_ID, 0, string(None) + i32(60000))
     r.i32()  # throttle
     return r.i16(), r.i64(), r.i16()
+
+
+def fetch_many(conn, topic, offsets, max_bytes=1 << 20, partition_max_bytes=1 << 20,
+               max_wait_ms=0):
+    """Fetch v4 of several partitions of one topic, `offsets` in request order
+    ({partition: offset}, ordered): [(partition, error_code, high_watermark, batches)] in
+    the order the broker answered."""
+    parts = [i32(p) + i64(o) + i32(partition_max_bytes) for p, o in offsets.items()]
+    body = (i32(-1) + i32(max_wait_ms) + i32(0) + i32(max_bytes) + i8(0)
+            + array([string(topic) + array(parts)]))
+    r = conn.request(API_FETCH, 4, body)
+    r.i32()  # throttle
+    topics = r.array(lambda r: (r.string(), r.array(lambda r: (
+        r.i32(), r.i16(), r.i64(), r.i64(), r.array(lambda r: (r.i64(), r.i64())), r.nbytes()))))
+    return [(p, error, hw, parse_batches(records or b""))
+            for _name, parts in topics for p, error, hw, _lso, _ab, records in parts]

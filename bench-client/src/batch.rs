@@ -281,7 +281,9 @@ pub struct WalkOutcome {
 }
 
 /// Calls `each` for every record of every complete batch in `records` (a fetched record set;
-/// a trailing partial batch is ignored, as Kafka allows). Checks each batch's CRC-32C.
+/// a trailing partial batch is ignored, as Kafka allows). Checks each batch's CRC-32C, and
+/// stops after the first batch that fails it: the caller resumes past that batch with its next
+/// fetch, so a bad batch counts the same whether it ended a fetched record set or not.
 pub fn walk_batches(records: &Bytes, mut each: impl FnMut(RecordView)) -> Result<WalkOutcome> {
     let buf: &[u8] = records;
     let mut pos = 0;
@@ -308,8 +310,7 @@ pub fn walk_batches(records: &Bytes, mut each: impl FnMut(RecordView)) -> Result
         if crc32c::crc32c(&batch[21..]) != crc {
             outcome.crc_errors += 1;
             outcome.next_offset = Some(base_offset + last_offset_delta as i64 + 1);
-            pos = end;
-            continue;
+            break;
         }
         let attributes = i16::from_be_bytes(batch[21..23].try_into().unwrap());
         let control = attributes & 0x20 != 0;
@@ -472,7 +473,11 @@ mod tests {
         corrupt[100] ^= 1;
         let mut n = 0;
         let outcome = walk_batches(&Bytes::from(corrupt), |_| n += 1).unwrap();
-        assert_eq!((n, outcome.crc_errors), (10, 1));
+        assert_eq!(
+            (n, outcome.crc_errors, outcome.next_offset),
+            (0, 1, Some(10)),
+            "the walk stops past the bad batch"
+        );
     }
 
     #[test]

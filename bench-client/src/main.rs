@@ -13,11 +13,12 @@
 
 mod batch;
 mod compare;
-mod mock;
 mod proto;
 mod raw;
 mod run;
 mod stats;
+#[cfg(test)]
+mod test_broker;
 mod verify;
 mod worker;
 
@@ -52,9 +53,6 @@ enum Command {
     RawLoopback(raw::LoopbackArgs),
     /// Raw O_DIRECT disk write bandwidth (baseline).
     RawDisk(raw::DiskArgs),
-    /// In-memory Kafka broker for testing the bench itself.
-    #[command(hide = true)]
-    MockBroker(mock::MockArgs),
 }
 
 fn workload(args: &WorkloadArgs, mode: Mode) -> anyhow::Result<bool> {
@@ -85,7 +83,6 @@ fn main() -> ExitCode {
         Command::Compare(a) => compare::compare(a),
         Command::RawLoopback(a) => raw::loopback(a).map(|b| baseline("raw-loopback", a.json, b)),
         Command::RawDisk(a) => raw::disk(a).map(|b| baseline("raw-disk", a.json, b)),
-        Command::MockBroker(a) => mock::serve(a).map(|_| true),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,

@@ -47,6 +47,29 @@ pub struct Versions {
     pub create_topics: i16,
 }
 
+/// The versions a broker supports, per API key, from an ApiVersions response body of
+/// `version`; `None` when the broker answered UNSUPPORTED_VERSION, which it does in a v0 body
+/// whatever version was asked, so the caller must ask again at v0.
+fn parse_api_versions(mut body: Bytes, version: i16) -> Result<Option<HashMap<i16, (i16, i16)>>> {
+    // The error code leads the body at every version: read it before decoding as `version`.
+    if body.len() >= 2 && i16::from_be_bytes([body[0], body[1]]) == UNSUPPORTED_VERSION {
+        return Ok(None);
+    }
+    let parsed = ApiVersionsResponse::decode(&mut body, version)?;
+    ensure!(
+        parsed.error_code == 0,
+        "ApiVersions error {}",
+        parsed.error_code
+    );
+    Ok(Some(
+        parsed
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, (k.min_version, k.max_version)))
+            .collect(),
+    ))
+}
+
 /// Picks the highest version both sides support for each API the bench uses.
 pub fn negotiate(broker: &HashMap<i16, (i16, i16)>) -> Result<Versions> {
     let pick = |key: ApiKey| -> Result<i16> {
@@ -241,29 +264,11 @@ impl Control {
         let request = ApiVersionsRequest::default()
             .with_client_software_name(StrBytes::from_static_str(CLIENT_ID))
             .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
-        let mut response = self.call_raw(&request, 3)?;
-        // The broker answers an unsupported version with error 35 in a v0 body.
-        let error = if response.len() >= 2 {
-            i16::from_be_bytes([response[0], response[1]])
-        } else {
-            0
-        };
-        let parsed = if error == UNSUPPORTED_VERSION {
-            let mut r = self.call_raw(&request, 0)?;
-            ApiVersionsResponse::decode(&mut r, 0)?
-        } else {
-            ApiVersionsResponse::decode(&mut response, 3)?
-        };
-        ensure!(
-            parsed.error_code == 0,
-            "ApiVersions error {}",
-            parsed.error_code
-        );
-        Ok(parsed
-            .api_keys
-            .iter()
-            .map(|k| (k.api_key, (k.min_version, k.max_version)))
-            .collect())
+        if let Some(keys) = parse_api_versions(self.call_raw(&request, 3)?, 3)? {
+            return Ok(keys);
+        }
+        parse_api_versions(self.call_raw(&request, 0)?, 0)?
+            .ok_or_else(|| anyhow!("ApiVersions v0 answered: unsupported version"))
     }
 
     /// Sends one request and returns the response body (header checked and removed).
@@ -454,7 +459,7 @@ pub fn connect_with_deadline(address: &str, timeout: Duration) -> Result<TcpStre
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::messages::ProduceRequest;
+    use kafka_protocol::messages::{api_versions_response::ApiVersion, ProduceRequest};
 
     #[test]
     fn produce_prefix_decodes_with_the_crate_at_every_version() {
@@ -542,6 +547,41 @@ mod tests {
         .into_iter()
         .collect();
         assert!(negotiate(&too_old).is_err());
+    }
+
+    fn api_versions_body(error_code: i16, version: i16) -> Bytes {
+        let keys = [(3, 0, 12), (0, 0, 9), (1, 4, 12), (2, 0, 7), (19, 0, 7)]
+            .map(|(key, min, max)| {
+                ApiVersion::default()
+                    .with_api_key(key)
+                    .with_min_version(min)
+                    .with_max_version(max)
+            })
+            .to_vec();
+        let response = ApiVersionsResponse::default()
+            .with_error_code(error_code)
+            .with_api_keys(keys);
+        let mut body = BytesMut::new();
+        response.encode(&mut body, version).unwrap();
+        body.freeze()
+    }
+
+    #[test]
+    fn an_unsupported_api_versions_v3_means_asking_again_at_v0() {
+        // What an older broker sends for v3: error 35 in a v0 body.
+        assert!(parse_api_versions(api_versions_body(35, 0), 3)
+            .unwrap()
+            .is_none());
+        let keys = parse_api_versions(api_versions_body(0, 0), 0)
+            .unwrap()
+            .unwrap();
+        let v = negotiate(&keys).unwrap();
+        assert_eq!((v.metadata, v.produce, v.fetch), (12, 9, 12));
+        let keys = parse_api_versions(api_versions_body(0, 3), 3)
+            .unwrap()
+            .unwrap();
+        assert_eq!(keys[&1], (4, 12));
+        assert!(parse_api_versions(api_versions_body(42, 3), 3).is_err());
     }
 
     #[test]

@@ -634,10 +634,12 @@ impl Progress {
     }
 }
 
+// End-to-end against the real broker, each test on its own fresh one. What a faulty broker
+// would do (lose, repeat, reorder, corrupt) is proved on crafted record sets in verify.rs.
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mock::{spawn, MockArgs};
+    use crate::test_broker::TestBroker;
     use clap::Parser;
 
     #[derive(Parser)]
@@ -665,98 +667,89 @@ mod tests {
         T::parse_from(v).w
     }
 
-    fn mock(api_versions_max: i16, drop_every: Option<u64>, corrupt_every: Option<u64>) -> String {
-        spawn(MockArgs {
-            listen: String::new(),
-            api_versions_max,
-            drop_every,
-            corrupt_every,
-        })
+    fn side<'a>(r: &'a RunResult, name: &str) -> &'a SideResult {
+        r.sides.iter().find(|s| s.name == name).unwrap()
     }
 
     #[test]
     fn produce_then_consume_verifies_every_message() {
-        let a = mock(3, None, None);
-        let p = run(
-            &args(
-                &a,
-                &[
-                    "--messages",
-                    "20000",
-                    "--producers",
-                    "2",
-                    "--connections",
-                    "2",
-                ],
-            ),
-            Mode::Produce,
-        )
-        .unwrap();
+        let broker = TestBroker::start();
+        let a = &broker.address;
+        let extra = [
+            "--messages",
+            "20000",
+            "--producers",
+            "2",
+            "--connections",
+            "2",
+        ];
+        let p = run(&args(a, &extra), Mode::Produce).unwrap();
         assert!(p.verified, "{}", p.faults);
-        assert_eq!(p.sides[0].messages, 20000);
-        let c = run(&args(&a, &["--consumers", "2"]), Mode::Consume).unwrap();
+        assert_eq!(side(&p, "produce").messages, 20000);
+        assert_eq!(p.handled, 20000, "every message acknowledged");
+        let c = run(&args(a, &["--consumers", "2"]), Mode::Consume).unwrap();
         assert!(c.verified, "{}", c.faults);
         assert_eq!(c.checked, 20000);
     }
 
     #[test]
     fn consume_with_a_manifest_fails_when_acknowledged_messages_are_missing() {
-        let a = mock(3, None, None);
-        let dir = std::env::temp_dir().join(format!("shardlog-bench-test-{}", std::process::id()));
+        let broker = TestBroker::start();
+        let a = &broker.address;
+        let dir =
+            std::env::temp_dir().join(format!("shardlog-bench-manifest-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let manifest = dir.join("acked");
         let m = manifest.to_str().unwrap();
-        run(
-            &args(&a, &["--messages", "1000", "--manifest", m]),
+        let p = run(
+            &args(a, &["--messages", "1000", "--manifest", m]),
             Mode::Produce,
         )
         .unwrap();
-        assert!(
-            run(&args(&a, &["--manifest", m]), Mode::Consume)
-                .unwrap()
-                .verified
-        );
+        assert!(p.verified, "{}", p.faults);
+        let c = run(&args(a, &["--manifest", m]), Mode::Consume).unwrap();
+        assert!(c.verified, "{}", c.faults);
+        assert_eq!(c.checked, 1000);
         // Claim one more acknowledged message than the broker holds: a lost acked write.
         let text = std::fs::read_to_string(&manifest).unwrap();
         let mut lines: Vec<String> = text.lines().map(String::from).collect();
         let f: Vec<u64> = lines[0].split(' ').map(|x| x.parse().unwrap()).collect();
         lines[0] = format!("{} {} {}", f[0], f[1], f[2] + 1);
         std::fs::write(&manifest, lines.join("\n")).unwrap();
-        let r = run(&args(&a, &["--manifest", m]), Mode::Consume).unwrap();
+        let r = run(&args(a, &["--manifest", m]), Mode::Consume).unwrap();
         assert!(!r.verified);
-        assert_eq!(r.faults.lost, 1);
+        assert_eq!(
+            r.faults,
+            Faults {
+                lost: 1,
+                ..Faults::default()
+            }
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn e2e_with_a_rate_and_falling_back_to_api_versions_v0() {
-        let a = mock(2, None, None);
-        let r = run(
-            &args(
-                &a,
-                &[
-                    "--duration-s",
-                    "1",
-                    "--rate",
-                    "50000",
-                    "--acks",
-                    "all",
-                    "--message-bytes",
-                    "300",
-                ],
-            ),
-            Mode::EndToEnd,
-        )
-        .unwrap();
+    fn e2e_at_a_rate_consumes_every_acknowledged_message() {
+        let broker = TestBroker::start();
+        let extra = [
+            "--messages",
+            "20000",
+            "--rate",
+            "20000",
+            "--acks",
+            "all",
+            "--message-bytes",
+            "300",
+        ];
+        let r = run(&args(&broker.address, &extra), Mode::EndToEnd).unwrap();
         assert!(r.verified, "{}", r.faults);
-        let consumed = r.sides.iter().find(|s| s.name == "consume").unwrap();
-        assert!(consumed.messages > 40_000, "{}", consumed.messages);
-        assert!(consumed.latency.value_at_percentile(50.0) < 100_000);
+        assert_eq!(r.checked, 20000);
+        assert_eq!(side(&r, "produce").messages, 20000);
     }
 
     #[test]
     fn every_produce_and_fetch_version_round_trips() {
-        let a = mock(3, None, None);
+        let broker = TestBroker::start();
         for (p, f) in [(3, 4), (7, 11), (8, 10), (9, 12)] {
             let (p, f) = (p.to_string(), f.to_string());
             let topic = format!("v{p}-{f}");
@@ -770,7 +763,7 @@ mod tests {
                 "--topic",
                 &topic,
             ];
-            let r = run(&args(&a, &extra), Mode::EndToEnd).unwrap();
+            let r = run(&args(&broker.address, &extra), Mode::EndToEnd).unwrap();
             assert!(r.verified, "produce v{p} fetch v{f}: {}", r.faults);
             assert_eq!(r.checked, 2000);
         }
@@ -778,39 +771,12 @@ mod tests {
 
     #[test]
     fn compressed_batches_verify() {
-        let a = mock(3, None, None);
+        let broker = TestBroker::start();
         for c in ["gzip", "zstd", "lz4", "snappy"] {
-            let r = run(
-                &args(
-                    &a,
-                    &["--messages", "3000", "--compression", c, "--topic", c],
-                ),
-                Mode::EndToEnd,
-            )
-            .unwrap();
+            let extra = ["--messages", "3000", "--compression", c, "--topic", c];
+            let r = run(&args(&broker.address, &extra), Mode::EndToEnd).unwrap();
             assert!(r.verified, "{c}: {}", r.faults);
             assert_eq!(r.checked, 3000);
         }
-    }
-
-    #[test]
-    fn a_broker_that_loses_batches_fails_verification() {
-        let a = mock(3, Some(7), None);
-        let r = run(&args(&a, &["--messages", "5000"]), Mode::EndToEnd).unwrap();
-        assert!(!r.verified);
-        assert!(
-            r.faults.lost > 0 || r.faults.offset_errors > 0,
-            "{}",
-            r.faults
-        );
-    }
-
-    #[test]
-    fn a_broker_that_corrupts_payloads_fails_verification() {
-        let a = mock(3, None, Some(5));
-        run(&args(&a, &["--messages", "5000"]), Mode::Produce).unwrap();
-        let r = run(&args(&a, &[]), Mode::Consume).unwrap();
-        assert!(!r.verified);
-        assert!(r.faults.corrupted > 0, "{}", r.faults);
     }
 }

@@ -9,7 +9,10 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::batch::read_value;
+use anyhow::Result;
+use bytes::Bytes;
+
+use crate::batch::{read_value, walk_batches};
 
 /// Counts of everything that went wrong; a run passes only if all are zero.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +130,23 @@ impl PartitionCheck {
         Some(v.send_time_ns)
     }
 
+    /// Checks every record of one fetched record set of this partition and moves past it;
+    /// calls `sent` with the send time of each new message of ours. Returns how many records
+    /// were checked. Errors only when the record set cannot be parsed at all.
+    pub fn fetched(&mut self, records: &Bytes, mut sent: impl FnMut(u64)) -> Result<u64> {
+        let before = self.messages;
+        let outcome = walk_batches(records, |r| {
+            if let Some(t) = self.record(r.offset, r.value) {
+                sent(t);
+            }
+        })?;
+        self.faults.corrupted += outcome.crc_errors;
+        if let Some(next) = outcome.next_offset {
+            self.next_offset = self.next_offset.max(next);
+        }
+        Ok(self.messages - before)
+    }
+
     /// Flushes the cached producer into the map; call before reading `next_sequence`.
     pub fn settle(&mut self) {
         if let Some((pid, next)) = self.last_producer.take() {
@@ -180,7 +200,11 @@ pub fn check_consumed_all(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::Payloads;
+    use crate::batch::{encode_batch, BatchSpec, Payloads};
+    use bytes::BytesMut;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
 
     fn value(p: &Payloads, pid: u32, seq: u64) -> Vec<u8> {
         let mut v = Vec::new();
@@ -301,5 +325,192 @@ mod tests {
         let consumed: HashMap<(i32, u32), u64> =
             [((0, 1), 100), ((1, 1), 40)].into_iter().collect();
         assert_eq!(check_consumed_all(&acked, &consumed).lost, 10);
+    }
+
+    // Fetched record sets, crafted in memory: good batches from the bench's own encoder, then
+    // the fault a broker could commit (drop, repeat, reorder, flip a byte), fed to the check a
+    // consumer runs on each fetched partition.
+
+    /// One uncompressed batch of ten messages of `producer_id`, as the broker would serve
+    /// it at `base_offset` (the base offset is outside the CRC, so stamping keeps it valid).
+    fn batch(p: &Payloads, base_offset: i64, producer_id: u32, first_sequence: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let spec = BatchSpec {
+            producer_id,
+            first_sequence,
+            count: 10,
+            timestamp_ms: 1_700_000_000_000,
+            send_time_ns: &|i| 1_000 + i as u64,
+        };
+        encode_batch(&mut out, p, &spec);
+        out[..8].copy_from_slice(&base_offset.to_be_bytes());
+        out
+    }
+
+    fn fetch(batches: &[&[u8]]) -> Bytes {
+        Bytes::from(batches.concat())
+    }
+
+    /// Feeds each fetch in turn to a partition read from offset 0, as a consumer does.
+    fn consume(fetches: &[Bytes]) -> PartitionCheck {
+        let mut c = PartitionCheck::new(0, true);
+        for f in fetches {
+            c.fetched(f, |_| {}).unwrap();
+        }
+        c.settle();
+        c
+    }
+
+    fn faults(lost: u64, duplicated: u64, corrupted: u64, offset_errors: u64) -> Faults {
+        Faults {
+            lost,
+            duplicated,
+            corrupted,
+            offset_errors,
+            request_errors: 0,
+        }
+    }
+
+    #[test]
+    fn fetched_batches_in_order_pass_and_report_every_send_time() {
+        let p = Payloads::new(64).unwrap();
+        let (a, b, c) = (
+            batch(&p, 0, 1, 0),
+            batch(&p, 10, 2, 0),
+            batch(&p, 20, 1, 10),
+        );
+        let mut check = PartitionCheck::new(0, true);
+        let mut sent = Vec::new();
+        assert_eq!(
+            check.fetched(&fetch(&[&a, &b]), |t| sent.push(t)).unwrap(),
+            20
+        );
+        assert_eq!(check.fetched(&fetch(&[&c]), |t| sent.push(t)).unwrap(), 10);
+        check.settle();
+        assert_eq!(check.faults, Faults::default());
+        assert_eq!((check.messages, check.next_offset), (30, 30));
+        assert_eq!((check.next_sequence[&1], check.next_sequence[&2]), (20, 10));
+        assert_eq!(sent.len(), 30);
+        assert_eq!(sent[..3], [1_000, 1_001, 1_002]);
+    }
+
+    #[test]
+    fn a_batch_served_again_at_its_own_offsets_is_not_a_fault() {
+        // A fetch may start inside a batch already read: those records are skipped.
+        let p = Payloads::new(64).unwrap();
+        let (a, b) = (batch(&p, 0, 1, 0), batch(&p, 10, 1, 10));
+        let c = consume(&[fetch(&[&a]), fetch(&[&a, &b])]);
+        assert_eq!(c.faults, Faults::default());
+        assert_eq!((c.messages, c.next_offset), (20, 20));
+    }
+
+    #[test]
+    fn a_lost_batch_whose_offsets_stay_in_use_counts_its_messages_and_one_offset_hole() {
+        let p = Payloads::new(64).unwrap();
+        let (a, c) = (batch(&p, 0, 1, 0), batch(&p, 20, 1, 20));
+        let check = consume(&[fetch(&[&a, &c])]);
+        assert_eq!(check.faults, faults(10, 0, 0, 1));
+        assert_eq!((check.messages, check.next_offset), (20, 30));
+    }
+
+    #[test]
+    fn a_lost_batch_whose_offsets_were_reused_counts_only_its_messages() {
+        let p = Payloads::new(64).unwrap();
+        let (a, c) = (batch(&p, 0, 1, 0), batch(&p, 10, 1, 20));
+        assert_eq!(consume(&[fetch(&[&a, &c])]).faults, faults(10, 0, 0, 0));
+    }
+
+    #[test]
+    fn a_batch_appended_twice_counts_each_repeated_message_duplicated() {
+        let p = Payloads::new(64).unwrap();
+        let (a, again, b) = (
+            batch(&p, 0, 1, 0),
+            batch(&p, 10, 1, 0),
+            batch(&p, 20, 1, 10),
+        );
+        let c = consume(&[fetch(&[&a, &again]), fetch(&[&b])]);
+        assert_eq!(c.faults, faults(0, 10, 0, 0));
+        assert_eq!(
+            c.next_sequence[&1], 20,
+            "the stream continues after the repeat"
+        );
+    }
+
+    #[test]
+    fn swapped_batches_count_a_gap_then_a_step_back_for_each_message() {
+        // Sequence 10 first: 0..9 look lost; then each of 0..9 is a step back.
+        let p = Payloads::new(64).unwrap();
+        let (second, first) = (batch(&p, 0, 1, 10), batch(&p, 10, 1, 0));
+        assert_eq!(
+            consume(&[fetch(&[&second, &first])]).faults,
+            faults(10, 10, 0, 0)
+        );
+    }
+
+    #[test]
+    fn a_flipped_payload_byte_under_a_resealed_crc_counts_one_corrupted_message() {
+        let p = Payloads::new(64).unwrap();
+        let mut bad = batch(&p, 10, 1, 10);
+        let at = bad.len() - 10; // inside the last record's payload
+        bad[at] ^= 0x01;
+        let crc = crc32c::crc32c(&bad[21..]);
+        bad[17..21].copy_from_slice(&crc.to_be_bytes());
+        let c = consume(&[fetch(&[&batch(&p, 0, 1, 0), &bad, &batch(&p, 20, 1, 20)])]);
+        assert_eq!(c.faults, faults(0, 0, 1, 0));
+        assert_eq!(c.messages, 30);
+    }
+
+    #[test]
+    fn a_batch_failing_its_crc_counts_once_as_corrupted_and_its_messages_as_lost() {
+        let p = Payloads::new(64).unwrap();
+        let (a, c) = (batch(&p, 0, 1, 0), batch(&p, 20, 1, 20));
+        let mut bad = batch(&p, 10, 1, 10);
+        bad[100] ^= 0x01;
+        // The same whether the bad batch ends a fetch or has good batches after it.
+        for fetches in [
+            vec![fetch(&[&a, &bad]), fetch(&[&c])],
+            vec![fetch(&[&a, &bad, &c]), fetch(&[&c])],
+        ] {
+            let check = consume(&fetches);
+            assert_eq!(check.faults, faults(10, 0, 1, 0));
+            assert_eq!((check.messages, check.next_offset), (20, 30));
+        }
+    }
+
+    #[test]
+    fn a_record_missing_from_a_compressed_batch_is_lost_and_leaves_an_offset_hole() {
+        let p = Payloads::new(64).unwrap();
+        let records: Vec<Record> = (0..10u64)
+            .filter(|s| *s != 4)
+            .map(|s| {
+                let mut value = Vec::new();
+                p.write_value(&mut value, 1, s, 0);
+                Record {
+                    transactional: false,
+                    control: false,
+                    partition_leader_epoch: -1,
+                    producer_id: -1,
+                    producer_epoch: -1,
+                    timestamp_type: TimestampType::Creation,
+                    offset: s as i64,
+                    // One batch: the crate starts a new one when offset - sequence changes.
+                    sequence: s as i32 - 1,
+                    timestamp: 0,
+                    key: None,
+                    value: Some(Bytes::from(value)),
+                    headers: Default::default(),
+                    delete_horizon: false,
+                }
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::Zstd,
+        };
+        RecordBatchEncoder::encode(&mut buf, &records, &options).unwrap();
+        let c = consume(&[buf.freeze()]);
+        assert_eq!(c.faults, faults(1, 0, 0, 1));
+        assert_eq!((c.messages, c.next_offset), (9, 10));
     }
 }

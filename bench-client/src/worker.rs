@@ -26,9 +26,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::Decodable;
 use kafka_protocol::records::Compression;
 
-use crate::batch::{
-    batch_bytes, encode_batch, encode_batch_compressed, walk_batches, BatchSpec, Payloads,
-};
+use crate::batch::{batch_bytes, encode_batch, encode_batch_compressed, BatchSpec, Payloads};
 use crate::proto::{self, decode_response_header, encode_request, take_frame, topic_name};
 use crate::stats::{new_histogram, record_ns, Snapshot};
 use crate::verify::{Ack, Faults, PartitionCheck};
@@ -594,27 +592,18 @@ impl ConsumerConn {
                         part.check.next_offset
                     );
                     let Some(records) = &pd.records else { continue };
-                    let before = part.check.messages;
-                    let check = &mut part.check;
                     let e2e = w.end_to_end;
                     let lat = &mut tally.consume_latency;
                     let ilat = &mut tally.i_consume_latency;
-                    let outcome = walk_batches(records, |r| {
-                        if let Some(sent) = check.record(r.offset, r.value) {
-                            if e2e {
-                                let ns = now.saturating_sub(sent);
-                                if in_window {
-                                    record_ns(lat, ns, 1);
-                                }
-                                record_ns(ilat, ns, 1);
+                    let n = part.check.fetched(records, |sent| {
+                        if e2e {
+                            let ns = now.saturating_sub(sent);
+                            if in_window {
+                                record_ns(lat, ns, 1);
                             }
+                            record_ns(ilat, ns, 1);
                         }
                     })?;
-                    check.faults.corrupted += outcome.crc_errors;
-                    if let Some(next) = outcome.next_offset {
-                        check.next_offset = check.next_offset.max(next);
-                    }
-                    let n = check.messages - before;
                     self.consumed += n;
                     if !w.end_to_end && n > 0 {
                         tally.consume_latency_n(in_window, now.saturating_sub(sent_ns), n);

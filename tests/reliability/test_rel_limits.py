@@ -101,25 +101,27 @@ def test_max_inflight_requests_stops_reading_the_connection(rel_broker_factory):
 
 
 def test_max_buffered_bytes_per_shard_stops_reading_when_taken(rel_broker_factory):
-    """Three peers each send 600 KiB of a 1 MiB frame and stall: the bytes they sent are
-    held against the shard's 1 MiB budget (paid 256 KiB at a time as they arrive), the
-    budget runs out, and the shard stops taking requests, even a 20-byte one, until they go."""
+    """A request holds its frame's size of the shard's budget until its response is
+    written: one long poll padded to exactly the budget (1 MiB) takes it all for 3 s, and
+    the shard takes no other request, even a 20-byte one, until the poll answers."""
     budget = 1 << 20
     broker = rel_broker_factory(cores=1, extra_args=[
         "--max-frame-bytes", str(budget), "--max-message-bytes", str(budget - 4096),
         "--max-buffered-bytes-per-shard", str(budget)]).start()
-    hogs = []
-    for _ in range(3):
-        hog = RawConnection(broker.port)
-        hog.send(struct.pack(">i", budget) + request_header(18, 0, 1) + b"\x00" * (600 << 10))
-        hogs.append(hog)
+    auto_create(broker.port, "empty")
+    poll = fetch_v4("empty", 0, 0, max_wait_ms=3000, min_bytes=1, correlation_id=9)
+    poll = struct.pack(">i", budget) + poll[4:] + b"\x00" * (budget + 4 - len(poll))
+    assert len(poll) == budget + 4
+    hog = RawConnection(broker.port)
+    hog.send(poll)
+    time.sleep(0.3)  # let the broker read the whole frame (it holds the budget 3 s)
     other = RawConnection(broker.port)
     other.send(api_versions_v0(5))
     assert answered(other, 1.0) is None, "served although the shard's budget was taken"
-    for hog in hogs:
-        hog.close()
+    assert struct.unpack_from(">i", hog.recv_frame())[0] == 9
     answer = answered(other, 10.0)
     assert answer is not None and struct.unpack_from(">i", answer)[0] == 5
+    hog.close()
     other.close()
 
 

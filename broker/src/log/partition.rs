@@ -327,6 +327,8 @@ impl PartitionLog {
         report.log_end_offset = log_end_offset;
         if report.clean_shutdown {
             tracing::info!(dir = %log.dir.display(), %report, "opened log");
+        } else if is_new {
+            tracing::debug!(dir = %log.dir.display(), "created log");
         } else {
             tracing::warn!(dir = %log.dir.display(), %report, "recovered log");
         }

@@ -44,6 +44,25 @@ struct Pending {
     _budget: Vec<StaticPermit>,
 }
 
+/// Counts one request in the shard's `requests_in_flight` for as long as it lives.
+struct InFlight(Rc<Shard>);
+
+impl InFlight {
+    fn enter(shard: Rc<Shard>) -> InFlight {
+        shard
+            .requests_in_flight
+            .set(shard.requests_in_flight.get() + 1);
+        InFlight(shard)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let count = &self.0.requests_in_flight;
+        count.set(count.get() - 1);
+    }
+}
+
 /// Serve one accepted connection until the peer closes it or it misbehaves.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, budget: Rc<Semaphore>) {
     let peer = stream
@@ -106,15 +125,12 @@ async fn read_loop(
             let frame = take_frame(&mut buf, size);
             let permit = std::mem::take(&mut frame_permits);
             let handler = shard.clone();
-            handler
-                .requests_in_flight
-                .set(handler.requests_in_flight.get() + 1);
+            let counted = InFlight::enter(shard.clone());
             let task = glommio::spawn_local(async move {
-                let reply = protocol::handle(&handler, frame).await;
-                handler
-                    .requests_in_flight
-                    .set(handler.requests_in_flight.get() - 1);
-                reply
+                // Held by the task: uncounted when it ends or is dropped unfinished (a
+                // client that leaves mid-request drops its queued handlers).
+                let _counted = counted;
+                protocol::handle(&handler, frame).await
             });
             if queue
                 .send(Pending {
@@ -128,31 +144,48 @@ async fn read_loop(
             }
         }
         let start = buf.len();
-        // Zero-fill (and so touch) only what the pending frame still needs, or one chunk.
         let missing = match frame_size(&buf, max_frame_bytes)? {
             Some(size) => (4 + size).saturating_sub(start),
             None => 0,
         };
+        // A large frame's buffer grows one step at a time, each paid from the shard budget
+        // before bytes are read into it (`paid_bytes` counts buffer bytes already paid, so a
+        // peer dribbling its frame pays each step once).
         let want = if missing > READ_CHUNK_BYTES {
-            let step = missing.min(FRAME_STEP_BYTES);
-            let permit = acquire(budget, step, !frame_permits.is_empty()).await?;
-            frame_permits.push(permit);
-            paid_bytes += step;
-            step
+            // Never more than the frame's size in all: a frame of max_buffered_bytes_per_shard
+            // (allowed: it may equal max_frame_bytes) must stay payable.
+            let size = start + missing - 4;
+            let target = (start + missing.min(FRAME_STEP_BYTES)).min(size);
+            if target > paid_bytes {
+                let holding = !frame_permits.is_empty();
+                frame_permits.push(acquire(budget, target - paid_bytes, holding).await?);
+                paid_bytes = target;
+            }
+            target - start
         } else {
             READ_CHUNK_BYTES
         };
         buf.reserve(want);
-        buf.resize(start + want, 0);
-        let read = stream.read(&mut buf[start..]).await;
-        match read {
+        // Fast path: take what the socket already holds straight into the spare capacity,
+        // with no zero-fill first (zero-filling every read was ~15% of a produce profile).
+        match recv_into_spare(stream.as_raw_fd(), &mut buf, want) {
+            Ok(0) => return closed(&buf),
+            Ok(_) => {
+                // A busy socket never makes this task wait: give others their turn.
+                glommio::yield_if_needed().await;
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        // Nothing buffered: let the executor wait for data (and apply the idle timeout).
+        let wait_bytes = want.min(READ_CHUNK_BYTES);
+        buf.resize(start + wait_bytes, 0);
+        match stream.read(&mut buf[start..]).await {
             Ok(0) => {
                 buf.truncate(start);
-                return if buf.is_empty() {
-                    Ok(())
-                } else {
-                    Err("peer closed mid-frame".into())
-                };
+                return closed(&buf);
             }
             Ok(n) => buf.truncate(start + n),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -205,6 +238,29 @@ fn take_frame(buf: &mut BytesMut, size: usize) -> Bytes {
     } else {
         buf.split_to(size).freeze()
     }
+}
+
+/// End of stream: fine between frames, an error inside one.
+fn closed(buf: &BytesMut) -> Result<(), String> {
+    if buf.is_empty() {
+        Ok(())
+    } else {
+        Err("peer closed mid-frame".into())
+    }
+}
+
+/// One non-blocking recv of at most `max` bytes into `buf`'s spare capacity.
+fn recv_into_spare(fd: RawFd, buf: &mut BytesMut, max: usize) -> std::io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let len = spare.len().min(max);
+    // SAFETY: the pointer and length describe `buf`'s own spare capacity, which the kernel
+    // only writes; exactly the `n` bytes it reports are then marked initialized.
+    let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), len, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    unsafe { buf.set_len(buf.len() + n as usize) };
+    Ok(n as usize)
 }
 
 /// The size of the frame at the start of `buf` once its 4-byte prefix has arrived. A

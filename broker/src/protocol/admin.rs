@@ -322,31 +322,24 @@ pub async fn handle_alter_configs(shard: &Rc<Shard>, request: &Request) -> Resul
     let mut responses = Vec::with_capacity(body.resources.len());
     for resource in body.resources {
         let name = resource.resource_name.to_string();
-        let (code, message) = if resource.resource_type != RESOURCE_TOPIC {
-            (
-                codes::INVALID_REQUEST,
-                Some("only topic configs can be altered".to_string()),
-            )
-        } else {
-            let current: Vec<String> = shard
-                .catalog()
-                .topics
-                .get(&name)
-                .map(|t| t.configs.keys().cloned().collect())
-                .unwrap_or_default();
-            let mut set: Vec<(String, Option<String>)> =
-                current.into_iter().map(|k| (k, None)).collect();
-            for c in resource.configs {
-                set.push((c.name.to_string(), c.value.map(|v| v.to_string())));
-            }
-            let validate_only = body.validate_only;
-            shard
-                .call(0, move |c| async move {
-                    c.alter_topic_configs(name, set, validate_only).await
-                })
-                .await
-                .map_err(|_| "controller gone".to_string())?
-        };
+        // AlterConfigs replaces the whole set: every current override not named is removed.
+        let mut set: Vec<(String, Option<String>)> = shard
+            .catalog()
+            .topics
+            .get(&name)
+            .map(|t| t.configs.keys().map(|k| (k.clone(), None)).collect())
+            .unwrap_or_default();
+        for c in resource.configs {
+            set.push((c.name.to_string(), c.value.map(|v| v.to_string())));
+        }
+        let (code, message) = alter_topic(
+            shard,
+            resource.resource_type,
+            name,
+            Ok(set),
+            body.validate_only,
+        )
+        .await?;
         responses.push(
             AlterConfigsResourceResponse::default()
                 .with_error_code(code)
@@ -384,22 +377,12 @@ pub async fn handle_incremental_alter_configs(
                 }
             }
         }
-        let (code, message) = if resource.resource_type != RESOURCE_TOPIC {
-            (
-                codes::INVALID_REQUEST,
-                Some("only topic configs can be altered".to_string()),
-            )
-        } else if let Some(why) = bad {
-            (codes::INVALID_REQUEST, Some(why))
-        } else {
-            let validate_only = body.validate_only;
-            shard
-                .call(0, move |c| async move {
-                    c.alter_topic_configs(name, set, validate_only).await
-                })
-                .await
-                .map_err(|_| "controller gone".to_string())?
+        let set = match bad {
+            Some(why) => Err(why),
+            None => Ok(set),
         };
+        let (code, message) =
+            alter_topic(shard, resource.resource_type, name, set, body.validate_only).await?;
         responses.push(
             IncrementalResult::default()
                 .with_error_code(code)
@@ -414,6 +397,33 @@ pub async fn handle_incremental_alter_configs(
     ))
 }
 
+/// Apply config changes to one topic on the controller; (error code, message) for the
+/// resource. `set` is Err when the request itself named an unsupported operation.
+async fn alter_topic(
+    shard: &Rc<Shard>,
+    resource_type: i8,
+    topic: String,
+    set: Result<Vec<(String, Option<String>)>, String>,
+    validate_only: bool,
+) -> Result<(i16, Option<String>), String> {
+    if resource_type != RESOURCE_TOPIC {
+        return Ok((
+            codes::INVALID_REQUEST,
+            Some("only topic configs can be altered".to_string()),
+        ));
+    }
+    let set = match set {
+        Ok(set) => set,
+        Err(why) => return Ok((codes::INVALID_REQUEST, Some(why))),
+    };
+    shard
+        .call(0, move |c| async move {
+            c.alter_topic_configs(topic, set, validate_only).await
+        })
+        .await
+        .map_err(|_| "controller gone".to_string())
+}
+
 /// InitProducerId for idempotent producers. Transactions are not offered (their APIs are not
 /// advertised), so a transactional id is refused.
 pub async fn handle_init_producer_id(
@@ -424,24 +434,15 @@ pub async fn handle_init_producer_id(
     let mut response = InitProducerIdResponse::default()
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1);
+    // KIP-360: an existing producer bumps its epoch to reset its sequences; a new one (or
+    // one whose epoch would overflow) gets a fresh id at epoch 0.
+    let known = body.producer_id.0 >= 0 && body.producer_epoch >= 0;
     if body.transactional_id.is_some() {
         response.error_code = codes::INVALID_REQUEST;
-    } else if body.producer_id.0 >= 0 && body.producer_epoch >= 0 {
-        // KIP-360: an existing producer bumps its epoch to reset its sequences.
-        if body.producer_epoch == i16::MAX {
-            match allocate(shard).await {
-                Ok(id) => {
-                    response = response
-                        .with_producer_id(ProducerId(id))
-                        .with_producer_epoch(0)
-                }
-                Err(_) => response.error_code = codes::KAFKA_STORAGE_ERROR,
-            }
-        } else {
-            response = response
-                .with_producer_id(body.producer_id)
-                .with_producer_epoch(body.producer_epoch + 1);
-        }
+    } else if known && body.producer_epoch < i16::MAX {
+        response = response
+            .with_producer_id(body.producer_id)
+            .with_producer_epoch(body.producer_epoch + 1);
     } else {
         match allocate(shard).await {
             Ok(id) => {

@@ -31,7 +31,9 @@ pub async fn handle(shard: &Rc<Shard>, request: &Request) -> Result<Reply, Strin
                 topic: topic.topic.0.to_string(),
                 partition: p.partition,
                 offset: p.fetch_offset,
-                max_bytes: p.partition_max_bytes.max(0) as usize,
+                // The request-wide limit bounds each partition too: a partition past it
+                // still returns its first batch whole (the log always gives one), no more.
+                max_bytes: p.partition_max_bytes.min(body.max_bytes).max(0) as usize,
             });
         }
     }

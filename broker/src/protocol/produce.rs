@@ -38,6 +38,13 @@ pub async fn handle(shard: &Rc<Shard>, request: &Request) -> Result<Reply, Strin
                     codes::INVALID_REQUIRED_ACKS;
                 continue;
             }
+            if let Some(records) = &data.records {
+                let refused = refuse_unreadable(records, request.version);
+                if refused != codes::NONE {
+                    results[t].last_mut().expect("just pushed").error_code = refused;
+                    continue;
+                }
+            }
             match shard.owner_of(&name, data.index) {
                 Some(owner) => {
                     let work = per_owner.entry(owner).or_default();
@@ -116,5 +123,70 @@ fn fill(response: &mut PartitionProduceResponse, answer: ProduceResult, version:
     }
     if version >= 8 {
         response.error_message = answer.message.map(StrBytes::from_string);
+    }
+}
+
+/// Refuse batches that no consumer could read, as Kafka does: an unknown compression codec,
+/// zstd from a producer too old to have negotiated it (Produce < 7), or a control batch
+/// (those are written by transaction coordinators, never by producers). Looks only at each
+/// batch header's attributes; anything else about the bytes is the log's to validate.
+fn refuse_unreadable(records: &[u8], version: i16) -> i16 {
+    const ATTRIBUTES_AT: usize = 21;
+    const CODEC_MASK: i16 = 0x07;
+    const CODEC_ZSTD: i16 = 4;
+    const CONTROL_FLAG: i16 = 0x20;
+    // A v2 batch header is 61 bytes; its length field counts from byte 12.
+    const BATCH_HEADER_AFTER_LENGTH_BYTES: i32 = 61 - 12;
+    let mut at = 0usize;
+    while let Some(header) = records.get(at..at + ATTRIBUTES_AT + 2) {
+        let length = i32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+        if length < BATCH_HEADER_AFTER_LENGTH_BYTES {
+            break; // the header itself is cut: the log reports it as CORRUPT_MESSAGE
+        }
+        let attributes = i16::from_be_bytes([header[ATTRIBUTES_AT], header[ATTRIBUTES_AT + 1]]);
+        let codec = attributes & CODEC_MASK;
+        if codec > CODEC_ZSTD || (codec == CODEC_ZSTD && version < 7) {
+            return codes::UNSUPPORTED_COMPRESSION_TYPE;
+        }
+        if attributes & CONTROL_FLAG != 0 {
+            return codes::INVALID_RECORD;
+        }
+        at += 12 + length as usize;
+    }
+    codes::NONE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(attributes: i16) -> Vec<u8> {
+        let mut batch = vec![0u8; 61];
+        batch[8..12].copy_from_slice(&49i32.to_be_bytes());
+        batch[16] = 2;
+        batch[21..23].copy_from_slice(&attributes.to_be_bytes());
+        batch
+    }
+
+    #[test]
+    fn unreadable_batches_are_refused_with_kafkas_codes() {
+        assert_eq!(refuse_unreadable(&header(0), 3), codes::NONE);
+        assert_eq!(refuse_unreadable(&header(3), 3), codes::NONE);
+        assert_eq!(refuse_unreadable(&header(4), 7), codes::NONE);
+        assert_eq!(
+            refuse_unreadable(&header(4), 6),
+            codes::UNSUPPORTED_COMPRESSION_TYPE
+        );
+        assert_eq!(
+            refuse_unreadable(&header(5), 9),
+            codes::UNSUPPORTED_COMPRESSION_TYPE
+        );
+        assert_eq!(refuse_unreadable(&header(0x20), 9), codes::INVALID_RECORD);
+        let mut two = header(0);
+        two.extend(header(7));
+        assert_eq!(
+            refuse_unreadable(&two, 9),
+            codes::UNSUPPORTED_COMPRESSION_TYPE
+        );
     }
 }

@@ -220,7 +220,12 @@ impl Shard {
                 Err(e) => (log_error_code(&e), -1, -1),
             },
             ts => match log.offset_for_timestamp(ts).await {
-                Ok(Some((offset, found_ts))) => (codes::NONE, found_ts, offset),
+                Ok(Some((batch_offset, batch_max_ts))) => {
+                    let (offset, found_ts) = first_record_at_or_after(&log, batch_offset, ts)
+                        .await
+                        .unwrap_or((batch_offset, batch_max_ts));
+                    (codes::NONE, found_ts, offset)
+                }
                 Ok(None) => (codes::NONE, -1, -1),
                 Err(e) => (log_error_code(&e), -1, -1),
             },
@@ -454,4 +459,25 @@ impl Shard {
 /// Deadline for a long poll: now + max_wait, capped so a hostile value cannot pin a task.
 pub fn fetch_deadline(max_wait_ms: i32) -> Instant {
     Instant::now() + Duration::from_millis(max_wait_ms.clamp(0, 300_000) as u64)
+}
+
+/// The first record at or after `ts_ms` in the batch at `batch_offset`: the log indexes
+/// batches, Kafka answers the exact record. The control path (ListOffsets) may decode and
+/// decompress one batch; the produce and fetch paths never do.
+async fn first_record_at_or_after(
+    log: &crate::log::PartitionLog,
+    batch_offset: i64,
+    ts_ms: i64,
+) -> Option<(i64, i64)> {
+    let read = log.read(batch_offset, 1).await.ok()?;
+    let mut batch = bytes::BytesMut::with_capacity(read.bytes);
+    for chunk in &read.chunks {
+        batch.extend_from_slice(chunk);
+    }
+    let mut batch = batch.freeze();
+    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut batch).ok()?;
+    set.records
+        .iter()
+        .find(|r| r.offset >= batch_offset && r.timestamp >= ts_ms)
+        .map(|r| (r.offset, r.timestamp))
 }
