@@ -58,6 +58,10 @@ pub struct Cli {
     /// Open connections per shard; further connections are closed at accept.
     #[arg(long, env = "SHARDLOG_MAX_CONNECTIONS_PER_SHARD")]
     pub max_connections_per_shard: Option<usize>,
+    /// Partitions the broker holds in all (each keeps at least one file open); creations
+    /// beyond it are refused with INVALID_PARTITIONS.
+    #[arg(long, env = "SHARDLOG_MAX_PARTITIONS")]
+    pub max_partitions: Option<usize>,
     /// A connection that sends nothing for this long is closed.
     #[arg(long, env = "SHARDLOG_IDLE_TIMEOUT_MS")]
     pub idle_timeout_ms: Option<u64>,
@@ -117,6 +121,7 @@ struct FileConfig {
     max_inflight_requests: Option<usize>,
     max_buffered_bytes_per_shard: Option<usize>,
     max_connections_per_shard: Option<usize>,
+    max_partitions: Option<usize>,
     idle_timeout_ms: Option<u64>,
     segment_bytes: Option<u64>,
     segment_ms: Option<u64>,
@@ -150,6 +155,7 @@ pub struct Config {
     pub max_inflight_requests: usize,
     pub max_buffered_bytes_per_shard: usize,
     pub max_connections_per_shard: usize,
+    pub max_partitions: usize,
     pub idle_timeout_ms: u64,
     pub segment_bytes: u64,
     pub segment_ms: u64,
@@ -205,6 +211,7 @@ impl Config {
             max_inflight_requests: pick!(max_inflight_requests, 64),
             max_buffered_bytes_per_shard: pick!(max_buffered_bytes_per_shard, 256 << 20),
             max_connections_per_shard: pick!(max_connections_per_shard, 10_000),
+            max_partitions: pick!(max_partitions, 10_000),
             idle_timeout_ms: pick!(idle_timeout_ms, 600_000),
             segment_bytes: pick!(segment_bytes, 1 << 30),
             segment_ms: pick!(segment_ms, 7 * 24 * 3600 * 1000),
@@ -268,6 +275,10 @@ impl Config {
         check(
             self.max_connections_per_shard >= 1,
             "max_connections_per_shard: must be at least 1".into(),
+        )?;
+        check(
+            self.max_partitions >= 1,
+            "max_partitions: must be at least 1".into(),
         )?;
         check(
             self.segment_bytes >= 64 << 10,

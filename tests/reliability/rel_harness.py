@@ -8,6 +8,7 @@ Every wait has a deadline; nothing sleeps for a fixed time hoping the broker is 
 
 import os
 import re
+import resource
 import signal
 import socket
 import struct
@@ -52,12 +53,14 @@ def wait_until(predicate, timeout_s, what, interval_s=0.02):
 class Broker:
     """One shardlog process at a time on a fixed data dir and port; restartable."""
 
-    def __init__(self, data_dir, cores=1, port=None, extra_args=(), log_path=None):
+    def __init__(self, data_dir, cores=1, port=None, extra_args=(), log_path=None,
+                 open_files_max=None):
         self.data_dir = Path(data_dir)
         self.cores = cores
         self.port = port or free_port()
         self.extra_args = list(extra_args)
         self.log_path = Path(log_path or (self.data_dir.parent / f"{self.data_dir.name}.log"))
+        self.open_files_max = open_files_max
         self.proc = None
         self.starts = 0
         self._log_offset = 0
@@ -86,8 +89,15 @@ class Broker:
         self.log_file = open(self.log_path, "a")
         env = dict(os.environ)
         env.setdefault("RUST_BACKTRACE", "1")
+        limit = self.open_files_max
+
+        def limit_open_files():
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
         self.proc = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=self.log_file, env=env
+            self.command(), stdout=subprocess.DEVNULL, stderr=self.log_file, env=env,
+            preexec_fn=limit_open_files,
         )
         self.starts += 1
         return self.proc

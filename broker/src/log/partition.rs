@@ -903,6 +903,11 @@ impl PartitionLog {
         self.appended_total.get() - self.durable_total.get()
     }
 
+    /// True once a write or sync failed: appends are refused until the log is reopened.
+    pub fn is_failed(&self) -> bool {
+        self.failure.borrow().is_some()
+    }
+
     /// True once `close` or `delete` ran.
     pub fn is_closed(&self) -> bool {
         self.closed.get()

@@ -34,6 +34,21 @@ use crate::log::{PartitionLog, ShardStorage};
 /// Work sent to another shard: runs there with that shard's state.
 pub type Job = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
 
+/// Shortest time between two attempts to reopen a failed log on one shard.
+const REOPEN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Bytes available to the broker on the file system holding `path`.
+fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is a valid NUL-terminated string and st a valid out-pointer.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 /// Error returned when a peer shard is gone (only during shutdown).
 #[derive(Debug)]
 pub struct ShardGone;
@@ -55,6 +70,8 @@ pub struct Shard {
     pub groups: std::cell::OnceCell<Rc<crate::groups::GroupCoordinator>>,
     /// Requests being handled on this shard right now (for a clean shutdown).
     pub(crate) requests_in_flight: Cell<usize>,
+    /// When this shard last tried to reopen a failed log.
+    last_reopen: Cell<Option<std::time::Instant>>,
 }
 
 impl Shard {
@@ -72,6 +89,7 @@ impl Shard {
             shutting_down: Cell::new(false),
             groups: std::cell::OnceCell::new(),
             requests_in_flight: Cell::new(0),
+            last_reopen: Cell::new(None),
         })
     }
 
@@ -209,6 +227,70 @@ impl Shard {
             .map_err(|_| "shard gone".to_string())??;
         }
         Ok(())
+    }
+
+    /// Gives a partition whose log failed a write (typically a full disk) a fresh start once
+    /// the file system has room again: the failed log is closed without a clean-shutdown
+    /// marker and opened anew, so recovery keeps every durable batch and cuts what never
+    /// reached the disk (no producer was told it was durable). Until then the failed log
+    /// keeps serving reads and refusing appends with KAFKA_STORAGE_ERROR. Tried at most once
+    /// per `REOPEN_INTERVAL` per shard, so a full disk costs one statvfs per interval.
+    pub async fn reopen_if_failed(&self, topic: &str, partition: i32) {
+        let Some(old) = self.log(topic, partition) else {
+            return;
+        };
+        if !old.is_failed() || old.is_closed() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if self
+            .last_reopen
+            .get()
+            .is_some_and(|t| now.duration_since(t) < REOPEN_INTERVAL)
+        {
+            return;
+        }
+        self.last_reopen.set(Some(now));
+        let config = old.config();
+        let needed = 2 * config.preallocate_bytes;
+        match free_bytes(old.dir()) {
+            Ok(free) if free >= needed => {}
+            Ok(free) => {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    free,
+                    needed,
+                    "log failed; waiting for free space to reopen it"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(topic, partition, "cannot read free space: {e}");
+                return;
+            }
+        }
+        self.storage.unregister(&old);
+        let _ = old.close().await; // fails at its flush: no marker, so the open below scans
+        let dir = old.dir().to_path_buf();
+        let reopened = match PartitionLog::open(&dir, config).await {
+            Ok((log, report)) => {
+                tracing::warn!(topic, partition, %report, "reopened a failed log");
+                log
+            }
+            Err(e) => {
+                tracing::error!(topic, partition, "reopening a failed log failed: {e}");
+                return;
+            }
+        };
+        self.storage.register(&reopened);
+        let mut logs = self.logs.borrow_mut();
+        if let Some(slot) = logs
+            .get_mut(topic)
+            .and_then(|slots| slots.get_mut(partition as usize))
+        {
+            *slot = Some(reopened);
+        }
     }
 
     /// Whether a shutdown has begun: connections take no new requests.

@@ -93,6 +93,12 @@ impl Shard {
                 log_append_time_ms: -1,
                 log_start_offset: -1,
             };
+            if self
+                .log(topic, partition)
+                .is_some_and(|log| log.is_failed())
+            {
+                self.reopen_if_failed(topic, partition).await;
+            }
             let Some(log) = self.log(topic, partition) else {
                 result.error = codes::UNKNOWN_TOPIC_OR_PARTITION;
                 results.push(result);
@@ -267,6 +273,20 @@ impl Shard {
         results
     }
 
+    /// Every partition keeps files open and buffers allocated: one CreateTopics asking for
+    /// 100,000 of them used up the broker's file descriptors, after which it could accept
+    /// no connection and not even open its own catalog again at start.
+    fn check_partition_room(&self, catalog: &catalog::Catalog, more: usize) -> Result<(), String> {
+        let now: usize = catalog.topics.values().map(|t| t.owners.len()).sum();
+        let max = self.config.max_partitions;
+        if now + more > max {
+            return Err(format!(
+                "{more} more partitions would exceed max_partitions {max} ({now} exist)"
+            ));
+        }
+        Ok(())
+    }
+
     fn check_new_topic(&self, catalog: &catalog::Catalog, new: &NewTopic) -> (i16, Option<String>) {
         if !catalog::valid_topic_name(&new.name) {
             return (
@@ -285,6 +305,9 @@ impl Shard {
                 codes::INVALID_PARTITIONS,
                 Some(format!("invalid partition count {}", new.partitions)),
             );
+        }
+        if let Err(msg) = self.check_partition_room(catalog, new.partitions as usize) {
+            return (codes::INVALID_PARTITIONS, Some(msg));
         }
         for (name, value) in &new.configs {
             if let Err(msg) = catalog::validate_topic_config(name, value) {
@@ -325,6 +348,16 @@ impl Shard {
         let mut changed = false;
         let mut results = Vec::with_capacity(requests.len());
         for (name, count) in requests {
+            let current = catalog
+                .topics
+                .get(&name)
+                .map_or(0, |t| t.owners.len() as i32);
+            if (current + 1..=100_000).contains(&count) {
+                if let Err(msg) = self.check_partition_room(&catalog, (count - current) as usize) {
+                    results.push((codes::INVALID_PARTITIONS, Some(msg)));
+                    continue;
+                }
+            }
             let Some(topic) = catalog.topics.get_mut(&name) else {
                 results.push((
                     codes::UNKNOWN_TOPIC_OR_PARTITION,
@@ -332,7 +365,6 @@ impl Shard {
                 ));
                 continue;
             };
-            let current = topic.owners.len() as i32;
             if count <= current || count > 100_000 {
                 results.push((
                     codes::INVALID_PARTITIONS,

@@ -10,6 +10,7 @@
 """
 
 import socket
+import threading
 import struct
 import time
 
@@ -100,19 +101,27 @@ def test_max_inflight_requests_stops_reading_the_connection(rel_broker_factory):
 
 
 def test_max_buffered_bytes_per_shard_stops_reading_when_taken(rel_broker_factory):
+    """A request holds its frame's size of the shard's budget until its response is
+    written: one long poll padded to exactly the budget (1 MiB) takes it all for 3 s, and
+    the shard takes no other request, even a 20-byte one, until the poll answers."""
     budget = 1 << 20
     broker = rel_broker_factory(cores=1, extra_args=[
         "--max-frame-bytes", str(budget), "--max-message-bytes", str(budget - 4096),
         "--max-buffered-bytes-per-shard", str(budget)]).start()
+    auto_create(broker.port, "empty")
+    poll = fetch_v4("empty", 0, 0, max_wait_ms=3000, min_bytes=1, correlation_id=9)
+    poll = struct.pack(">i", budget) + poll[4:] + b"\x00" * (budget + 4 - len(poll))
+    assert len(poll) == budget + 4
     hog = RawConnection(broker.port)
-    # A frame announcing the whole budget, of which only the header arrives.
-    hog.send(struct.pack(">i", budget) + request_header(18, 0, 1))
+    hog.send(poll)
+    time.sleep(0.3)  # let the broker read the whole frame (it holds the budget 3 s)
     other = RawConnection(broker.port)
     other.send(api_versions_v0(5))
     assert answered(other, 1.0) is None, "served although the shard's budget was taken"
-    hog.close()
+    assert struct.unpack_from(">i", hog.recv_frame())[0] == 9
     answer = answered(other, 10.0)
     assert answer is not None and struct.unpack_from(">i", answer)[0] == 5
+    hog.close()
     other.close()
 
 
@@ -165,3 +174,30 @@ def test_idle_timeout_closes_silent_connections_only(rel_broker_factory):
     silent.close()
     busy.close()
     assert f"idle for {idle_ms} ms" in broker.this_run_log()
+
+
+def test_small_produces_pin_no_more_than_the_tail_cache(rel_broker_factory):
+    """Cached batches may hold `--tail-cache-bytes` per partition, not the read buffers they
+    arrived in: 10,000 produces of ~1 KiB, one per read, on 20 connections."""
+    cache_bytes = 8 << 20
+    broker = rel_broker_factory(cores=1, extra_args=[
+        "--tail-cache-bytes", str(cache_bytes)]).start()
+    auto_create(broker.port, "small")
+    before = broker.rss_bytes()
+    request = produce_v3("small", 0, record_batch([b"s" * 1000]), acks=1)
+
+    def run():
+        conn = RawConnection(broker.port)
+        for _ in range(500):
+            conn.send(request)
+            assert produce_answer_error(conn.recv_frame(), "small") == 0
+        conn.close()
+
+    threads = [threading.Thread(target=run) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    grown = broker.rss_bytes() - before
+    print(f"\n10,000 produces of 1 KiB: RSS grew {grown >> 20} MiB (tail cache {cache_bytes >> 20} MiB)")
+    assert grown < 2 * cache_bytes + (16 << 20), f"RSS grew {grown >> 20} MiB"
