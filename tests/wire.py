@@ -341,14 +341,21 @@ def produce(conn, topic, partitions, acks=1):
 
 
 def fetch(conn, topic, partition, offset, max_bytes=1 << 20, max_wait_ms=0, min_bytes=0):
-    """Fetch v4 of one partition: (error_code, high_watermark, batches)."""
+    """Fetch v10 (the first version that may carry zstd batches) of one partition:
+    (error_code, high_watermark, batches)."""
     body = (i32(-1) + i32(max_wait_ms) + i32(min_bytes) + i32(max_bytes) + i8(0)
-            + array([string(topic) + array([i32(partition) + i64(offset) + i32(max_bytes)])]))
-    r = conn.request(API_FETCH, 4, body)
+            + i32(0) + i32(-1)  # no fetch session
+            + array([string(topic) + array([i32(partition) + i32(-1) + i64(offset)
+                                            + i64(-1) + i32(max_bytes)])])
+            + array([]))  # forgotten topics
+    r = conn.request(API_FETCH, 10, body)
     r.i32()  # throttle
+    r.i16()  # top-level error
+    r.i32()  # session id
     topics = r.array(lambda r: (r.string(), r.array(lambda r: (
-        r.i32(), r.i16(), r.i64(), r.i64(), r.array(lambda r: (r.i64(), r.i64())), r.nbytes()))))
-    (_name, [(_p, error, high_watermark, _lso, _aborted, records)]) = topics[0]
+        r.i32(), r.i16(), r.i64(), r.i64(), r.i64(),
+        r.array(lambda r: (r.i64(), r.i64())), r.nbytes()))))
+    (_name, [(_p, error, high_watermark, _lso, _start, _aborted, records)]) = topics[0]
     return error, high_watermark, parse_batches(records or b"")
 
 

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
@@ -63,6 +65,12 @@ pub async fn handle(shard: &Rc<Shard>, request: &Request) -> Result<Reply, Strin
         for _ in 0..count {
             let p = partitions_in_order.next().expect("one entry per partition");
             let mut result = results.next().expect("one result per partition");
+            if request.version < ZSTD_FETCH_VERSION_MIN && holds_zstd(&result.chunks) {
+                // A consumer this old cannot decompress zstd (Kafka answers the same).
+                result.error = codes::UNSUPPORTED_COMPRESSION_TYPE;
+                result.chunks.clear();
+                result.bytes = 0;
+            }
             if sent > 0 && sent + result.bytes > max_bytes {
                 result.chunks.clear();
                 result.bytes = 0;
@@ -83,6 +91,39 @@ pub async fn handle(shard: &Rc<Shard>, request: &Request) -> Result<Reply, Strin
         request.version,
         topics,
     )))
+}
+
+/// Fetch versions below this predate zstd (KIP-110).
+const ZSTD_FETCH_VERSION_MIN: i16 = 10;
+
+/// Whether any batch in `chunks` (whole batches, split anywhere) is zstd-compressed. Reads
+/// only the attributes of each batch header, across chunk boundaries, without copying.
+fn holds_zstd(chunks: &[Bytes]) -> bool {
+    const ATTRIBUTES_LOW_BYTE_AT: usize = 22;
+    const CODEC_ZSTD: u8 = 4;
+    let total: usize = chunks.iter().map(|c| c.len()).sum();
+    let byte_at = |mut at: usize| -> Option<u8> {
+        for chunk in chunks {
+            if at < chunk.len() {
+                return Some(chunk[at]);
+            }
+            at -= chunk.len();
+        }
+        None
+    };
+    let mut batch_at = 0usize;
+    while batch_at + 61 <= total {
+        let length = (8..12)
+            .filter_map(|i| byte_at(batch_at + i))
+            .fold(0u32, |n, b| n << 8 | b as u32);
+        match byte_at(batch_at + ATTRIBUTES_LOW_BYTE_AT) {
+            Some(low) if low & 0x07 == CODEC_ZSTD => return true,
+            Some(_) => {}
+            None => return false,
+        }
+        batch_at += 12 + length as usize;
+    }
+    false
 }
 
 /// Read every wanted partition on its owner; results in the order of `wanted`.
@@ -213,4 +254,35 @@ pub async fn handle_list_offsets(shard: &Rc<Shard>, request: &Request) -> Result
         request,
         &ListOffsetsResponse::default().with_topics(topics),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(codec: u8) -> Vec<u8> {
+        let mut b = vec![0u8; 70];
+        b[8..12].copy_from_slice(&58u32.to_be_bytes());
+        b[16] = 2;
+        b[22] = codec;
+        b
+    }
+
+    #[test]
+    fn zstd_batches_are_found_across_chunk_splits() {
+        let mut two = batch(1);
+        two.extend(batch(4));
+        let whole = Bytes::from(two);
+        assert!(holds_zstd(std::slice::from_ref(&whole)));
+        for split in [1, 8, 22, 70, 75, 92, 139] {
+            assert!(
+                holds_zstd(&[whole.slice(..split), whole.slice(split..)]),
+                "split {split}"
+            );
+        }
+        let mut plain = batch(1);
+        plain.extend(batch(3));
+        assert!(!holds_zstd(&[Bytes::from(plain)]));
+        assert!(!holds_zstd(&[]));
+    }
 }
