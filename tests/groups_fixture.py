@@ -6,13 +6,15 @@ Waits for the `listening on ADDR` line on stderr with a deadline; never sleeps b
 
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
+
+# The suite-wide helpers (tests/broker_process.py), re-exported for the group tests.
+from broker_process import free_port, wait_until  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 START_DEADLINE_S = 30
@@ -28,24 +30,6 @@ def shardlog_binary():
         if path.exists():
             return str(path)
     pytest.fail("no shardlog binary: run `cargo build` first or set SHARDLOG_BIN")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(condition, timeout_s, what, interval_s=0.1):
-    """Poll `condition` until it returns a truthy value; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval_s)
 
 
 class Broker:
