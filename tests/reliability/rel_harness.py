@@ -13,10 +13,18 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+# The suite-wide helpers in tests/ (process polling, Kafka wire encoding) are shared, not
+# copied; scripts that import this module from tests/reliability need tests/ on the path.
+sys.path.insert(0, str(REPO / "tests"))
+from broker_process import free_port, wait_until  # noqa: E402,F401
+from wire import crc32c, varint as _varint  # noqa: E402,F401
+
 READY_TIMEOUT_S = 60.0
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -30,24 +38,6 @@ def broker_binary() -> str:
         if candidate.exists():
             return str(candidate)
     raise RuntimeError("no shardlog binary: build it or set SHARDLOG_BIN")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout_s, what, interval_s=0.02):
-    """Polls `predicate` until it returns a truthy value; fails naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s:.1f}s waiting for {what}")
-        time.sleep(interval_s)
 
 
 class Broker:
@@ -222,38 +212,6 @@ def fetch_v4(topic, partition, offset, max_bytes=1 << 20, correlation_id=1, max_
     body += struct.pack(">i", 1) + kstring(topic)
     body += struct.pack(">i", 1) + struct.pack(">iqi", partition, offset, max_bytes)
     return frame(request_header(1, 4, correlation_id) + body)
-
-
-def _crc32c_table():
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_CRC32C = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-    c = 0xFFFFFFFF
-    for b in data:
-        c = _CRC32C[(c ^ b) & 0xFF] ^ (c >> 8)
-    return c ^ 0xFFFFFFFF
-
-
-def _varint(n: int) -> bytes:
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while True:
-        if z & ~0x7F:
-            out.append((z & 0x7F) | 0x80)
-            z >>= 7
-        else:
-            out.append(z)
-            return bytes(out)
 
 
 def record_batch(values, base_timestamp_ms=None) -> bytes:
