@@ -820,6 +820,21 @@ fn concurrent_durability_waiters_share_sync_rounds_across_partitions() {
 // ---------------------------------------------------------------------------------------
 // Crashes and damage
 
+/// Opens the log, fills it (see [`fill`]), makes it durable, then stops it as a crash
+/// would: the common start of every crash-recovery test.
+async fn fill_flush_crash(
+    path: &std::path::Path,
+    config: &LogConfig,
+    count: usize,
+    seed: u64,
+) -> Vec<(i64, Vec<u8>)> {
+    let (log, _) = PartitionLog::open(path, config.clone()).await.unwrap();
+    let batches = fill(&log, count, seed).await;
+    log.flush().await.unwrap();
+    log.crash().await;
+    batches
+}
+
 /// Writes `count` batches over several segments and returns each batch's stamped bytes.
 async fn fill(log: &PartitionLog, count: usize, seed: u64) -> Vec<(i64, Vec<u8>)> {
     let mut batches = Vec::new();
@@ -966,10 +981,7 @@ fn a_flipped_byte_is_never_returned_and_the_scan_truncates_at_it() {
                 index_interval_bytes: 512,
                 ..small_config()
             };
-            let (log, _) = PartitionLog::open(&path, config.clone()).await.unwrap();
-            let batches = fill(&log, 80, seed).await;
-            log.flush().await.unwrap();
-            log.crash().await;
+            let batches = fill_flush_crash(&path, &config, 80, seed).await;
             // Flip one byte anywhere in any segment's data.
             let mut segs: Vec<_> = std::fs::read_dir(&path)
                 .unwrap()
@@ -1151,10 +1163,7 @@ fn a_cut_or_garbled_index_of_the_last_segment_costs_only_a_rescan() {
                 index_interval_bytes: 512,
                 ..small_config()
             };
-            let (log, _) = PartitionLog::open(&path, config.clone()).await.unwrap();
-            let batches = fill(&log, 60, seed).await;
-            log.flush().await.unwrap();
-            log.crash().await;
+            let batches = fill_flush_crash(&path, &config, 60, seed).await;
             let index = path.join(format!("{:020}.index", 0));
             let mut raw = std::fs::read(&index).unwrap();
             if seed % 2 == 0 {
@@ -1183,10 +1192,7 @@ fn an_unclean_reopen_scans_only_from_the_last_index_entry() {
             index_interval_bytes: 4096,
             ..small_config()
         };
-        let (log, _) = PartitionLog::open(&path, config.clone()).await.unwrap();
-        let batches = fill(&log, 400, 1).await;
-        log.flush().await.unwrap();
-        log.crash().await;
+        let batches = fill_flush_crash(&path, &config, 400, 1).await;
         let (log, report) = PartitionLog::open(&path, config).await.unwrap();
         let total: u64 = batches.iter().map(|b| b.1.len() as u64).sum();
         assert!(report.scanned_from_bytes > 0, "{report}");
