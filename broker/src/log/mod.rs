@@ -65,10 +65,12 @@ pub struct LogConfig {
     /// the device always stay (they have no other copy), so the cache may exceed this by up
     /// to two staging buffers. Cached batches are slices of the appended `Bytes`.
     pub tail_cache_bytes: usize,
-    /// Size of one aligned staging buffer and of a full write; one fills while at most one
-    /// more is written (two while a flush is in progress); then `append` waits. A change
-    /// applies from the next segment roll.
+    /// Size of one aligned staging buffer and of a full write. A change applies from the
+    /// next segment roll.
     pub write_buffer_bytes: usize,
+    /// Sealed buffers on their way to the device while the next one fills (one more while
+    /// a flush or roll is in progress); when that many are unfinished, `append` waits.
+    pub max_writes_in_flight: usize,
     /// Files grow in steps of this size, so most writes need no block allocation.
     pub preallocate_bytes: u64,
 }
@@ -84,6 +86,7 @@ impl Default for LogConfig {
             max_batch_bytes: 1_048_588,
             tail_cache_bytes: 8 << 20,
             write_buffer_bytes: 1 << 20,
+            max_writes_in_flight: 4,
             preallocate_bytes: 64 << 20,
         }
     }

@@ -7,10 +7,14 @@
 //!
 //! Write path: a batch is validated, its base offset stamped into an 8-byte chunk, and its
 //! bytes copied once into the current staging `DmaBuffer` (`write_buffer_bytes`). A full
-//! buffer is handed to a writer task and a fresh one continues from the partially filled
-//! last page, which the next write rewrites whole. At most one buffer is being written
-//! while another fills: when both are busy, `append` waits (backpressure). `flush` writes
-//! the partial buffer and fdatasyncs; concurrent flushes share one fdatasync.
+//! buffer is handed to the issuer task, which starts its write at once: up to
+//! `max_writes_in_flight` buffers are on their way to the device while the next one fills,
+//! and when that many are sealed and unfinished `append` waits (backpressure). Writes may
+//! complete out of order; a write counts as written (readers, `flush`, recovery of the
+//! durable offset) only once every write before it completed. A fresh buffer continues from
+//! the partially filled last page, which its write rewrites whole, so a write that starts
+//! inside the previous write's last page is issued only after everything before it landed.
+//! `flush` writes the partial buffer and fdatasyncs; concurrent flushes share one fdatasync.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -64,12 +68,23 @@ struct Staging {
     complete_total: u64,
 }
 
-/// A sealed buffer waiting for, or in, its write.
+/// A sealed buffer waiting for its write to be issued.
 struct PendingWrite {
+    seq: u64,
     buf: DmaBuffer,
     file: Rc<DmaFile>,
     segment_base: i64,
     file_start: u64,
+    end_position: u64,
+    covered_offset: i64,
+    covered_total: u64,
+}
+
+/// A write handed to the device, in seal order; `done` is set when it completes.
+struct IssuedWrite {
+    seq: u64,
+    done: Option<Result<(), LogError>>,
+    segment_base: i64,
     end_position: u64,
     covered_offset: i64,
     covered_total: u64,
@@ -90,14 +105,22 @@ pub struct PartitionLog {
     state: RefCell<State>,
     staging: RefCell<Staging>,
     pending: RefCell<VecDeque<PendingWrite>>,
-    /// One written full-size buffer kept for reuse (at most one, so it adds one buffer).
-    spare: RefCell<Option<DmaBuffer>>,
-    /// Sealed buffers not yet on the device: bounded to one by `append`'s backpressure
-    /// (two when a `flush` seals while one is in flight).
+    issued: RefCell<VecDeque<IssuedWrite>>,
+    /// Sequence number of the last sealed buffer, and the highest one that completed
+    /// together with every write before it.
+    sealed_seq: Cell<u64>,
+    completed_seq: Cell<u64>,
+    /// Segment and page-aligned end of the last issued write: a write starting before that
+    /// end rewrites its last page and must wait for it.
+    last_issued: Cell<Option<(i64, u64)>>,
+    /// Written full-size buffers kept for reuse (at most `max_writes_in_flight`).
+    spare: RefCell<Vec<DmaBuffer>>,
+    /// Sealed buffers not yet on the device: bounded to `max_writes_in_flight` by
+    /// `append`'s backpressure (one more when a `flush` or roll seals a partial buffer).
     writes_in_flight: Cell<usize>,
     /// Serialises appends: offsets, buffer order and producer checks must not interleave.
     append_lock: Semaphore,
-    /// Serialises writes: a rewritten partial page must land after the write before it.
+    /// One issuer at a time: writes are issued in seal order.
     write_lock: Semaphore,
     syncing: Cell<bool>,
     log_start_offset: Cell<i64>,
@@ -285,7 +308,11 @@ impl PartitionLog {
             }),
             staging: RefCell::new(staging),
             pending: RefCell::new(VecDeque::new()),
-            spare: RefCell::new(None),
+            issued: RefCell::new(VecDeque::new()),
+            sealed_seq: Cell::new(0),
+            completed_seq: Cell::new(0),
+            last_issued: Cell::new(None),
+            spare: RefCell::new(Vec::new()),
             writes_in_flight: Cell::new(0),
             append_lock: Semaphore::new(1),
             write_lock: Semaphore::new(1),
@@ -480,8 +507,9 @@ impl PartitionLog {
                 st.len == st.capacity
             };
             if full {
-                // Backpressure: a second full buffer waits for the first one's write.
-                while self.writes_in_flight.get() > 0 {
+                // Backpressure: a full buffer waits while the write queue is full.
+                let depth = self.config.borrow().max_writes_in_flight.max(1);
+                while self.writes_in_flight.get() >= depth {
                     self.check_usable()?;
                     self.write_event.listen().await;
                 }
@@ -509,7 +537,7 @@ impl PartitionLog {
         let spare = self
             .spare
             .borrow_mut()
-            .take()
+            .pop()
             .filter(|b| b.len() == st.capacity);
         let mut fresh = spare.unwrap_or_else(|| st.file.alloc_dma_buffer(st.capacity));
         fresh.as_bytes_mut()[..partial].copy_from_slice(&old.as_bytes()[partial_start..len]);
@@ -517,7 +545,10 @@ impl PartitionLog {
             // Trimming is for good: this buffer will not come back as a spare.
             old.trim_to_size(aligned);
         }
+        let seq = self.sealed_seq.get() + 1;
+        self.sealed_seq.set(seq);
         self.pending.borrow_mut().push_back(PendingWrite {
+            seq,
             buf: old,
             file: st.file.clone(),
             segment_base: st.segment_base,
@@ -535,45 +566,79 @@ impl PartitionLog {
     }
 
     fn spawn_writer(&self) {
+        if self.pending.borrow().is_empty() {
+            return;
+        }
         if let Some(me) = self.me.upgrade() {
             glommio::spawn_local(async move {
                 // Errors are recorded in `failure` and reported to the next caller.
-                let _ = me.drain_writes().await;
+                let _ = me.issue_writes().await;
             })
             .detach();
         }
     }
 
-    /// Writes every sealed buffer in order, one at a time.
-    async fn drain_writes(&self) -> Result<(), LogError> {
+    /// Issues every sealed buffer's write in seal order, each as its own task, keeping at
+    /// most `max_writes_in_flight` on the device; returns once none is left to issue.
+    async fn issue_writes(&self) -> Result<(), LogError> {
         let _permit = self
             .write_lock
             .acquire_permit(1)
             .await
             .map_err(|_| LogError::Closed)?;
         loop {
-            let Some(w) = self.pending.borrow_mut().pop_front() else {
-                break;
+            self.check_failed()?;
+            let Some((segment_base, start)) = self
+                .pending
+                .borrow()
+                .front()
+                .map(|w| (w.segment_base, w.file_start))
+            else {
+                return Ok(());
             };
-            let result = self.write_one(w).await;
-            self.writes_in_flight.set(self.writes_in_flight.get() - 1);
-            self.write_event.notify();
-            if let Err(e) = result {
+            loop {
+                self.check_failed()?;
+                let issued = self.issued.borrow().len();
+                let depth = self.config.borrow().max_writes_in_flight.max(1);
+                let rewrites_last_page = self
+                    .last_issued
+                    .get()
+                    .is_some_and(|(base, end)| base == segment_base && start < end);
+                if issued == 0 || (issued < depth && !rewrites_last_page) {
+                    break;
+                }
+                self.write_event.listen().await;
+            }
+            let w = self.pending.borrow_mut().pop_front().expect("front write");
+            if let Err(e) = self.grow_for(&w).await {
+                self.writes_in_flight.set(self.writes_in_flight.get() - 1);
                 self.fail(&e);
                 return Err(e);
             }
-        }
-        self.evict_cache();
-        match &*self.failure.borrow() {
-            Some(f) => Err(LogError::Failed(f.clone())),
-            None => Ok(()),
+            self.last_issued
+                .set(Some((w.segment_base, align_up(w.end_position))));
+            self.issued.borrow_mut().push_back(IssuedWrite {
+                seq: w.seq,
+                done: None,
+                segment_base: w.segment_base,
+                end_position: w.end_position,
+                covered_offset: w.covered_offset,
+                covered_total: w.covered_total,
+            });
+            let Some(me) = self.me.upgrade() else {
+                return Err(LogError::Closed);
+            };
+            glommio::spawn_local(async move {
+                let result = me.write_buffer(w.file, w.buf, w.file_start).await;
+                me.complete_write(w.seq, result);
+            })
+            .detach();
         }
     }
 
-    async fn write_one(&self, w: PendingWrite) -> Result<(), LogError> {
-        self.check_failed()?;
-        let len = w.buf.len();
-        let end = w.file_start + len as u64;
+    /// Preallocates the segment ahead of a write that would pass its allocated end.
+    async fn grow_for(&self, w: &PendingWrite) -> Result<(), LogError> {
+        let end = w.file_start + w.buf.len() as u64;
         let grow = {
             let st = self.state.borrow();
             let step = self.config.borrow().preallocate_bytes.max(PAGE_BYTES);
@@ -583,19 +648,37 @@ impl PartitionLog {
                 .filter(|s| end > s.allocated_bytes)
                 .map(|s| align_up(end.max(s.allocated_bytes + step)))
         };
-        if let Some(target) = grow {
-            // keep_size = false: the size is set once per step, so fdatasync after a write
-            // inside the preallocated range has no file size to journal.
-            w.file.pre_allocate(target, false).await?;
+        let Some(target) = grow else { return Ok(()) };
+        // keep_size = false: the size is set once per step, so fdatasync after a write
+        // inside the preallocated range has no file size to journal.
+        w.file.pre_allocate(target, false).await?;
+        let mut st = self.state.borrow_mut();
+        if let Some(seg) = st
+            .segments
+            .iter_mut()
+            .find(|s| s.base_offset == w.segment_base)
+        {
+            seg.allocated_bytes = seg.allocated_bytes.max(target);
         }
-        let buf = Rc::new(w.buf);
-        let written = w.file.write_rc_at(buf.clone(), w.file_start).await?;
+        Ok(())
+    }
+
+    async fn write_buffer(
+        &self,
+        file: Rc<DmaFile>,
+        buf: DmaBuffer,
+        at: u64,
+    ) -> Result<(), LogError> {
+        let len = buf.len();
+        let buf = Rc::new(buf);
+        let written = file.write_rc_at(buf.clone(), at).await?;
         if let Ok(buf) = Rc::try_unwrap(buf) {
-            // A full buffer comes back as the next staging buffer: its pages are already
+            // A full buffer comes back as a later staging buffer: its pages are already
             // faulted in, where a fresh allocation costs a page fault per 4 KiB.
+            let depth = self.config.borrow().max_writes_in_flight.max(1);
             let mut spare = self.spare.borrow_mut();
-            if spare.is_none() && buf.len() == self.staging.borrow().capacity {
-                *spare = Some(buf);
+            if spare.len() < depth && buf.len() == self.staging.borrow().capacity {
+                spare.push(buf);
             }
         }
         if written != len {
@@ -603,22 +686,60 @@ impl PartitionLog {
                 "short write: {written} of {len} bytes"
             ))));
         }
-        let mut st = self.state.borrow_mut();
-        if let Some(seg) = st
-            .segments
-            .iter_mut()
-            .find(|s| s.base_offset == w.segment_base)
-        {
-            seg.written_bytes = seg.written_bytes.max(w.end_position);
-            if let Some(target) = grow {
-                seg.allocated_bytes = target;
+        Ok(())
+    }
+
+    /// Records a finished write and accounts, in seal order, every write whose
+    /// predecessors have all finished: only those count as written.
+    fn complete_write(&self, seq: u64, result: Result<(), LogError>) {
+        if let Some(w) = self.issued.borrow_mut().iter_mut().find(|w| w.seq == seq) {
+            w.done = Some(result);
+        }
+        loop {
+            let front = {
+                let mut issued = self.issued.borrow_mut();
+                if issued.front().is_some_and(|w| w.done.is_some()) {
+                    issued.pop_front()
+                } else {
+                    None
+                }
+            };
+            let Some(w) = front else { break };
+            self.writes_in_flight.set(self.writes_in_flight.get() - 1);
+            match w.done.expect("done") {
+                Err(e) => self.fail(&e),
+                Ok(()) if self.failure.borrow().is_none() => {
+                    let mut st = self.state.borrow_mut();
+                    if let Some(seg) = st
+                        .segments
+                        .iter_mut()
+                        .find(|s| s.base_offset == w.segment_base)
+                    {
+                        seg.written_bytes = seg.written_bytes.max(w.end_position);
+                    }
+                    self.written_offset
+                        .set(self.written_offset.get().max(w.covered_offset));
+                    self.written_total
+                        .set(self.written_total.get().max(w.covered_total));
+                    self.completed_seq.set(w.seq);
+                }
+                Ok(()) => {}
             }
         }
-        self.written_offset
-            .set(self.written_offset.get().max(w.covered_offset));
-        self.written_total
-            .set(self.written_total.get().max(w.covered_total));
-        Ok(())
+        self.evict_cache();
+        self.write_event.notify();
+    }
+
+    /// Seals the staging buffer and waits until it and every buffer before it are written.
+    async fn write_staged(&self) -> Result<(), LogError> {
+        self.seal();
+        let target = self.sealed_seq.get();
+        self.spawn_writer();
+        while self.completed_seq.get() < target {
+            self.check_failed()?;
+            self.write_event.listen().await;
+        }
+        self.check_failed()
     }
 
     fn check_failed(&self) -> Result<(), LogError> {
@@ -649,9 +770,7 @@ impl PartitionLog {
     /// Rolls to a new segment at the log end: the old one is written, synced, trimmed to
     /// its data and gets its final indexes; the caller holds the append lock.
     async fn roll(&self) -> Result<(), LogError> {
-        self.drain_writes().await?;
-        self.seal();
-        self.drain_writes().await?;
+        self.write_staged().await?;
         self.sync_written().await?;
         let (old_file, old_size) = {
             let st = self.state.borrow();
@@ -755,9 +874,7 @@ impl PartitionLog {
         if self.closed.get() {
             return Ok(self.durable_offset.get());
         }
-        self.drain_writes().await?;
-        self.seal();
-        self.drain_writes().await?;
+        self.write_staged().await?;
         let durable = self.sync_written().await?;
         // Index entries go to the page cache after the data they point to is durable.
         self.state
@@ -1127,7 +1244,12 @@ impl PartitionLog {
     #[cfg(test)]
     pub(crate) async fn crash(&self) {
         let _permit = self.append_lock.acquire_permit(1).await.expect("lock");
-        let _ = self.drain_writes().await;
+        // Only writes already handed to the device complete; nothing more is sealed.
+        let target = self.sealed_seq.get();
+        self.spawn_writer();
+        while self.completed_seq.get() < target && self.failure.borrow().is_none() {
+            self.write_event.listen().await;
+        }
         self.closed.set(true);
         self.data_event.notify();
     }
