@@ -123,6 +123,9 @@ pub struct PartitionLog {
     /// One issuer at a time: writes are issued in seal order.
     write_lock: Semaphore,
     syncing: Cell<bool>,
+    /// A rolled segment is being finished in the background (`finish_segment`).
+    finishing: Cell<bool>,
+    finish_event: Event,
     log_start_offset: Cell<i64>,
     log_end_offset: Cell<i64>,
     written_offset: Cell<i64>,
@@ -201,7 +204,10 @@ impl PartitionLog {
             seg.max_timestamp = seg.time_index.last().map_or(-1, |t| t.timestamp);
             seg.max_timestamp_relative = seg.time_index.last().map_or(0, |t| t.relative_offset);
             seg.created_ms = seg.time_index.first().map(|t| t.timestamp);
-            let trusted = !is_last || clean.is_some();
+            // After an unclean stop the segment before the last may be unfinished (a roll
+            // finishes it in the background): its tail is scanned like the last segment's.
+            let trusted = clean.is_some() || i + 2 < bases.len();
+            let mut hole = false;
             if trusted && indexes_ok {
                 seg.size_bytes = size;
                 seg.bytes_since_index = seg.index.last().map_or(0, |e| size - e.position as u64);
@@ -212,10 +218,13 @@ impl PartitionLog {
                     seg.time_index.clear();
                 }
                 let outcome = scan_segment(&mut seg, file_len, !trusted, interval).await?;
+                // Data missing at the end of an unfinished segment while the next one has
+                // data: what follows a hole was never durable, so the log ends at the hole.
+                hole = !trusted && !is_last && outcome.next_offset < bases[i + 1];
                 if trusted {
                     tracing::warn!(dir = %dir.display(), base, "rebuilt a missing or damaged index");
                     report.rebuilt_indexes.push(base);
-                } else {
+                } else if is_last || hole || outcome.reason.is_some() {
                     report.scanned_segment = Some(base);
                     report.scanned_from_bytes = outcome.start_position;
                     report.scanned_bytes = seg.size_bytes - outcome.start_position;
@@ -245,10 +254,25 @@ impl PartitionLog {
                 log_end_offset = clean.as_ref().map_or(base, |m| m.log_end_offset);
             }
             seg.written_bytes = seg.size_bytes;
-            if !is_last {
+            if !is_last && !hole {
                 seg.thin_indexes();
             }
             segments.push(seg);
+            if hole {
+                for &later in &bases[i + 1..] {
+                    tracing::warn!(dir = %dir.display(), base = later, "removing a segment that follows a hole");
+                    for ext in ["log", "index", "timeindex"] {
+                        match std::fs::remove_file(files::segment_path(&dir, later, ext)) {
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                                return Err(e.into())
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                files::sync_dir(&dir)?;
+                break;
+            }
         }
         if is_new {
             segments[0].rewrite_indexes(&dir)?;
@@ -317,6 +341,8 @@ impl PartitionLog {
             append_lock: Semaphore::new(1),
             write_lock: Semaphore::new(1),
             syncing: Cell::new(false),
+            finishing: Cell::new(false),
+            finish_event: Event::default(),
             log_start_offset: Cell::new(log_start_offset),
             log_end_offset: Cell::new(log_end_offset),
             written_offset: Cell::new(log_end_offset),
@@ -755,11 +781,15 @@ impl PartitionLog {
         let limit = self.config.borrow().tail_cache_bytes;
         let mut st = self.state.borrow_mut();
         let st = &mut *st;
-        let active = st.segments.last().expect("active segment");
-        let (active_base, written) = (active.base_offset, active.written_bytes);
         while st.cache_bytes > limit {
             let Some(front) = st.cache.front() else { break };
-            if front.segment_base == active_base && front.end_position > written {
+            let written = st
+                .segments
+                .iter()
+                .rev()
+                .find(|s| s.base_offset == front.segment_base)
+                .map_or(u64::MAX, |s| s.written_bytes);
+            if front.end_position > written {
                 break;
             }
             st.cache_bytes -= front.header.total_bytes();
@@ -767,31 +797,32 @@ impl PartitionLog {
         }
     }
 
-    /// Rolls to a new segment at the log end: the old one is written, synced, trimmed to
-    /// its data and gets its final indexes; the caller holds the append lock.
+    /// Rolls to a new segment at the log end; the caller holds the append lock. Only what
+    /// appends must see happens here: the old segment's last buffer is sealed into the
+    /// write queue and the new file is opened. The old segment is finished by a background
+    /// task (`finish_segment`: written, trimmed to its data, synced, final indexes, producer
+    /// snapshot, directory sync), so a roll stalls neither this partition for the length of
+    /// an fdatasync nor the shard for a blocking file-system call. At most one segment is
+    /// unfinished at a time, which recovery relies on (see `open`), and `sync_written`
+    /// waits for the finish, so nothing past the old segment is reported durable before it.
     async fn roll(&self) -> Result<(), LogError> {
-        self.write_staged().await?;
-        self.sync_written().await?;
-        let (old_file, old_size) = {
-            let st = self.state.borrow();
-            let seg = st.segments.last().expect("active segment");
-            (seg.file.clone(), seg.size_bytes)
-        };
-        old_file.truncate(old_size).await?;
-        old_file.fdatasync().await?;
-        {
-            let mut st = self.state.borrow_mut();
-            let seg = st.segments.last_mut().expect("active segment");
-            seg.allocated_bytes = old_size;
-            seg.finish_time_index();
-            seg.persist_indexes(&self.dir)?;
-            seg.thin_indexes();
+        self.wait_finished().await?;
+        self.finishing.set(true);
+        let rolled = self.start_roll().await;
+        if let Err(e) = &rolled {
+            self.finishing.set(false);
+            self.finish_event.notify();
+            self.fail(e);
         }
+        rolled
+    }
+
+    async fn start_roll(&self) -> Result<(), LogError> {
+        self.seal();
+        let sealed = self.sealed_seq.get();
+        self.spawn_writer();
         let base = self.log_end_offset.get();
         let file = Rc::new(open_segment_file(&files::segment_path(&self.dir, base, "log")).await?);
-        std::fs::File::create(files::segment_path(&self.dir, base, "index"))?;
-        std::fs::File::create(files::segment_path(&self.dir, base, "timeindex"))?;
-        files::sync_dir(&self.dir)?;
         let capacity = align_up(
             self.config
                 .borrow()
@@ -799,31 +830,97 @@ impl PartitionLog {
                 .max(2 * PAGE_BYTES as usize) as u64,
         ) as usize;
         let buf = file.alloc_dma_buffer(capacity);
-        {
+        let (old_base, old_file, old_size, producers) = {
             let mut st = self.state.borrow_mut();
+            let old = st.segments.last().expect("active segment");
+            let old = (old.base_offset, old.file.clone(), old.size_bytes);
             st.segments.push(Segment::new(base, file.clone(), 0));
-            let producers = st.producers.to_snapshot(base);
-            drop(st);
-            files::write_atomic(
-                &self.dir,
-                files::PRODUCER_SNAPSHOT_FILE,
-                &files::encode_checked(&producers),
-            )?;
-        }
-        let mut staging = self.staging.borrow_mut();
-        let complete_total = staging.complete_total;
-        *staging = Staging {
-            buf: Some(buf),
-            capacity,
-            segment_base: base,
-            file,
-            file_start: 0,
-            len: 0,
-            carried: 0,
-            complete_offset: base,
-            complete_total,
+            (old.0, old.1, old.2, st.producers.to_snapshot(base))
         };
+        {
+            let mut staging = self.staging.borrow_mut();
+            let complete_total = staging.complete_total;
+            *staging = Staging {
+                buf: Some(buf),
+                capacity,
+                segment_base: base,
+                file,
+                file_start: 0,
+                len: 0,
+                carried: 0,
+                complete_offset: base,
+                complete_total,
+            };
+        }
+        let Some(me) = self.me.upgrade() else {
+            return Err(LogError::Closed);
+        };
+        glommio::spawn_local(async move {
+            let finished = me
+                .finish_segment(old_base, old_file, old_size, sealed, producers)
+                .await;
+            if let Err(e) = &finished {
+                me.fail(e);
+            }
+            me.finishing.set(false);
+            me.finish_event.notify();
+        })
+        .detach();
         Ok(())
+    }
+
+    /// The background half of a roll, for the segment at `base` whose last buffer is write
+    /// `sealed`: waits for its writes, trims the preallocated tail, fdatasyncs (data and
+    /// size), then persists its indexes and the producer snapshot taken at the roll and
+    /// syncs the directory (which also makes the new segment's file entry durable).
+    async fn finish_segment(
+        &self,
+        base: i64,
+        file: Rc<DmaFile>,
+        size: u64,
+        sealed: u64,
+        producers: ProducerSnapshot,
+    ) -> Result<(), LogError> {
+        while self.completed_seq.get() < sealed {
+            self.check_failed()?;
+            self.write_event.listen().await;
+        }
+        self.check_failed()?;
+        file.truncate(size).await?;
+        file.fdatasync().await?;
+        let (index, time_index) = {
+            let mut st = self.state.borrow_mut();
+            let Some(seg) = st.segments.iter_mut().find(|s| s.base_offset == base) else {
+                // Deleted meanwhile (the partition was removed): nothing left to finish.
+                return Ok(());
+            };
+            seg.allocated_bytes = size;
+            seg.finish_time_index();
+            let index = files::encode_index(&seg.index[seg.index_persisted..]);
+            let time_index = files::encode_time_index(&seg.time_index[seg.time_index_persisted..]);
+            seg.index_persisted = seg.index.len();
+            seg.time_index_persisted = seg.time_index.len();
+            seg.thin_indexes();
+            (index, time_index)
+        };
+        let dir = self.dir.clone();
+        let snapshot = files::encode_checked(&producers);
+        glommio::executor()
+            .spawn_blocking(move || -> std::io::Result<()> {
+                files::append_file(&files::segment_path(&dir, base, "index"), &index)?;
+                files::append_file(&files::segment_path(&dir, base, "timeindex"), &time_index)?;
+                files::write_atomic(&dir, files::PRODUCER_SNAPSHOT_FILE, &snapshot)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Waits until no rolled segment is being finished.
+    async fn wait_finished(&self) -> Result<(), LogError> {
+        while self.finishing.get() {
+            self.finish_event.listen().await;
+        }
+        self.check_failed()
     }
 
     /// fdatasyncs the active file until everything written so far is durable; callers that
@@ -837,6 +934,12 @@ impl PartitionLog {
             }
             if self.syncing.get() {
                 self.sync_event.listen().await;
+                continue;
+            }
+            if self.finishing.get() {
+                // A rolled segment's data is durable only once its finish synced it, and
+                // syncing the active file covers only what is in that file.
+                self.finish_event.listen().await;
                 continue;
             }
             self.syncing.set(true);
@@ -974,11 +1077,8 @@ impl PartitionLog {
             };
             let seg = &st.segments[i];
             let (entry_offset, position) = seg.lookup(offset);
-            let disk_end = if i + 1 == st.segments.len() {
-                seg.written_bytes.min(seg.size_bytes)
-            } else {
-                seg.size_bytes
-            };
+            // A rolled segment may still be finishing its last writes.
+            let disk_end = seg.written_bytes.min(seg.size_bytes);
             (
                 seg.file.clone(),
                 seg.base_offset,
@@ -1106,12 +1206,16 @@ impl PartitionLog {
     /// `retention_bytes`, oldest first; returns how many were deleted.
     pub async fn apply_retention(&self, now_ms: i64) -> Result<usize, LogError> {
         self.check_usable()?;
+        // A segment being finished is not deleted under its finish.
+        self.wait_finished().await?;
         let config = self.config.borrow().clone();
         let deleted: Vec<Segment> = {
             let mut st = self.state.borrow_mut();
             let mut total: u64 = st.segments.iter().map(|s| s.size_bytes).sum();
             let mut count = 0;
-            for seg in &st.segments[..st.segments.len() - 1] {
+            // Neither the active segment nor one still being finished is deleted.
+            let closed = st.segments.len() - 1 - usize::from(self.finishing.get());
+            for seg in &st.segments[..closed] {
                 let by_time = config.retention_ms >= 0
                     && now_ms.saturating_sub(seg.max_timestamp) > config.retention_ms;
                 let by_size = config.retention_bytes >= 0
@@ -1137,18 +1241,26 @@ impl PartitionLog {
             }
             deleted
         };
-        for seg in &deleted {
-            tracing::info!(dir = %self.dir.display(), base = seg.base_offset, "retention deletes segment");
-            for ext in ["log", "index", "timeindex"] {
-                match std::fs::remove_file(files::segment_path(&self.dir, seg.base_offset, ext)) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                    _ => {}
+        if deleted.is_empty() {
+            return Ok(0);
+        }
+        let bases: Vec<i64> = deleted.iter().map(|s| s.base_offset).collect();
+        // Unlinks and the directory sync block: they run off the shard's thread.
+        let dir = self.dir.clone();
+        glommio::executor()
+            .spawn_blocking(move || -> std::io::Result<()> {
+                for base in bases {
+                    tracing::info!(dir = %dir.display(), base, "retention deletes segment");
+                    for ext in ["log", "index", "timeindex"] {
+                        match std::fs::remove_file(files::segment_path(&dir, base, ext)) {
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                            _ => {}
+                        }
+                    }
                 }
-            }
-        }
-        if !deleted.is_empty() {
-            files::sync_dir(&self.dir)?;
-        }
+                files::sync_dir(&dir)
+            })
+            .await?;
         Ok(deleted.len())
     }
 
@@ -1182,6 +1294,8 @@ impl PartitionLog {
 
     async fn close_locked(&self) -> Result<(), LogError> {
         self.flush().await?;
+        // A roll's finish may still be writing indexes or the producer snapshot.
+        self.wait_finished().await?;
         let log_end_offset = self.log_end_offset.get();
         let (marker, snapshot) = {
             let mut st = self.state.borrow_mut();
@@ -1250,6 +1364,8 @@ impl PartitionLog {
         while self.completed_seq.get() < target && self.failure.borrow().is_none() {
             self.write_event.listen().await;
         }
+        // A roll's background finish runs to its end (one of the points a crash can hit).
+        let _ = self.wait_finished().await;
         self.closed.set(true);
         self.data_event.notify();
     }

@@ -1211,6 +1211,114 @@ fn an_unclean_reopen_scans_only_from_the_last_index_entry() {
     });
 }
 
+/// The `.log` files of a partition directory, oldest first.
+fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    logs
+}
+
+fn base_of(segment: &Path) -> i64 {
+    segment
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A roll finishes the old segment in the background. A crash before the finish leaves
+/// it with its preallocated zero tail and without its last index entries: an unclean
+/// reopen scans it, trims the tail, and loses nothing.
+#[test]
+fn a_segment_left_unfinished_by_a_crash_during_a_roll_is_trimmed_and_kept_whole() {
+    let dir = tempdir();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let config = small_config();
+        let batches = fill_flush_crash(&path, &config, 300, 3).await;
+        let segs = segment_files(&path);
+        assert!(segs.len() >= 3, "{segs:?}");
+        let unfinished = &segs[segs.len() - 2];
+        let data_bytes = std::fs::metadata(unfinished).unwrap().len();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(unfinished)
+            .unwrap();
+        f.set_len(config.preallocate_bytes).unwrap();
+        f.sync_all().unwrap();
+        std::fs::write(unfinished.with_extension("index"), b"").unwrap();
+        std::fs::write(unfinished.with_extension("timeindex"), b"").unwrap();
+
+        let (log, _) = PartitionLog::open(&path, config.clone()).await.unwrap();
+        let (got, err) = read_all(&log).await;
+        assert!(err.is_none(), "{err:?}");
+        let want: Vec<u8> = batches.iter().flat_map(|b| b.1.iter().copied()).collect();
+        assert_bytes!(got, want);
+        assert_eq!(std::fs::metadata(unfinished).unwrap().len(), data_bytes);
+        assert_eq!(segment_files(&path), segs);
+        log.close().await.unwrap();
+    });
+}
+
+/// If the unfinished segment lost its last batch (written out of order, never synced) while
+/// the next segment has data, the log ends at the hole: the later segment is removed, no
+/// offset is skipped, and appends continue from the hole.
+#[test]
+fn a_hole_at_the_end_of_an_unfinished_segment_ends_the_log_there() {
+    let dir = tempdir();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let config = small_config();
+        let batches = fill_flush_crash(&path, &config, 300, 4).await;
+        let segs = segment_files(&path);
+        assert!(segs.len() >= 3, "{segs:?}");
+        let unfinished = &segs[segs.len() - 2];
+        let next_base = base_of(&segs[segs.len() - 1]);
+        // The unfinished segment's last batch: the one just before the next segment.
+        let lost = batches
+            .iter()
+            .rposition(|(base, _)| *base < next_base)
+            .unwrap();
+        let len = std::fs::metadata(unfinished).unwrap().len();
+        let lost_bytes = batches[lost].1.len() as u64;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(unfinished)
+            .unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&vec![0u8; lost_bytes as usize], len - lost_bytes)
+            .unwrap();
+        f.set_len(config.preallocate_bytes).unwrap();
+        f.sync_all().unwrap();
+
+        let (log, _) = PartitionLog::open(&path, config.clone()).await.unwrap();
+        assert_eq!(log.log_end_offset(), batches[lost].0);
+        let (got, err) = read_all(&log).await;
+        assert!(err.is_none(), "{err:?}");
+        let want: Vec<u8> = batches[..lost]
+            .iter()
+            .flat_map(|b| b.1.iter().copied())
+            .collect();
+        assert_bytes!(got, want);
+        assert_eq!(segment_files(&path), segs[..segs.len() - 1].to_vec());
+        let info = log.append(plain(3, 10), 0).await.unwrap();
+        assert_eq!(info.base_offset, batches[lost].0);
+        log.close().await.unwrap();
+
+        // And the result is a log like any other: it reopens cleanly with the new batch.
+        let (log, report) = PartitionLog::open(&path, config).await.unwrap();
+        assert!(report.clean_shutdown, "{report}");
+        assert_eq!(log.log_end_offset(), batches[lost].0 + 3);
+        log.close().await.unwrap();
+    });
+}
+
 // ---------------------------------------------------------------------------------------
 // Model-based test
 
