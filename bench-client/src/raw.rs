@@ -31,7 +31,7 @@ pub struct LoopbackArgs {
 /// Options of `raw-disk`.
 #[derive(Args, Debug, Clone)]
 pub struct DiskArgs {
-    /// Directory to write a scratch file in (removed afterwards).
+    /// Directory to write the scratch files in (removed afterwards).
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
     #[arg(long, default_value_t = 3.0)]
@@ -39,10 +39,18 @@ pub struct DiskArgs {
     /// Bytes per write (multiple of 4096).
     #[arg(long, default_value_t = 1 << 20)]
     pub block_bytes: usize,
-    /// Writer threads, each with one write outstanding: the queue depth.
+    /// Writer threads per file, each with one write outstanding.
     #[arg(long, default_value_t = 4)]
     pub depth: usize,
-    /// Bytes the scratch file wraps around at.
+    /// Files written at once. With `--files N --depth 1` each file is appended to
+    /// sequentially and grown by `--preallocate-bytes` steps, as a broker shard writes N
+    /// partitions' logs.
+    #[arg(long, default_value_t = 1)]
+    pub files: usize,
+    /// Files grow in steps of this many bytes (fallocate), as the broker's segments do.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub preallocate_bytes: u64,
+    /// Bytes the scratch files wrap around at, over all files.
     #[arg(long, default_value_t = 1 << 30)]
     pub file_bytes: u64,
     #[arg(long)]
@@ -93,57 +101,93 @@ pub fn loopback(args: &LoopbackArgs) -> Result<f64> {
     Ok(sent as f64 / seconds)
 }
 
-/// Bytes per second written with O_DIRECT, `depth` writers in parallel, then one fdatasync.
+/// Bytes per second written with O_DIRECT: `files` files, each with `depth` writers striding
+/// over it in `block_bytes` writes and growing it by `preallocate_bytes` steps, then one
+/// fdatasync per file.
 pub fn disk(args: &DiskArgs) -> Result<f64> {
     ensure!(
         args.block_bytes.is_multiple_of(4096) && args.block_bytes > 0,
         "--block-bytes must be a multiple of 4096"
     );
-    let path = args
-        .dir
-        .join(format!(".shardlog-bench-raw-disk-{}", std::process::id()));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&path)
-        .with_context(|| format!("opening {} with O_DIRECT", path.display()))?;
-    let file = std::sync::Arc::new(file);
-    let blocks_per_file = (args.file_bytes / args.block_bytes as u64).max(args.depth as u64);
+    ensure!(args.files > 0 && args.depth > 0, "--files and --depth must be positive");
+    let mut paths = Vec::new();
+    let mut files = Vec::new();
+    let opened = (|| -> Result<()> {
+        for f in 0..args.files {
+            let path = args
+                .dir
+                .join(format!(".shardlog-bench-raw-disk-{}-{f}", std::process::id()));
+            paths.push(path.clone());
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&path)
+                .with_context(|| format!("opening {} with O_DIRECT", path.display()))?;
+            files.push(std::sync::Arc::new(file));
+        }
+        Ok(())
+    })();
+    let outcome = opened.and_then(|()| write_files(args, &files));
+    drop(files);
+    // Removed on failure too: a full disk must not stay full because of us.
+    for path in paths {
+        let _ = std::fs::remove_file(&path);
+    }
+    outcome
+}
+
+fn write_files(args: &DiskArgs, files: &[std::sync::Arc<std::fs::File>]) -> Result<f64> {
+    use std::os::unix::io::AsRawFd;
+    let block = args.block_bytes as u64;
+    let per_file = (args.file_bytes / args.files as u64).max(block * args.depth as u64);
+    let blocks_per_file = (per_file / block).max(args.depth as u64);
     let deadline = Duration::from_secs_f64(args.seconds);
     let start = Instant::now();
     let mut threads = Vec::new();
-    for t in 0..args.depth {
-        let (file, block) = (file.clone(), args.block_bytes);
-        let depth = args.depth as u64;
-        threads.push(std::thread::spawn(move || -> Result<u64> {
-            use std::os::unix::fs::FileExt;
-            // O_DIRECT needs an aligned buffer: over-allocate and start at a 4 KiB boundary.
-            let raw = vec![0x5au8; block + 4096];
-            let skew = raw.as_ptr().align_offset(4096);
-            let buf = &raw[skew..skew + block];
-            let mut written = 0u64;
-            let mut i = t as u64;
-            while start.elapsed() < deadline {
-                let offset = (i % blocks_per_file) * block as u64;
-                file.write_all_at(buf, offset)?;
-                written += block as u64;
-                i += depth;
-            }
-            Ok(written)
-        }));
-    }
-    let outcome = (|| -> Result<f64> {
-        let mut written = 0;
-        for t in threads {
-            written += t.join().expect("writer panicked")?;
+    for file in files {
+        // Grown by one thread per file, in preallocation steps ahead of the writers.
+        let allocated = std::sync::Arc::new(std::sync::Mutex::new(0u64));
+        for t in 0..args.depth {
+            let (file, allocated) = (file.clone(), allocated.clone());
+            let (depth, step) = (args.depth as u64, args.preallocate_bytes.max(block));
+            threads.push(std::thread::spawn(move || -> Result<u64> {
+                use std::os::unix::fs::FileExt;
+                // O_DIRECT needs an aligned buffer: over-allocate and start at a 4 KiB boundary.
+                let raw = vec![0x5au8; block as usize + 4096];
+                let skew = raw.as_ptr().align_offset(4096);
+                let buf = &raw[skew..skew + block as usize];
+                let mut written = 0u64;
+                let mut i = t as u64;
+                while start.elapsed() < deadline {
+                    let offset = (i % blocks_per_file) * block;
+                    {
+                        let mut allocated = allocated.lock().expect("allocation lock");
+                        if offset + block > *allocated {
+                            let target = (offset + block).max(*allocated + step);
+                            // SAFETY: a plain fallocate on an open descriptor we own.
+                            let rc = unsafe {
+                                libc::fallocate(file.as_raw_fd(), 0, 0, target as libc::off_t)
+                            };
+                            ensure!(rc == 0, "fallocate: {}", std::io::Error::last_os_error());
+                            *allocated = target;
+                        }
+                    }
+                    file.write_all_at(buf, offset)?;
+                    written += block;
+                    i += depth;
+                }
+                Ok(written)
+            }));
         }
+    }
+    let mut written = 0;
+    for t in threads {
+        written += t.join().expect("writer panicked")?;
+    }
+    for file in files {
         file.sync_data()?;
-        Ok(written as f64 / start.elapsed().as_secs_f64())
-    })();
-    drop(file);
-    // Removed on failure too: a full disk must not stay full because of us.
-    let _ = std::fs::remove_file(&path);
-    outcome
+    }
+    Ok(written as f64 / start.elapsed().as_secs_f64())
 }
