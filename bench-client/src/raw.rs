@@ -109,14 +109,18 @@ pub fn disk(args: &DiskArgs) -> Result<f64> {
         args.block_bytes.is_multiple_of(4096) && args.block_bytes > 0,
         "--block-bytes must be a multiple of 4096"
     );
-    ensure!(args.files > 0 && args.depth > 0, "--files and --depth must be positive");
+    ensure!(
+        args.files > 0 && args.depth > 0,
+        "--files and --depth must be positive"
+    );
     let mut paths = Vec::new();
     let mut files = Vec::new();
     let opened = (|| -> Result<()> {
         for f in 0..args.files {
-            let path = args
-                .dir
-                .join(format!(".shardlog-bench-raw-disk-{}-{f}", std::process::id()));
+            let path = args.dir.join(format!(
+                ".shardlog-bench-raw-disk-{}-{f}",
+                std::process::id()
+            ));
             paths.push(path.clone());
             let file = std::fs::OpenOptions::new()
                 .create(true)

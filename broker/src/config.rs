@@ -89,6 +89,14 @@ pub struct Cli {
     /// Log files grow in steps of this many bytes, so most writes need no block allocation.
     #[arg(long, env = "SHARDLOG_PREALLOCATE_BYTES")]
     pub preallocate_bytes: Option<u64>,
+    /// Size of one partition write: appends are copied into an aligned buffer this large,
+    /// which is written to the log file with one direct I/O when full (multiple of 4096).
+    #[arg(long, env = "SHARDLOG_WRITE_BUFFER_BYTES")]
+    pub write_buffer_bytes: Option<usize>,
+    /// Full write buffers per partition on their way to the disk while the next one fills;
+    /// when that many are unfinished, appends to the partition wait.
+    #[arg(long, env = "SHARDLOG_MAX_WRITES_IN_FLIGHT")]
+    pub max_writes_in_flight: Option<usize>,
     /// Background flush period for data whose producers did not ask for acks=all.
     #[arg(long, env = "SHARDLOG_FLUSH_INTERVAL_MS")]
     pub flush_interval_ms: Option<u64>,
@@ -131,6 +139,8 @@ struct FileConfig {
     max_message_bytes: Option<u32>,
     tail_cache_bytes: Option<usize>,
     preallocate_bytes: Option<u64>,
+    write_buffer_bytes: Option<usize>,
+    max_writes_in_flight: Option<usize>,
     flush_interval_ms: Option<u64>,
     flush_bytes: Option<u64>,
     retention_check_interval_ms: Option<u64>,
@@ -165,6 +175,8 @@ pub struct Config {
     pub max_message_bytes: u32,
     pub tail_cache_bytes: usize,
     pub preallocate_bytes: u64,
+    pub write_buffer_bytes: usize,
+    pub max_writes_in_flight: usize,
     pub flush_interval_ms: u64,
     pub flush_bytes: u64,
     pub retention_check_interval_ms: u64,
@@ -221,6 +233,8 @@ impl Config {
             max_message_bytes: pick!(max_message_bytes, 1_048_588),
             tail_cache_bytes: pick!(tail_cache_bytes, 8 << 20),
             preallocate_bytes: pick!(preallocate_bytes, 64 << 20),
+            write_buffer_bytes: pick!(write_buffer_bytes, 1 << 20),
+            max_writes_in_flight: pick!(max_writes_in_flight, 4),
             flush_interval_ms: pick!(flush_interval_ms, 1000),
             flush_bytes: pick!(flush_bytes, 64 << 20),
             retention_check_interval_ms: pick!(retention_check_interval_ms, 300_000),
@@ -331,6 +345,21 @@ impl Config {
             ),
         )?;
         check(
+            self.write_buffer_bytes.is_multiple_of(4096)
+                && (8192..=64 << 20).contains(&self.write_buffer_bytes),
+            format!(
+                "write_buffer_bytes: must be a multiple of 4096 from 8192 to 64 MiB, got {}",
+                self.write_buffer_bytes
+            ),
+        )?;
+        check(
+            (1..=1024).contains(&self.max_writes_in_flight),
+            format!(
+                "max_writes_in_flight: must be from 1 to 1024, got {}",
+                self.max_writes_in_flight
+            ),
+        )?;
+        check(
             self.flush_interval_ms >= 1,
             "flush_interval_ms: must be at least 1".into(),
         )?;
@@ -356,6 +385,8 @@ impl Config {
             max_batch_bytes: self.max_message_bytes,
             tail_cache_bytes: self.tail_cache_bytes,
             preallocate_bytes: self.preallocate_bytes,
+            write_buffer_bytes: self.write_buffer_bytes,
+            max_writes_in_flight: self.max_writes_in_flight,
             ..crate::log::LogConfig::default()
         }
     }
@@ -400,6 +431,24 @@ mod tests {
         assert!(err.starts_with("listen:"), "{err}");
         let err = Config::load(cli(&["--cores", "4096"])).unwrap_err();
         assert!(err.starts_with("cores:"), "{err}");
+        let err = Config::load(cli(&["--cores", "1", "--write-buffer-bytes", "5000"])).unwrap_err();
+        assert!(err.starts_with("write_buffer_bytes:"), "{err}");
+        let err = Config::load(cli(&["--cores", "1", "--max-writes-in-flight", "0"])).unwrap_err();
+        assert!(err.starts_with("max_writes_in_flight:"), "{err}");
+        let config = Config::load(cli(&[
+            "--cores",
+            "1",
+            "--write-buffer-bytes",
+            "4194304",
+            "--max-writes-in-flight",
+            "8",
+        ]))
+        .unwrap();
+        let log = config.log_config();
+        assert_eq!(
+            (log.write_buffer_bytes, log.max_writes_in_flight),
+            (4 << 20, 8)
+        );
     }
 
     #[test]
