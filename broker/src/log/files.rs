@@ -12,6 +12,10 @@ use std::path::{Path, PathBuf};
 pub(crate) const CLEAN_SHUTDOWN_FILE: &str = "clean_shutdown";
 /// Producer state as of some log end offset.
 pub(crate) const PRODUCER_SNAPSHOT_FILE: &str = "producer.snapshot";
+/// The next segment's file, created ahead of the roll that needs it (a `.tmp`, so `open`
+/// removes one left over): the roll renames it in the background instead of creating a
+/// file while appends wait.
+pub(crate) const NEXT_SEGMENT_FILE: &str = "next-segment.log.tmp";
 
 /// One sparse offset index entry: batch base offset relative to the segment, file position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -125,6 +125,10 @@ pub struct PartitionLog {
     syncing: Cell<bool>,
     /// A rolled segment is being finished in the background (`finish_segment`).
     finishing: Cell<bool>,
+    /// The file of the next segment, opened ahead (`files::NEXT_SEGMENT_FILE`).
+    next_file: RefCell<Option<Rc<DmaFile>>>,
+    /// A task is creating `next_file`: one at a time, or two could open the same path.
+    preparing_next: Cell<bool>,
     finish_event: Event,
     log_start_offset: Cell<i64>,
     log_end_offset: Cell<i64>,
@@ -342,6 +346,8 @@ impl PartitionLog {
             write_lock: Semaphore::new(1),
             syncing: Cell::new(false),
             finishing: Cell::new(false),
+            next_file: RefCell::new(None),
+            preparing_next: Cell::new(false),
             finish_event: Event::default(),
             log_start_offset: Cell::new(log_start_offset),
             log_end_offset: Cell::new(log_end_offset),
@@ -385,6 +391,7 @@ impl PartitionLog {
         } else {
             tracing::warn!(dir = %log.dir.display(), %report, "recovered log");
         }
+        log.prepare_next_file();
         Ok((log, report))
     }
 
@@ -822,7 +829,14 @@ impl PartitionLog {
         let sealed = self.sealed_seq.get();
         self.spawn_writer();
         let base = self.log_end_offset.get();
-        let file = Rc::new(open_segment_file(&files::segment_path(&self.dir, base, "log")).await?);
+        // Creating a file can wait for a journal commit (tens of milliseconds on a busy
+        // disk): the file made ahead is used when there is one, and named in the finish.
+        let prepared = self.next_file.borrow_mut().take();
+        let renamed = prepared.is_some();
+        let file = match prepared {
+            Some(file) => file,
+            None => Rc::new(open_segment_file(&files::segment_path(&self.dir, base, "log")).await?),
+        };
         let capacity = align_up(
             self.config
                 .borrow()
@@ -856,14 +870,18 @@ impl PartitionLog {
             return Err(LogError::Closed);
         };
         glommio::spawn_local(async move {
+            let new_base = renamed.then_some(base);
             let finished = me
-                .finish_segment(old_base, old_file, old_size, sealed, producers)
+                .finish_segment(old_base, old_file, old_size, sealed, producers, new_base)
                 .await;
             if let Err(e) = &finished {
                 me.fail(e);
             }
             me.finishing.set(false);
             me.finish_event.notify();
+            if finished.is_ok() {
+                me.prepare_next_file();
+            }
         })
         .detach();
         Ok(())
@@ -872,7 +890,8 @@ impl PartitionLog {
     /// The background half of a roll, for the segment at `base` whose last buffer is write
     /// `sealed`: waits for its writes, trims the preallocated tail, fdatasyncs (data and
     /// size), then persists its indexes and the producer snapshot taken at the roll and
-    /// syncs the directory (which also makes the new segment's file entry durable).
+    /// syncs the directory (which also makes the new segment's file entry durable). With
+    /// `renamed_to`, the new segment was the file made ahead, and gets its name here.
     async fn finish_segment(
         &self,
         base: i64,
@@ -880,6 +899,7 @@ impl PartitionLog {
         size: u64,
         sealed: u64,
         producers: ProducerSnapshot,
+        renamed_to: Option<i64>,
     ) -> Result<(), LogError> {
         while self.completed_seq.get() < sealed {
             self.check_failed()?;
@@ -909,10 +929,48 @@ impl PartitionLog {
             .spawn_blocking(move || -> std::io::Result<()> {
                 files::append_file(&files::segment_path(&dir, base, "index"), &index)?;
                 files::append_file(&files::segment_path(&dir, base, "timeindex"), &time_index)?;
+                if let Some(new_base) = renamed_to {
+                    std::fs::rename(
+                        dir.join(files::NEXT_SEGMENT_FILE),
+                        files::segment_path(&dir, new_base, "log"),
+                    )?;
+                }
+                // Syncs the directory too: the rename is durable before anything in the
+                // new segment is reported durable (`sync_written` waits for this finish).
                 files::write_atomic(&dir, files::PRODUCER_SNAPSHOT_FILE, &snapshot)
             })
             .await?;
         Ok(())
+    }
+
+    /// Opens the next segment's file ahead of its roll, in the background.
+    fn prepare_next_file(&self) {
+        if self.closed.get() || self.preparing_next.get() || self.next_file.borrow().is_some() {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        self.preparing_next.set(true);
+        glommio::spawn_local(async move {
+            let opened = open_segment_file(&me.dir.join(files::NEXT_SEGMENT_FILE)).await;
+            me.preparing_next.set(false);
+            me.finish_event.notify();
+            match opened {
+                Ok(file) if !me.closed.get() => *me.next_file.borrow_mut() = Some(Rc::new(file)),
+                Ok(file) => drop(file),
+                // Not fatal: the next roll creates its file itself.
+                Err(e) => tracing::warn!(dir = %me.dir.display(), error = %e, "could not create the next segment's file ahead"),
+            }
+        })
+        .detach();
+    }
+
+    /// Waits until no background file work (a roll's finish, the next file's creation) is
+    /// running: before a close, since glommio's open fails hard if the path vanishes under
+    /// it, and a closed log must not create files.
+    async fn wait_background(&self) {
+        while self.finishing.get() || self.preparing_next.get() {
+            self.finish_event.listen().await;
+        }
     }
 
     /// Waits until no rolled segment is being finished.
@@ -1244,7 +1302,18 @@ impl PartitionLog {
         if deleted.is_empty() {
             return Ok(0);
         }
+        let count = deleted.len();
         let bases: Vec<i64> = deleted.iter().map(|s| s.base_offset).collect();
+        // Each file is closed before it is unlinked, so the unlink, not the close, frees
+        // its blocks. A close of an unlinked file frees them in the closing thread, on the
+        // way back from the syscall: here that would be the shard's thread, stalled for
+        // hundreds of milliseconds while the file system frees (and, mounted with
+        // `discard`, trims) a whole segment.
+        for seg in deleted {
+            if let Ok(file) = Rc::try_unwrap(seg.file) {
+                let _ = file.close().await;
+            }
+        }
         // Unlinks and the directory sync block: they run off the shard's thread.
         let dir = self.dir.clone();
         glommio::executor()
@@ -1261,7 +1330,7 @@ impl PartitionLog {
                 files::sync_dir(&dir)
             })
             .await?;
-        Ok(deleted.len())
+        Ok(count)
     }
 
     /// Replaces the settings; size limits apply from the next append or roll.
@@ -1285,6 +1354,9 @@ impl PartitionLog {
             return Ok(());
         }
         let result = self.close_locked().await;
+        // Also after a failed close: a delete may follow, and must not pull the directory
+        // from under a file being created.
+        self.wait_background().await;
         self.closed.set(true);
         self.data_event.notify();
         self.sync_event.notify();
@@ -1296,6 +1368,13 @@ impl PartitionLog {
         self.flush().await?;
         // A roll's finish may still be writing indexes or the producer snapshot.
         self.wait_finished().await?;
+        self.wait_background().await;
+        if self.next_file.borrow_mut().take().is_some() {
+            match std::fs::remove_file(self.dir.join(files::NEXT_SEGMENT_FILE)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
         let log_end_offset = self.log_end_offset.get();
         let (marker, snapshot) = {
             let mut st = self.state.borrow_mut();
@@ -1365,7 +1444,7 @@ impl PartitionLog {
             self.write_event.listen().await;
         }
         // A roll's background finish runs to its end (one of the points a crash can hit).
-        let _ = self.wait_finished().await;
+        self.wait_background().await;
         self.closed.set(true);
         self.data_event.notify();
     }

@@ -1266,6 +1266,57 @@ fn a_segment_left_unfinished_by_a_crash_during_a_roll_is_trimmed_and_kept_whole(
     });
 }
 
+/// A roll writes into a file made ahead and names it in its background finish. A crash
+/// before that leaves the newest segment under the temporary name: it never held data
+/// reported durable, and the reopened log ends where the named segments end.
+#[test]
+fn a_segment_file_never_named_by_its_roll_is_dropped_on_reopen() {
+    let dir = tempdir();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let config = small_config();
+        let batches = fill_flush_crash(&path, &config, 300, 5).await;
+        let segs = segment_files(&path);
+        assert!(segs.len() >= 3, "{segs:?}");
+        let last = segs.last().unwrap();
+        let last_base = base_of(last);
+        std::fs::rename(last, path.join(super::files::NEXT_SEGMENT_FILE)).unwrap();
+        for ext in ["index", "timeindex"] {
+            let _ = std::fs::remove_file(last.with_extension(ext));
+        }
+
+        let (log, _) = PartitionLog::open(&path, config.clone()).await.unwrap();
+        assert_eq!(log.log_end_offset(), last_base);
+        let (got, err) = read_all(&log).await;
+        assert!(err.is_none(), "{err:?}");
+        let kept = batches
+            .iter()
+            .position(|(base, _)| *base >= last_base)
+            .unwrap();
+        let want: Vec<u8> = batches[..kept]
+            .iter()
+            .flat_map(|b| b.1.iter().copied())
+            .collect();
+        assert_bytes!(got, want);
+        // Appending goes on from there, and rolls keep working through made-ahead files.
+        let more = fill(&log, 100, 6).await;
+        assert_eq!(more[0].0, last_base);
+        log.close().await.unwrap();
+        assert!(!path.join(super::files::NEXT_SEGMENT_FILE).exists());
+        let (log, report) = PartitionLog::open(&path, config).await.unwrap();
+        assert!(report.clean_shutdown, "{report}");
+        let (got, err) = read_all(&log).await;
+        assert!(err.is_none(), "{err:?}");
+        let want: Vec<u8> = batches[..kept]
+            .iter()
+            .chain(more.iter())
+            .flat_map(|b| b.1.iter().copied())
+            .collect();
+        assert_bytes!(got, want);
+        log.close().await.unwrap();
+    });
+}
+
 /// If the unfinished segment lost its last batch (written out of order, never synced) while
 /// the next segment has data, the log ends at the hole: the later segment is removed, no
 /// offset is skipped, and appends continue from the hole.
