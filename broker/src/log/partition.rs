@@ -113,8 +113,9 @@ pub struct PartitionLog {
     /// Segment and page-aligned end of the last issued write: a write starting before that
     /// end rewrites its last page and must wait for it.
     last_issued: Cell<Option<(i64, u64)>>,
-    /// Written full-size buffers kept for reuse (at most `max_writes_in_flight`).
-    spare: RefCell<Vec<DmaBuffer>>,
+    /// A written full-size buffer kept for reuse. At most one: an idle partition keeps it
+    /// for good, so more would cost memory on every partition ever written.
+    spare: RefCell<Option<DmaBuffer>>,
     /// Sealed buffers not yet on the device: bounded to `max_writes_in_flight` by
     /// `append`'s backpressure (one more when a `flush` or roll seals a partial buffer).
     writes_in_flight: Cell<usize>,
@@ -340,7 +341,7 @@ impl PartitionLog {
             sealed_seq: Cell::new(0),
             completed_seq: Cell::new(0),
             last_issued: Cell::new(None),
-            spare: RefCell::new(Vec::new()),
+            spare: RefCell::new(None),
             writes_in_flight: Cell::new(0),
             append_lock: Semaphore::new(1),
             write_lock: Semaphore::new(1),
@@ -570,7 +571,7 @@ impl PartitionLog {
         let spare = self
             .spare
             .borrow_mut()
-            .pop()
+            .take()
             .filter(|b| b.len() == st.capacity);
         let mut fresh = spare.unwrap_or_else(|| st.file.alloc_dma_buffer(st.capacity));
         fresh.as_bytes_mut()[..partial].copy_from_slice(&old.as_bytes()[partial_start..len]);
@@ -708,10 +709,9 @@ impl PartitionLog {
         if let Ok(buf) = Rc::try_unwrap(buf) {
             // A full buffer comes back as a later staging buffer: its pages are already
             // faulted in, where a fresh allocation costs a page fault per 4 KiB.
-            let depth = self.config.borrow().max_writes_in_flight.max(1);
             let mut spare = self.spare.borrow_mut();
-            if spare.len() < depth && buf.len() == self.staging.borrow().capacity {
-                spare.push(buf);
+            if spare.is_none() && buf.len() == self.staging.borrow().capacity {
+                *spare = Some(buf);
             }
         }
         if written != len {
