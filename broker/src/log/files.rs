@@ -64,6 +64,18 @@ pub(crate) fn list_segments(dir: &Path) -> std::io::Result<Vec<i64>> {
     Ok(bases)
 }
 
+/// Removes a segment's `.log`, `.index` and `.timeindex` (those that exist); the caller
+/// syncs the directory.
+pub(crate) fn remove_segment(dir: &Path, base_offset: i64) -> std::io::Result<()> {
+    for ext in ["log", "index", "timeindex"] {
+        match fs::remove_file(segment_path(dir, base_offset, ext)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Removes index files whose `.log` is gone (a crash during retention) and leftover
 /// temporary files of `write_atomic`; returns how many were removed.
 pub(crate) fn remove_orphans(dir: &Path, bases: &[i64]) -> std::io::Result<usize> {

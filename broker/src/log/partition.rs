@@ -266,14 +266,7 @@ impl PartitionLog {
             if hole {
                 for &later in &bases[i + 1..] {
                     tracing::warn!(dir = %dir.display(), base = later, "removing a segment that follows a hole");
-                    for ext in ["log", "index", "timeindex"] {
-                        match std::fs::remove_file(files::segment_path(&dir, later, ext)) {
-                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                                return Err(e.into())
-                            }
-                            _ => {}
-                        }
-                    }
+                    files::remove_segment(&dir, later)?;
                 }
                 files::sync_dir(&dir)?;
                 break;
@@ -1320,12 +1313,7 @@ impl PartitionLog {
             .spawn_blocking(move || -> std::io::Result<()> {
                 for base in bases {
                     tracing::info!(dir = %dir.display(), base, "retention deletes segment");
-                    for ext in ["log", "index", "timeindex"] {
-                        match std::fs::remove_file(files::segment_path(&dir, base, ext)) {
-                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                            _ => {}
-                        }
-                    }
+                    files::remove_segment(&dir, base)?;
                 }
                 files::sync_dir(&dir)
             })

@@ -856,13 +856,7 @@ async fn fill(log: &PartitionLog, count: usize, seed: u64) -> Vec<(i64, Vec<u8>)
 }
 
 fn last_segment(dir: &Path) -> std::path::PathBuf {
-    let mut logs: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    logs.sort();
-    logs.pop().unwrap()
+    segment_files(dir).pop().unwrap()
 }
 
 /// Batches of `batches` stored in the last segment, with their file positions.
@@ -1117,12 +1111,7 @@ fn a_closed_segment_cut_at_rest_answers_corrupt_instead_of_nothing() {
         let (log, _) = PartitionLog::open(&path, config.clone()).await.unwrap();
         let batches = fill(&log, 80, 5).await;
         log.close().await.unwrap();
-        let mut segs: Vec<_> = std::fs::read_dir(&path)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "log"))
-            .collect();
-        segs.sort();
+        let segs = segment_files(&path);
         assert!(segs.len() >= 3);
         // Cut the first segment in the middle of its third batch.
         let cut = (batches[0].1.len() + batches[1].1.len() + 10) as u64;
@@ -1141,13 +1130,7 @@ fn a_closed_segment_cut_at_rest_answers_corrupt_instead_of_nothing() {
         assert_bytes!(got, want);
         assert!(matches!(err, Some(LogError::CorruptBatch(_))), "{err:?}");
         // Later segments are unaffected.
-        let second: i64 = segs[1]
-            .file_stem()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let second = base_of(&segs[1]);
         assert!(log.read(second, 1).await.is_ok());
         log.close().await.unwrap();
     });
