@@ -387,7 +387,6 @@ impl Config {
             preallocate_bytes: self.preallocate_bytes,
             write_buffer_bytes: self.write_buffer_bytes,
             max_writes_in_flight: self.max_writes_in_flight,
-            ..crate::log::LogConfig::default()
         }
     }
 }
