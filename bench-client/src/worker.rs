@@ -324,34 +324,30 @@ impl ProducerConn {
             timestamp_ms: wall_ms(),
             send_time_ns: &send_time,
         };
-        if w.compression == Compression::None {
-            let records_bytes = batch_bytes(&w.payloads, count);
+        let correlation_id = self.correlation_id;
+        let prefix = |out: &mut Vec<u8>, records_bytes: usize| {
             proto::produce_prefix(
-                &mut self.out,
+                out,
                 w.produce_version,
-                self.correlation_id,
+                correlation_id,
                 w.acks,
                 w.request_timeout_ms,
                 &w.topic,
                 partition,
                 records_bytes,
-            );
+            )
+        };
+        if w.compression == Compression::None {
+            // Encoded straight into the send buffer: the size is known before the bytes.
+            let records_bytes = batch_bytes(&w.payloads, count);
+            prefix(&mut self.out, records_bytes);
             let batch_start = self.out.len();
             encode_batch(&mut self.out, &w.payloads, &spec);
             debug_assert_eq!(self.out.len() - batch_start, records_bytes);
         } else {
             let mut batch = Vec::new();
             encode_batch_compressed(&mut batch, &w.payloads, &spec, w.compression)?;
-            proto::produce_prefix(
-                &mut self.out,
-                w.produce_version,
-                self.correlation_id,
-                w.acks,
-                w.request_timeout_ms,
-                &w.topic,
-                partition,
-                batch.len(),
-            );
+            prefix(&mut self.out, batch.len());
             self.out.extend_from_slice(&batch);
         }
         self.out
