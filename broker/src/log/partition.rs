@@ -284,8 +284,7 @@ impl PartitionLog {
 
         let active = segments.last().expect("one segment");
         let file_start = align_down(active.size_bytes);
-        let capacity =
-            align_up(config.write_buffer_bytes.max(2 * PAGE_BYTES as usize) as u64) as usize;
+        let capacity = staging_capacity(&config);
         let mut buf = active.file.alloc_dma_buffer(capacity);
         let carried = (active.size_bytes - file_start) as usize;
         if carried > 0 {
@@ -535,8 +534,7 @@ impl PartitionLog {
             };
             if full {
                 // Backpressure: a full buffer waits while the write queue is full.
-                let depth = self.config.borrow().max_writes_in_flight.max(1);
-                while self.writes_in_flight.get() >= depth {
+                while self.writes_in_flight.get() >= self.write_depth() {
                     self.check_usable()?;
                     self.write_event.listen().await;
                 }
@@ -626,7 +624,7 @@ impl PartitionLog {
             loop {
                 self.check_failed()?;
                 let issued = self.issued.borrow().len();
-                let depth = self.config.borrow().max_writes_in_flight.max(1);
+                let depth = self.write_depth();
                 let rewrites_last_page = self
                     .last_issued
                     .get()
@@ -759,13 +757,21 @@ impl PartitionLog {
     /// Seals the staging buffer and waits until it and every buffer before it are written.
     async fn write_staged(&self) -> Result<(), LogError> {
         self.seal();
-        let target = self.sealed_seq.get();
         self.spawn_writer();
-        while self.completed_seq.get() < target {
+        self.wait_written_through(self.sealed_seq.get()).await
+    }
+
+    /// Waits until write `seq` and every write before it completed, or a write failed.
+    async fn wait_written_through(&self, seq: u64) -> Result<(), LogError> {
+        while self.completed_seq.get() < seq {
             self.check_failed()?;
             self.write_event.listen().await;
         }
         self.check_failed()
+    }
+
+    fn write_depth(&self) -> usize {
+        self.config.borrow().max_writes_in_flight.max(1)
     }
 
     fn check_failed(&self) -> Result<(), LogError> {
@@ -830,12 +836,7 @@ impl PartitionLog {
             Some(file) => file,
             None => Rc::new(open_segment_file(&files::segment_path(&self.dir, base, "log")).await?),
         };
-        let capacity = align_up(
-            self.config
-                .borrow()
-                .write_buffer_bytes
-                .max(2 * PAGE_BYTES as usize) as u64,
-        ) as usize;
+        let capacity = staging_capacity(&self.config.borrow());
         let buf = file.alloc_dma_buffer(capacity);
         let (old_base, old_file, old_size, producers) = {
             let mut st = self.state.borrow_mut();
@@ -894,11 +895,7 @@ impl PartitionLog {
         producers: ProducerSnapshot,
         renamed_to: Option<i64>,
     ) -> Result<(), LogError> {
-        while self.completed_seq.get() < sealed {
-            self.check_failed()?;
-            self.write_event.listen().await;
-        }
-        self.check_failed()?;
+        self.wait_written_through(sealed).await?;
         file.truncate(size).await?;
         file.fdatasync().await?;
         let (index, time_index) = {
@@ -1426,14 +1423,17 @@ impl PartitionLog {
     pub(crate) async fn crash(&self) {
         let _permit = self.append_lock.acquire_permit(1).await.expect("lock");
         // Only writes already handed to the device complete; nothing more is sealed.
-        let target = self.sealed_seq.get();
         self.spawn_writer();
-        while self.completed_seq.get() < target && self.failure.borrow().is_none() {
-            self.write_event.listen().await;
-        }
+        let _ = self.wait_written_through(self.sealed_seq.get()).await;
         // A roll's background finish runs to its end (one of the points a crash can hit).
         self.wait_background().await;
         self.closed.set(true);
         self.data_event.notify();
     }
+}
+
+/// Size of a staging buffer: whole pages, and at least two, so a partial last page carried
+/// over always leaves room for new bytes.
+fn staging_capacity(config: &LogConfig) -> usize {
+    align_up(config.write_buffer_bytes.max(2 * PAGE_BYTES as usize) as u64) as usize
 }
