@@ -1,7 +1,8 @@
 //! shardlog: a Kafka-compatible, thread-per-core message broker.
 //!
 //! Data flows `net` (frames) -> `protocol` (Kafka APIs) -> `shard` (owner routing over the
-//! mesh) -> `log` (the storage engine). `catalog` holds topics and placement. See
+//! mesh) -> `log` (the storage engine). `catalog` holds topics and placement; `sync` holds the
+//! ordering primitives the layers share. See
 //! ARCHITECTURE.md at the repository root.
 
 pub mod catalog;
@@ -12,3 +13,4 @@ pub mod net;
 pub mod protocol;
 pub mod server;
 pub mod shard;
+pub mod sync;

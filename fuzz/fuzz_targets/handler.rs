@@ -97,7 +97,7 @@ pub fn run(frame: Bytes) {
         broker.inputs.set(n);
         broker.executor.run(async move {
             let handled = glommio::timer::timeout(Duration::from_millis(20), async {
-                Ok(shardlog::protocol::handle(&shard, frame).await)
+                Ok(shardlog::protocol::handle(&shard, frame, None).await)
             })
             .await;
             drop(handled);

@@ -38,6 +38,8 @@ mod segment;
 mod shard;
 
 #[cfg(test)]
+mod order_tests;
+#[cfg(test)]
 mod tests;
 
 pub use partition::PartitionLog;

@@ -35,6 +35,7 @@ use super::segment::{
     Segment, PAGE_BYTES,
 };
 use super::{AppendInfo, LogConfig, LogError, ReadResult, RecoveryReport};
+use crate::sync::{FifoLock, Place};
 
 /// Bytes read per step while searching batches for a timestamp.
 const TIME_LOOKUP_READ_BYTES: usize = 64 << 10;
@@ -119,8 +120,10 @@ pub struct PartitionLog {
     /// Sealed buffers not yet on the device: bounded to `max_writes_in_flight` by
     /// `append`'s backpressure (one more when a `flush` or roll seals a partial buffer).
     writes_in_flight: Cell<usize>,
-    /// Serialises appends: offsets, buffer order and producer checks must not interleave.
-    append_lock: Semaphore,
+    /// Serialises appends in the order their places were taken (FIFO by construction):
+    /// offsets, buffer order and producer checks must not interleave, and an append may
+    /// never overtake one that took its place earlier.
+    appends: FifoLock,
     /// One issuer at a time: writes are issued in seal order.
     write_lock: Semaphore,
     syncing: Cell<bool>,
@@ -335,7 +338,7 @@ impl PartitionLog {
             last_issued: Cell::new(None),
             spare: RefCell::new(None),
             writes_in_flight: Cell::new(0),
-            append_lock: Semaphore::new(1),
+            appends: FifoLock::default(),
             write_lock: Semaphore::new(1),
             syncing: Cell::new(false),
             finishing: Cell::new(false),
@@ -410,13 +413,29 @@ impl PartitionLog {
     /// Validates and appends one or more concatenated RecordBatch v2 (a Produce partition's
     /// records field), assigning consecutive offsets. See the module doc for the write path.
     pub async fn append(&self, batches: Bytes, now_ms: i64) -> Result<AppendInfo, LogError> {
-        let max_batch_bytes = self.config.borrow().max_batch_bytes as usize;
-        let parsed = batch::validate_all(&batches, max_batch_bytes)?;
-        let _permit = self
-            .append_lock
-            .acquire_permit(1)
+        self.append_in_place(self.reserve_append(), batches, now_ms)
             .await
-            .map_err(|_| LogError::Closed)?;
+    }
+
+    /// Takes the next place in this log's append line, now. Appends made with
+    /// [`append_in_place`](Self::append_in_place) take effect in the order their places were
+    /// reserved, whatever order their tasks run in; a place dropped unused lets the next go.
+    pub fn reserve_append(&self) -> Place {
+        self.appends.enqueue()
+    }
+
+    /// [`append`](Self::append) at a place reserved earlier: waits until every place
+    /// reserved before it was used or dropped.
+    pub async fn append_in_place(
+        &self,
+        place: Place,
+        batches: Bytes,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        let max_batch_bytes = self.config.borrow().max_batch_bytes as usize;
+        // Validation needs no place in line: a bad batch fails without waiting.
+        let parsed = batch::validate_all(&batches, max_batch_bytes)?;
+        place.acquired().await;
         self.check_usable()?;
         let headers: Vec<BatchHeader> = parsed.iter().map(|p| p.1).collect();
         let checks = self.state.borrow().producers.check_all(&headers)?;
@@ -1330,11 +1349,8 @@ impl PartitionLog {
         if self.closed.get() {
             return Ok(());
         }
-        let _permit = self
-            .append_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| LogError::Closed)?;
+        let place = self.appends.enqueue();
+        place.acquired().await;
         if self.closed.get() {
             return Ok(());
         }
@@ -1421,7 +1437,8 @@ impl PartitionLog {
     /// complete, the staging buffer is lost, and no clean-shutdown marker is left.
     #[cfg(test)]
     pub(crate) async fn crash(&self) {
-        let _permit = self.append_lock.acquire_permit(1).await.expect("lock");
+        let place = self.appends.enqueue();
+        place.acquired().await;
         // Only writes already handed to the device complete; nothing more is sealed.
         self.spawn_writer();
         let _ = self.wait_written_through(self.sealed_seq.get()).await;

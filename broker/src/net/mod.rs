@@ -5,6 +5,11 @@
 //! and queues the handler in a bounded channel. The writer takes handlers in request order,
 //! waits for each, and writes every response that is ready with one vectored send.
 //!
+//! Handlers run concurrently, so nothing may depend on the order they happen to run in:
+//! each Produce request takes a [`Turns`] turn as it is read, and hands its batches to the
+//! partitions' owners only after the connection's earlier Produce requests did (Kafka's
+//! per-partition ordering for one producer's pipelined requests).
+//!
 //! Limits, each named in the config: `max_frame_bytes` (a larger or negative size closes the
 //! connection before anything is allocated for it), `max_inflight_requests` (the queue
 //! bound: the reader stops reading the socket when it is full), `max_buffered_bytes_per_shard`
@@ -25,6 +30,7 @@ use glommio::Task;
 
 use crate::protocol::{self, Reply};
 use crate::shard::Shard;
+use crate::sync::Turns;
 
 /// Bytes read from the socket per read call when no larger frame is pending.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -105,6 +111,8 @@ async fn read_loop(
     // max_buffered_bytes_per_shard.
     let mut frame_permits: Vec<StaticPermit> = Vec::new();
     let mut paid_bytes = 0usize;
+    // Handlers run concurrently; turns make Produce requests append in arrival order.
+    let produce_turns = Turns::default();
     loop {
         // Hand every complete frame in the buffer to a handler.
         while let Some(size) = frame_size(&buf, max_frame_bytes)? {
@@ -126,11 +134,13 @@ async fn read_loop(
             let permit = std::mem::take(&mut frame_permits);
             let handler = shard.clone();
             let counted = InFlight::enter(shard.clone());
+            // Produce requests take their turn here, in the order they arrived.
+            let turn = protocol::is_produce(&frame).then(|| produce_turns.take());
             let task = glommio::spawn_local(async move {
                 // Held by the task: uncounted when it ends or is dropped unfinished (a
                 // client that leaves mid-request drops its queued handlers).
                 let _counted = counted;
-                protocol::handle(&handler, frame).await
+                protocol::handle(&handler, frame, turn).await
             });
             if queue
                 .send(Pending {

@@ -22,6 +22,7 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::shard::Shard;
+use crate::sync::Turn;
 
 /// What the connection does with a request's outcome.
 pub enum Reply {
@@ -120,8 +121,14 @@ pub fn encode_response_version<T: Encodable>(request: &Request, body: &T, versio
     Reply::Frame(vec![buf.freeze()])
 }
 
-/// Run one request to completion.
-pub async fn handle(shard: &Rc<Shard>, frame: Bytes) -> Reply {
+/// Whether a request frame is a Produce request: those take a [`Turn`] of their connection.
+pub fn is_produce(frame: &[u8]) -> bool {
+    frame.first_chunk::<2>() == Some(&(ApiKey::Produce as i16).to_be_bytes())
+}
+
+/// Run one request to completion. `turn` orders a Produce request among its connection's
+/// (see `produce::handle`); other requests ignore it.
+pub async fn handle(shard: &Rc<Shard>, frame: Bytes, turn: Option<Turn>) -> Reply {
     let request = match parse_request(frame) {
         Ok(request) => request,
         Err(why) => return Reply::Close(why),
@@ -129,7 +136,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: Bytes) -> Reply {
     let outcome = match request.api_key {
         ApiKey::ApiVersions => Ok(versions::handle(&request)),
         ApiKey::Metadata => metadata::handle(shard, &request).await,
-        ApiKey::Produce => produce::handle(shard, &request).await,
+        ApiKey::Produce => produce::handle(shard, &request, turn).await,
         ApiKey::Fetch => fetch::handle(shard, &request).await,
         ApiKey::ListOffsets => fetch::handle_list_offsets(shard, &request).await,
         ApiKey::CreateTopics => admin::handle_create_topics(shard, &request).await,

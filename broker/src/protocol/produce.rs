@@ -1,5 +1,6 @@
-//! Produce: split the request by owner shard, append on each owner concurrently, join the
-//! answers back into request order. Record batches travel as `Bytes` slices of the request
+//! Produce: split the request by owner shard, hand each owner its share in the connection's
+//! request order, append on the owners concurrently, join the answers back into request
+//! order. Record batches travel as `Bytes` slices of the request
 //! frame; they are never decoded here (the log validates their headers).
 
 use std::collections::BTreeMap;
@@ -13,11 +14,19 @@ use kafka_protocol::protocol::StrBytes;
 use super::{codes, decode_body, encode_response, Reply, Request};
 use crate::shard::ops::ProduceResult;
 use crate::shard::Shard;
+use crate::sync::Turn;
 
 /// (topic, partition, records) of one partition, as sent to its owner.
 type PartitionRecords = (String, i32, Option<Bytes>);
 
-pub async fn handle(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
+/// Handles one Produce request. `turn` is its place among its connection's Produce requests
+/// (see [`crate::sync::Turns`]): appends follow that order, so one producer's pipelined
+/// requests to a partition are stored in the order it sent them.
+pub async fn handle(
+    shard: &Rc<Shard>,
+    request: &Request,
+    turn: Option<Turn>,
+) -> Result<Reply, String> {
     let body: ProduceRequest = decode_body(request)?;
     let acks = body.acks;
     // Index of every partition in request order, and the work per owner shard.
@@ -58,19 +67,29 @@ pub async fn handle(shard: &Rc<Shard>, request: &Request) -> Result<Reply, Strin
             }
         }
     }
-    let calls = per_owner.into_iter().map(|(owner, (slot_ids, work))| {
-        let shard = shard.clone();
-        async move {
-            let answer = shard
-                .call(
-                    owner,
-                    move |s| async move { s.produce_local(work, acks).await },
-                )
-                .await;
-            (slot_ids, answer)
-        }
+    // Hand the work to the owners in this connection's request order: wait until the
+    // connection's earlier Produce requests have handed theirs over, then submit (which
+    // takes this request's places in each partition's append line), then let the next
+    // request go. The appends themselves still overlap with other requests'.
+    if let Some(turn) = &turn {
+        turn.wait().await;
+    }
+    let mut answers = Vec::with_capacity(per_owner.len());
+    for (owner, (slot_ids, work)) in per_owner {
+        let answer = shard
+            .submit(owner, move |s| s.produce_local(work, acks))
+            .await;
+        answers.push((slot_ids, answer));
+    }
+    drop(turn);
+    let joined = answers.into_iter().map(|(slot_ids, answer)| async move {
+        let answer = match answer {
+            Ok(pending) => pending.await,
+            Err(gone) => Err(gone),
+        };
+        (slot_ids, answer)
     });
-    for (slot_ids, answer) in futures_util::future::join_all(calls).await {
+    for (slot_ids, answer) in futures_util::future::join_all(joined).await {
         match answer {
             Ok(answers) => {
                 for (slot, answer) in slot_ids.into_iter().zip(answers) {

@@ -31,8 +31,12 @@ use crate::catalog::{self, Catalog};
 use crate::config::Config;
 use crate::log::{PartitionLog, ShardStorage};
 
-/// Work sent to another shard: runs there with that shard's state.
+/// Work sent to another shard: called there with that shard's state as it is dequeued,
+/// returning the rest of the work as a task.
 pub type Job = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+/// The result of a call handed to a shard with [`Shard::submit`].
+pub type Answer<R> = Pin<Box<dyn Future<Output = Result<R, ShardGone>>>>;
 
 /// Shortest time between two attempts to reopen a failed log on one shard.
 const REOPEN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
@@ -100,21 +104,42 @@ impl Shard {
         F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
         Fut: Future<Output = R> + 'static,
     {
+        self.submit(target, f).await?.await
+    }
+
+    /// Hands `f` to shard `target` and returns, once it is handed over, the future of its
+    /// result. Handing over keeps call order: on this shard `f` is called before `submit`
+    /// returns; on another, `f` is queued behind every job this shard submitted there
+    /// before, and the owner calls each job's `f` as it dequeues it, in that order. So what
+    /// `f` does before its first await (a produce taking its places in partition append
+    /// lines) happens in `submit` order, on any shard.
+    pub async fn submit<R, F, Fut>(
+        self: &Rc<Self>,
+        target: usize,
+        f: F,
+    ) -> Result<Answer<R>, ShardGone>
+    where
+        R: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = R> + 'static,
+    {
         if target == self.id {
-            return Ok(f(self.clone()).await);
+            let run = f(self.clone());
+            return Ok(Box::pin(async move { Ok(run.await) }));
         }
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |shard| {
+            let run = f(shard);
             Box::pin(async move {
                 // The asker may have gone (connection closed): nothing to do then.
-                let _ = reply.send(f(shard).await);
+                let _ = reply.send(run.await);
             })
         });
         self.senders
             .send_to(target, job)
             .await
             .map_err(|_| ShardGone)?;
-        answer.await.map_err(|_| ShardGone)
+        Ok(Box::pin(async move { answer.await.map_err(|_| ShardGone) }))
     }
 
     /// Serve jobs that other shards send here, each as its own task so a slow job (a long
@@ -124,6 +149,8 @@ impl Shard {
             let shard = self.clone();
             glommio::spawn_local(async move {
                 while let Some(job) = stream.recv().await {
+                    // `job(..)` runs the job's synchronous start here, in arrival order
+                    // (see `submit`); only the rest runs as its own task.
                     glommio::spawn_local(job(shard.clone())).detach();
                 }
             })

@@ -3,6 +3,7 @@
 //! Kafka error codes so they can travel back over the mesh; the protocol layer turns them
 //! into responses.
 
+use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -10,8 +11,9 @@ use bytes::Bytes;
 
 use super::Shard;
 use crate::catalog::{self, Topic};
-use crate::log::LogError;
+use crate::log::{LogError, PartitionLog};
 use crate::protocol::codes;
+use crate::sync::Place;
 
 /// Outcome of appending one partition's records.
 #[derive(Debug, Clone)]
@@ -76,75 +78,114 @@ pub fn now_ms() -> i64 {
 impl Shard {
     /// Append each partition's records (this shard owns them all). With acks=-1 (all), answer
     /// only once the batches are durable; one group-commit round covers every partition.
-    pub async fn produce_local(
+    ///
+    /// Not `async`: the call itself takes this request's place in the append line of every
+    /// partition it writes, before returning the future that appends. Calls made in request
+    /// order (see [`Shard::submit`]) therefore append in request order, however their
+    /// futures interleave. The partitions of one request append concurrently.
+    pub fn produce_local(
         self: &Rc<Self>,
         partitions: Vec<(String, i32, Option<Bytes>)>,
         acks: i16,
-    ) -> Vec<ProduceResult> {
-        let mut results = Vec::with_capacity(partitions.len());
-        let mut durable_waits = Vec::new();
-        for (topic, partition, records) in partitions {
-            let topic = topic.as_str();
-            let mut result = ProduceResult {
-                partition,
-                error: codes::NONE,
-                message: None,
-                base_offset: -1,
-                log_append_time_ms: -1,
-                log_start_offset: -1,
-            };
-            if self
-                .log(topic, partition)
-                .is_some_and(|log| log.is_failed())
-            {
-                self.reopen_if_failed(topic, partition).await;
+    ) -> impl Future<Output = Vec<ProduceResult>> + 'static {
+        let placed: Vec<_> = partitions
+            .into_iter()
+            .map(|(topic, partition, records)| {
+                let place = self
+                    .log(&topic, partition)
+                    .filter(|log| !log.is_failed())
+                    .map(|log| (log.reserve_append(), log));
+                (topic, partition, records, place)
+            })
+            .collect();
+        let shard = self.clone();
+        async move {
+            let appends = placed
+                .into_iter()
+                .map(|(topic, partition, records, place)| {
+                    shard
+                        .clone()
+                        .append_partition(topic, partition, records, place)
+                });
+            let mut appended = futures_util::future::join_all(appends).await;
+            if acks != -1 {
+                return appended.into_iter().map(|(result, _)| result).collect();
             }
-            let Some(log) = self.log(topic, partition) else {
-                result.error = codes::UNKNOWN_TOPIC_OR_PARTITION;
-                results.push(result);
-                continue;
-            };
-            let Some(records) = records.filter(|r| !r.is_empty()) else {
-                result.error = codes::CORRUPT_MESSAGE;
-                result.message = Some("empty records".into());
-                results.push(result);
-                continue;
-            };
-            match log.append(records, now_ms()).await {
-                Ok(info) => {
-                    result.base_offset = info.base_offset;
-                    result.log_start_offset = info.log_start_offset;
-                    if acks == -1 && !info.duplicate {
-                        durable_waits.push((results.len(), log.clone(), info.last_offset));
+            // Every append is in before the first sync, so one group-commit round can
+            // cover all of this request's partitions.
+            let storage = shard.storage.clone();
+            let waits = appended.iter().map(|(_, durable)| {
+                let storage = storage.clone();
+                async move {
+                    match durable {
+                        Some((log, last)) => storage.wait_durable(log, *last).await,
+                        None => Ok(()),
                     }
                 }
-                Err(e) => {
-                    result.error = log_error_code(&e);
-                    result.message = Some(e.to_string());
-                    if result.error == codes::KAFKA_STORAGE_ERROR {
-                        tracing::error!(topic, partition, "append failed: {e}");
-                    }
-                }
-            }
-            results.push(result);
-        }
-        if !durable_waits.is_empty() {
-            let storage = self.storage.clone();
-            let outcomes = futures_util::future::join_all(
-                durable_waits
-                    .iter()
-                    .map(|(_, log, last)| storage.wait_durable(log, *last)),
-            )
-            .await;
-            for ((index, _, _), outcome) in durable_waits.iter().zip(outcomes) {
+            });
+            let outcomes = futures_util::future::join_all(waits).await;
+            for ((result, _), outcome) in appended.iter_mut().zip(outcomes) {
                 if let Err(e) = outcome {
                     tracing::error!("sync failed: {e}");
-                    results[*index].error = codes::KAFKA_STORAGE_ERROR;
-                    results[*index].message = Some(e.to_string());
+                    result.error = codes::KAFKA_STORAGE_ERROR;
+                    result.message = Some(e.to_string());
                 }
             }
+            appended.into_iter().map(|(result, _)| result).collect()
         }
-        results
+    }
+
+    /// Append one partition's records at the place reserved for them (none when its log had
+    /// failed: a failed log is reopened first, if the disk has room again, and the append
+    /// then takes the next place in the new log's line). Returns the result and, for a new
+    /// (not duplicate) batch, the log and last offset that acks=all waits to be durable.
+    async fn append_partition(
+        self: Rc<Self>,
+        topic: String,
+        partition: i32,
+        records: Option<Bytes>,
+        place: Option<(Place, Rc<PartitionLog>)>,
+    ) -> (ProduceResult, Option<(Rc<PartitionLog>, i64)>) {
+        let mut result = ProduceResult {
+            partition,
+            error: codes::NONE,
+            message: None,
+            base_offset: -1,
+            log_append_time_ms: -1,
+            log_start_offset: -1,
+        };
+        let (place, log) = match place {
+            Some(reserved) => reserved,
+            None => {
+                self.reopen_if_failed(&topic, partition).await;
+                let Some(log) = self.log(&topic, partition) else {
+                    result.error = codes::UNKNOWN_TOPIC_OR_PARTITION;
+                    return (result, None);
+                };
+                (log.reserve_append(), log)
+            }
+        };
+        let Some(records) = records.filter(|r| !r.is_empty()) else {
+            result.error = codes::CORRUPT_MESSAGE;
+            result.message = Some("empty records".into());
+            return (result, None);
+        };
+        match log.append_in_place(place, records, now_ms()).await {
+            Ok(info) => {
+                result.base_offset = info.base_offset;
+                result.log_start_offset = info.log_start_offset;
+                let durable = (!info.duplicate).then_some((log, info.last_offset));
+                (result, durable)
+            }
+            Err(e) => {
+                result.error = log_error_code(&e);
+                result.message = Some(e.to_string());
+                if result.error == codes::KAFKA_STORAGE_ERROR {
+                    tracing::error!(topic, partition, "append failed: {e}");
+                }
+                (result, None)
+            }
+        }
     }
 
     /// Read each partition (this shard owns them all).
