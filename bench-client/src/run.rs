@@ -14,7 +14,7 @@ use crate::batch::{parse_compression, Payloads, VALUE_HEADER_BYTES};
 use crate::proto::Control;
 use crate::stats::{fmt_rate, fmt_us, new_histogram, RunResult, SideResult};
 use crate::verify::{check_acks, check_consumed_all, Faults};
-use crate::worker::{self, now_ns, ConsumerPlan, ProducerPlan, Shared, Workload};
+use crate::worker::{self, now_ns, ConsumerPlan, ProducerPlan, Shared, SizeClass, Workload};
 
 /// What to run and how hard.
 #[derive(Args, Debug, Clone)]
@@ -34,6 +34,13 @@ pub struct WorkloadArgs {
     /// Bytes of each message value (at least 24: producer id, sequence, send time, checksum).
     #[arg(long, default_value_t = 100)]
     pub message_bytes: usize,
+    /// Mixed sizes on every connection: besides batches of --message-bytes values, send
+    /// batches of values this large, in a repeating cycle of 8 small batches, 8 large ones,
+    /// then 8 alternating (small then large, and interleaved). 0: one size only. With many
+    /// requests in flight this is the pattern that makes a large append wait for the disk
+    /// while later requests arrive: the run checks they are still stored in send order.
+    #[arg(long, default_value_t = 0)]
+    pub large_message_bytes: usize,
     /// Records per batch (capped so a batch stays under --batch-bytes-max).
     #[arg(long, default_value_t = 1000)]
     pub batch_records: usize,
@@ -136,11 +143,24 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
         args.message_bytes >= VALUE_HEADER_BYTES,
         "--message-bytes must be at least {VALUE_HEADER_BYTES}"
     );
-    let record_bytes_max = args.message_bytes + 16;
-    let batch_records = args
-        .batch_records
-        .min((args.batch_bytes_max / record_bytes_max).max(1))
-        .max(1);
+    ensure!(
+        args.large_message_bytes == 0 || args.large_message_bytes >= VALUE_HEADER_BYTES,
+        "--large-message-bytes must be 0 or at least {VALUE_HEADER_BYTES}"
+    );
+    let records_per_batch = |message_bytes: usize| {
+        let record_bytes_max = message_bytes + 16;
+        args.batch_records
+            .min((args.batch_bytes_max / record_bytes_max).max(1))
+            .max(1)
+    };
+    let batch_records = records_per_batch(args.message_bytes);
+    let large = match args.large_message_bytes {
+        0 => None,
+        bytes => Some(SizeClass {
+            payloads: Payloads::new(bytes)?,
+            batch_records: records_per_batch(bytes),
+        }),
+    };
     let mut control = Control::connect(&args.bootstrap, Duration::from_secs(10))?;
     let layout = control.ensure_topic(&args.topic, args.partitions, Duration::from_secs(30))?;
     let partitions: Vec<i32> = (0..layout.leaders.len() as i32).collect();
@@ -298,6 +318,7 @@ pub fn run(args: &WorkloadArgs, mode: Mode) -> Result<RunResult> {
         compression,
         inflight_max: args.inflight.max(1),
         payloads: Payloads::new(args.message_bytes)?,
+        large,
         produce_version: v.produce,
         fetch_version: v.fetch,
         fetch_max_bytes: args.fetch_max_bytes,

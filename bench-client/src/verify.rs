@@ -67,6 +67,8 @@ pub struct PartitionCheck {
     pub next_sequence: HashMap<u32, u64>,
     pub faults: Faults,
     pub messages: u64,
+    /// Bytes of the values of `messages`.
+    pub value_bytes: u64,
     /// Samples are reported to this with the message's send time.
     last_producer: Option<(u32, u64)>,
 }
@@ -80,6 +82,7 @@ impl PartitionCheck {
             next_sequence: HashMap::new(),
             faults: Faults::default(),
             messages: 0,
+            value_bytes: 0,
             last_producer: None,
         }
     }
@@ -95,6 +98,7 @@ impl PartitionCheck {
         }
         self.next_offset = offset + 1;
         self.messages += 1;
+        self.value_bytes += value.len() as u64;
         let Some(v) = read_value(value) else {
             self.faults.corrupted += 1;
             return None;

@@ -67,6 +67,8 @@ pub struct Workload {
     pub compression: Compression,
     pub inflight_max: usize,
     pub payloads: Payloads,
+    /// Large batches mixed in (`--large-message-bytes`), if any; see [`is_large_batch`].
+    pub large: Option<SizeClass>,
     pub produce_version: i16,
     pub fetch_version: i16,
     pub fetch_max_bytes: i32,
@@ -74,6 +76,34 @@ pub struct Workload {
     pub fetch_max_wait_ms: i32,
     /// Consumers measure latency from each message's send time (e2e) rather than per fetch.
     pub end_to_end: bool,
+}
+
+/// Values of one size and the records a batch of them carries.
+pub struct SizeClass {
+    pub payloads: Payloads,
+    pub batch_records: usize,
+}
+
+/// Batches per phase of the mixed-size cycle: small, large, then alternating.
+const MIX_PHASE_BATCHES: u64 = 8;
+
+/// Whether a connection's batch number `n` is a large one in the mixed-size cycle.
+pub fn is_large_batch(n: u64) -> bool {
+    match (n / MIX_PHASE_BATCHES) % 3 {
+        0 => false,
+        1 => true,
+        _ => n % 2 == 1,
+    }
+}
+
+impl Workload {
+    /// The values and batch size of a connection's batch number `n`.
+    fn size_of_batch(&self, n: u64) -> (&Payloads, usize) {
+        match &self.large {
+            Some(large) if is_large_batch(n) => (&large.payloads, large.batch_records),
+            _ => (&self.payloads, self.batch_records),
+        }
+    }
 }
 
 /// Control-plane state shared by the main thread and the workers.
@@ -153,6 +183,8 @@ struct ProducerConn {
     partitions: Vec<i32>,
     sequences: Vec<u64>,
     next_partition: usize,
+    /// Batches encoded so far (picks each one's size with `--large-message-bytes`).
+    batches: u64,
     out: Vec<u8>,
     out_pos: usize,
     inbuf: BytesMut,
@@ -276,8 +308,9 @@ impl ProducerConn {
             && self.out.len() - self.out_pos < OUT_BYTES_MAX
             && !shared.stop_producing.load(Ordering::Relaxed)
         {
+            let (_, batch_records) = w.size_of_batch(self.batches);
             let mut available = match self.ns_per_message {
-                None => w.batch_records as u64,
+                None => batch_records as u64,
                 Some(ns) => {
                     let due = (now.saturating_sub(self.start_ns) as f64 / ns) as u64 + 1;
                     due.saturating_sub(self.generated)
@@ -289,8 +322,8 @@ impl ProducerConn {
             if available == 0 {
                 break;
             }
-            let count = available.min(w.batch_records as u64) as usize;
-            if count < w.batch_records && self.ns_per_message.is_some() {
+            let count = available.min(batch_records as u64) as usize;
+            if count < batch_records && self.ns_per_message.is_some() {
                 let first_due = self.intended_ns(self.generated, now);
                 let full = self
                     .messages_max
@@ -308,6 +341,8 @@ impl ProducerConn {
     fn encode(&mut self, now: u64, count: usize, w: &Workload) -> Result<()> {
         let slot = self.next_partition;
         self.next_partition = (self.next_partition + 1) % self.partitions.len();
+        let (payloads, _) = w.size_of_batch(self.batches);
+        self.batches += 1;
         let partition = self.partitions[slot];
         let first_sequence = self.sequences[slot];
         let first_index = self.generated;
@@ -339,14 +374,14 @@ impl ProducerConn {
         };
         if w.compression == Compression::None {
             // Encoded straight into the send buffer: the size is known before the bytes.
-            let records_bytes = batch_bytes(&w.payloads, count);
+            let records_bytes = batch_bytes(payloads, count);
             prefix(&mut self.out, records_bytes);
             let batch_start = self.out.len();
-            encode_batch(&mut self.out, &w.payloads, &spec);
+            encode_batch(&mut self.out, payloads, &spec);
             debug_assert_eq!(self.out.len() - batch_start, records_bytes);
         } else {
             let mut batch = Vec::new();
-            encode_batch_compressed(&mut batch, &w.payloads, &spec, w.compression)?;
+            encode_batch_compressed(&mut batch, payloads, &spec, w.compression)?;
             prefix(&mut self.out, batch.len());
             self.out.extend_from_slice(&batch);
         }
@@ -361,7 +396,7 @@ impl ProducerConn {
             count: count as u32,
             first_index,
             created_ns: now,
-            bytes: (count * w.payloads.value_bytes()) as u64,
+            bytes: (count * payloads.value_bytes()) as u64,
         });
         Ok(())
     }
@@ -591,6 +626,7 @@ impl ConsumerConn {
                     let e2e = w.end_to_end;
                     let lat = &mut tally.consume_latency;
                     let ilat = &mut tally.i_consume_latency;
+                    let bytes_before = part.check.value_bytes;
                     let n = part.check.fetched(records, |sent| {
                         if e2e {
                             let ns = now.saturating_sub(sent);
@@ -604,7 +640,8 @@ impl ConsumerConn {
                     if !w.end_to_end && n > 0 {
                         tally.consume_latency_n(in_window, now.saturating_sub(sent_ns), n);
                     }
-                    tally.count_consumed(in_window, n, n * w.payloads.value_bytes() as u64, now);
+                    let bytes = part.check.value_bytes - bytes_before;
+                    tally.count_consumed(in_window, n, bytes, now);
                 }
             }
         }
@@ -758,6 +795,7 @@ fn run_loop(
             sequences: vec![0; p.partitions.len()],
             partitions: p.partitions,
             next_partition: 0,
+            batches: 0,
             out: Vec::with_capacity(OUT_BYTES_MAX),
             out_pos: 0,
             inbuf: BytesMut::with_capacity(READ_BYTES),
@@ -865,4 +903,18 @@ fn run_loop(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod size_mix_tests {
+    use super::is_large_batch;
+
+    #[test]
+    fn the_mixed_size_cycle_is_small_runs_large_runs_then_alternating() {
+        let cycle: String = (0..24)
+            .map(|n| if is_large_batch(n) { 'L' } else { 's' })
+            .collect();
+        assert_eq!(cycle, "ssssssssLLLLLLLLsLsLsLsL");
+        assert!(!is_large_batch(24), "the cycle repeats");
+    }
 }
