@@ -38,9 +38,40 @@ fn tune_allocator() {
     }
 }
 
+/// A panic anywhere ends the process at once, non-zero, with the panic in the log.
+///
+/// A panicking shard thread would otherwise die alone: the process would live on with its
+/// listening sockets open, connections would queue in the kernel's backlog unanswered, and a
+/// supervisor would see a running process and never restart it. Exiting right away (no
+/// unwinding into other shards, no destructors) leaves the data dir as a crash does, which
+/// recovery handles.
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!("panic: {info}; exiting");
+        // SAFETY: _exit ends the process without running anything else; nothing to uphold.
+        unsafe { libc::_exit(PANIC_EXIT_CODE) };
+    }));
+}
+
+/// The exit status after a panic (what an uncaught panic gives on the main thread).
+const PANIC_EXIT_CODE: i32 = 101;
+
+/// Command-line tools die quietly on a closed pipe (`shardlog groups list | head -1`), as
+/// other command-line tools do, instead of panicking in `println!`.
+fn default_sigpipe() {
+    // SAFETY: restores the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
     let main = Main::parse();
+    exit_on_panic();
     if let Some(Command::Groups(command)) = main.command {
+        default_sigpipe();
         if let Err(e) = shardlog::groups::admin::run(command) {
             eprintln!("shardlog groups: {e}");
             std::process::exit(1);

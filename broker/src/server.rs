@@ -220,9 +220,30 @@ async fn run_shard(
 }
 
 /// One listening socket per shard on the same address (resolving port 0 once).
+///
+/// The shards' sockets share the port with SO_REUSEPORT, which would just as happily let a
+/// second broker (or any process of the same user) join the group: the kernel would then
+/// split new connections between the two, and clients would see topics come and go. So the
+/// address is first bound once without SO_REUSEPORT: that fails while anyone listens there.
 fn bind_listeners(config: &Config) -> anyhow::Result<(Vec<i32>, std::net::SocketAddr)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let mut address = config.listen;
+    if address.port() != 0 {
+        let probe = Socket::new(
+            Domain::for_address(address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        // SO_REUSEADDR still lets a restarted broker bind over its old connections in
+        // TIME_WAIT; only a live listener makes this bind fail.
+        probe.set_reuse_address(true)?;
+        probe.bind(&address.into()).map_err(|e| {
+            anyhow::anyhow!(
+                "listen: {address} is already in use by another process ({e}); \
+                 stop it or choose another --listen address"
+            )
+        })?;
+    }
     let mut fds = Vec::with_capacity(config.cores);
     for _ in 0..config.cores {
         let socket = Socket::new(

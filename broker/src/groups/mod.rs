@@ -207,6 +207,11 @@ impl GroupsConfig {
             "max_offsets_per_group: must be at least 1",
         )?;
         check(
+            config.offset_metadata_max_bytes as usize <= offsets_log::STRING_MAX_BYTES,
+            "offset_metadata_max_bytes: must be at most 32767 (the offsets log stores \
+             metadata with a 16-bit length, as Kafka does)",
+        )?;
+        check(
             config.offsets_retention_ms >= 1,
             "offsets_retention_ms: must be at least 1",
         )?;

@@ -39,15 +39,14 @@ pub struct OffsetValue {
 /// Longest string a record can hold (i16 length prefix).
 pub const STRING_MAX_BYTES: usize = i16::MAX as usize;
 
-fn put_str(buf: &mut BytesMut, s: &str) {
-    // Callers validate lengths (group id, topic name, metadata) far below the limit.
-    assert!(
-        s.len() <= STRING_MAX_BYTES,
-        "string of {} bytes in an offsets record",
-        s.len()
-    );
-    buf.put_i16(s.len() as i16);
+fn put_str(buf: &mut BytesMut, s: &str) -> Result<(), String> {
+    // Callers validate lengths (group id, topic name, metadata) against settings capped far
+    // below this limit; a string past it is refused, never asserted on.
+    let len = i16::try_from(s.len())
+        .map_err(|_| format!("string of {} bytes in an offsets record", s.len()))?;
+    buf.put_i16(len);
     buf.put_slice(s.as_bytes());
+    Ok(())
 }
 
 fn get_str(buf: &mut Bytes) -> Option<String> {
@@ -61,23 +60,23 @@ fn get_str(buf: &mut Bytes) -> Option<String> {
     String::from_utf8(buf.split_to(len as usize).to_vec()).ok()
 }
 
-fn encode_key(r: &OffsetRecord) -> Bytes {
+fn encode_key(r: &OffsetRecord) -> Result<Bytes, String> {
     let mut buf = BytesMut::with_capacity(8 + r.group.len() + r.topic.len());
     buf.put_i16(KEY_VERSION);
-    put_str(&mut buf, &r.group);
-    put_str(&mut buf, &r.topic);
+    put_str(&mut buf, &r.group)?;
+    put_str(&mut buf, &r.topic)?;
     buf.put_i32(r.partition);
-    buf.freeze()
+    Ok(buf.freeze())
 }
 
-fn encode_value(v: &OffsetValue) -> Bytes {
+fn encode_value(v: &OffsetValue) -> Result<Bytes, String> {
     let mut buf = BytesMut::with_capacity(24 + v.metadata.len());
     buf.put_i16(VALUE_VERSION);
     buf.put_i64(v.offset);
     buf.put_i32(v.leader_epoch);
-    put_str(&mut buf, &v.metadata);
+    put_str(&mut buf, &v.metadata)?;
     buf.put_i64(v.commit_time_ms);
-    buf.freeze()
+    Ok(buf.freeze())
 }
 
 fn decode_record(key: Option<Bytes>, value: Option<Bytes>) -> Option<OffsetRecord> {
@@ -121,25 +120,27 @@ fn decode_record(key: Option<Bytes>, value: Option<Bytes>) -> Option<OffsetRecor
 
 /// One record batch holding `records`, ready for `PartitionLog::append`.
 pub fn encode_batch(records: &[OffsetRecord], now_ms: i64) -> Result<Bytes, String> {
-    let records: Vec<Record> = records
+    let records = records
         .iter()
         .enumerate()
-        .map(|(i, r)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: -1,
-            timestamp: now_ms,
-            key: Some(encode_key(r)),
-            value: r.value.as_ref().map(encode_value),
-            headers: Default::default(),
+        .map(|(i, r)| {
+            Ok(Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: -1,
+                timestamp: now_ms,
+                key: Some(encode_key(r)?),
+                value: r.value.as_ref().map(encode_value).transpose()?,
+                headers: Default::default(),
+            })
         })
-        .collect();
+        .collect::<Result<Vec<Record>, String>>()?;
     let mut buf = BytesMut::new();
     RecordBatchEncoder::encode(
         &mut buf,
@@ -226,7 +227,7 @@ mod tests {
             None
         );
         assert_eq!(decode_record(None, None), None);
-        let truncated = encode_key(&commit("g", "t", 0, 1)).slice(..5);
+        let truncated = encode_key(&commit("g", "t", 0, 1)).unwrap().slice(..5);
         assert_eq!(decode_record(Some(truncated), None), None);
     }
 }

@@ -133,6 +133,14 @@ pub enum LogError {
         current: i16,
         received: i16,
     },
+    /// A file held fewer bytes than the log knows it wrote there (e.g. truncated under a
+    /// running broker): the data is gone, which is a storage error, never a panic.
+    #[error("short read: {wanted} bytes wanted at byte {position} of a segment, {got} there")]
+    ShortRead {
+        position: u64,
+        wanted: usize,
+        got: usize,
+    },
     /// The device or file system failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -237,8 +237,9 @@ pub(super) async fn open_segment_file(path: &Path) -> Result<DmaFile, LogError> 
         .await?)
 }
 
-/// Reads `[pos, pos + len)` into `buf` unless it already holds it; false if the file is
-/// shorter.
+/// Reads `[pos, pos + len)` into `buf` unless it already holds it; false if that range
+/// passes `file_end`. A file that turns out shorter than `file_end` (truncated behind the
+/// log's back) is a [`LogError::ShortRead`], so no caller ever slices past what was read.
 pub(super) async fn ensure_read(
     file: &DmaFile,
     buf: &mut Option<(u64, glommio::io::ReadResult)>,
@@ -257,9 +258,16 @@ pub(super) async fn ensure_read(
     }
     let want = (len.max(read_hint) as u64).min(file_end - pos) as usize;
     let r = file.read_at(pos, want).await?;
-    let ok = r.len() >= len;
+    if r.len() < len {
+        *buf = None;
+        return Err(LogError::ShortRead {
+            position: pos,
+            wanted: len,
+            got: r.len(),
+        });
+    }
     *buf = Some((pos, r));
-    Ok(ok)
+    Ok(true)
 }
 
 pub(super) fn slice_of(
@@ -422,8 +430,12 @@ pub(super) async fn read_batches_at(
         let hint = max_bytes
             .saturating_sub(bytes)
             .clamp(DISK_READ_CHUNK_BYTES, DISK_READ_BYTES_MAX);
-        if !ensure_read(file, &mut buf, pos, BATCH_HEADER_BYTES, hint, disk_end).await? {
-            break;
+        // A short read past what was already gathered ends the answer with its valid prefix.
+        match ensure_read(file, &mut buf, pos, BATCH_HEADER_BYTES, hint, disk_end).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(_) if !out.is_empty() => break,
+            Err(e) => return Err(e),
         }
         let corrupt = |msg: String| -> Result<Vec<(BatchHeader, Vec<Bytes>)>, LogError> {
             Err(LogError::CorruptBatch(msg))
@@ -454,7 +466,11 @@ pub(super) async fn read_batches_at(
         let hint = max_bytes
             .saturating_sub(bytes)
             .clamp(DISK_READ_CHUNK_BYTES, DISK_READ_BYTES_MAX);
-        ensure_read(file, &mut buf, pos, size, hint, disk_end).await?;
+        match ensure_read(file, &mut buf, pos, size, hint, disk_end).await {
+            Ok(_) => {}
+            Err(_) if !out.is_empty() => break,
+            Err(e) => return Err(e),
+        }
         let slice = slice_of(&buf, pos, size);
         if !batch::crc_matches(slice, h.crc()) {
             if out.is_empty() {

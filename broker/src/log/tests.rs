@@ -1557,3 +1557,39 @@ mod model {
         }
     }
 }
+
+#[test]
+fn a_segment_truncated_under_a_running_log_reads_as_a_storage_error_not_a_panic() {
+    let dir = tempdir();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let (log, _) = PartitionLog::open(&path, small_config()).await.unwrap();
+        // More than the tail cache holds, so the first batches are read from the file.
+        let mut bases = Vec::new();
+        for i in 0..30 {
+            bases.push(log.append(plain(10, i), 0).await.unwrap().base_offset);
+        }
+        log.flush().await.unwrap();
+        let first_len = plain(10, 0).len() as u64;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(last_segment(&path))
+            .unwrap()
+            .set_len(first_len + 100)
+            .unwrap();
+        // What is still whole is served; what is gone is an error the fetch can answer.
+        let read = log.read(0, 1 << 20).await.unwrap();
+        assert!(
+            read.bytes >= first_len as usize,
+            "the valid prefix is served"
+        );
+        let gone = log.read(bases[5], 1 << 20).await;
+        assert!(
+            matches!(gone, Err(LogError::ShortRead { .. })),
+            "{:?}",
+            gone.map(|r| r.bytes)
+        );
+        // The log stays usable for appends.
+        log.append(plain(1, 99), 0).await.unwrap();
+    });
+}

@@ -63,7 +63,7 @@ pub fn log_error_code(error: &LogError) -> i16 {
         LogError::DuplicateSequence { .. } => codes::DUPLICATE_SEQUENCE_NUMBER,
         LogError::OutOfOrderSequence { .. } => codes::OUT_OF_ORDER_SEQUENCE_NUMBER,
         LogError::InvalidProducerEpoch { .. } => codes::INVALID_PRODUCER_EPOCH,
-        LogError::Io(_) => codes::KAFKA_STORAGE_ERROR,
+        LogError::Io(_) | LogError::ShortRead { .. } => codes::KAFKA_STORAGE_ERROR,
         #[allow(unreachable_patterns)]
         _ => codes::KAFKA_STORAGE_ERROR,
     }
