@@ -2,6 +2,7 @@
 //! IncrementalAlterConfigs, and InitProducerId. Every catalog change runs on the controller
 //! (shard 0), which persists it and pushes it to every shard before answering.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
@@ -23,7 +24,7 @@ use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
 use super::{codes, decode_body, encode_response, Reply, Request};
-use crate::catalog::TOPIC_CONFIG_NAMES;
+use crate::catalog::{self, TOPIC_CONFIGS};
 use crate::shard::ops::NewTopic;
 use crate::shard::Shard;
 
@@ -31,10 +32,14 @@ const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 const SOURCE_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
-const TYPE_STRING: i8 = 2;
+const SOURCE_DEFAULT: i8 = 5;
 const TYPE_INT: i8 = 3;
 const TYPE_LONG: i8 = 5;
-const TYPE_LIST: i8 = 7;
+
+/// Config changes to one topic: each name with its new value, None to remove the override.
+type ConfigChanges = Vec<(String, Option<String>)>;
+/// Why a request or resource is refused: a Kafka error code and a message.
+type Refusal = (i16, String);
 
 fn str_bytes(text: impl Into<String>) -> StrBytes {
     StrBytes::from_string(text.into())
@@ -47,17 +52,6 @@ pub async fn handle_create_topics(shard: &Rc<Shard>, request: &Request) -> Resul
     for topic in &body.topics {
         let name = topic.name.0.to_string();
         let mut result = CreatableTopicResult::default().with_name(topic.name.clone());
-        // One node: replication factor -1 (broker default) or 1 only.
-        if topic.replication_factor != -1 && topic.replication_factor != 1 {
-            result.error_code = codes::INVALID_REPLICATION_FACTOR;
-            result.error_message = Some(str_bytes(format!(
-                "replication factor {} is larger than the 1 available broker",
-                topic.replication_factor
-            )));
-        } else if !topic.assignments.is_empty() {
-            result.error_code = codes::INVALID_REQUEST;
-            result.error_message = Some(str_bytes("manual replica assignment is not supported"));
-        }
         let partitions = if topic.num_partitions == -1 {
             shard.config.num_partitions
         } else {
@@ -68,6 +62,33 @@ pub async fn handle_create_topics(shard: &Rc<Shard>, request: &Request) -> Resul
             if let Some(v) = &c.value {
                 configs.push((c.name.to_string(), v.to_string()));
             }
+        }
+        let refusal = if topic.replication_factor != -1 && topic.replication_factor != 1 {
+            // One node: replication factor -1 (broker default) or 1 only.
+            Some((
+                codes::INVALID_REPLICATION_FACTOR,
+                format!(
+                    "replication factor {} is larger than the 1 available broker",
+                    topic.replication_factor
+                ),
+            ))
+        } else if !topic.assignments.is_empty() {
+            Some((
+                codes::INVALID_REQUEST,
+                "manual replica assignment is not supported".to_string(),
+            ))
+        } else {
+            None
+        };
+        let refusal = refusal.or_else(|| {
+            let all: BTreeMap<String, String> = configs.iter().cloned().collect();
+            catalog::validate_topic_configs(&all)
+                .err()
+                .map(|why| (codes::INVALID_CONFIG, why))
+        });
+        if let Some((code, message)) = refusal {
+            result.error_code = code;
+            result.error_message = Some(str_bytes(message));
         }
         if request.version >= 5 {
             result.num_partitions = partitions;
@@ -199,30 +220,19 @@ pub async fn handle_create_partitions(
     ))
 }
 
-/// Effective value, whether it is a topic override, and its type, for a topic config.
-fn topic_config_value(
-    shard: &Shard,
-    configs: &std::collections::BTreeMap<String, String>,
-    name: &str,
-) -> (String, bool, i8) {
-    if let Some(v) = configs.get(name) {
-        let kind = match name {
-            "cleanup.policy" => TYPE_LIST,
-            "max.message.bytes" => TYPE_INT,
-            _ => TYPE_LONG,
-        };
-        return (v.clone(), true, kind);
-    }
+/// A topic config's value when the topic does not override it and the broker has its own
+/// setting for it (Kafka's `log.*` synonyms); None where Kafka's default applies.
+fn broker_topic_default(shard: &Shard, name: &str) -> Option<String> {
     let c = &shard.config;
-    match name {
-        "retention.ms" => (c.retention_ms.to_string(), false, TYPE_LONG),
-        "retention.bytes" => (c.retention_bytes.to_string(), false, TYPE_LONG),
-        "segment.bytes" => (c.segment_bytes.to_string(), false, TYPE_INT),
-        "segment.ms" => (c.segment_ms.to_string(), false, TYPE_LONG),
-        "max.message.bytes" => (c.max_message_bytes.to_string(), false, TYPE_INT),
-        "cleanup.policy" => ("delete".to_string(), false, TYPE_LIST),
-        _ => (String::new(), false, TYPE_STRING),
-    }
+    Some(match name {
+        "retention.ms" => c.retention_ms.to_string(),
+        "retention.bytes" => c.retention_bytes.to_string(),
+        "segment.bytes" => c.segment_bytes.to_string(),
+        "segment.ms" => c.segment_ms.to_string(),
+        "max.message.bytes" => c.max_message_bytes.to_string(),
+        "index.interval.bytes" => c.index_interval_bytes.to_string(),
+        _ => return None,
+    })
 }
 
 pub async fn handle_describe_configs(
@@ -243,19 +253,27 @@ pub async fn handle_describe_configs(
         match resource.resource_type {
             RESOURCE_TOPIC => match catalog.topics.get(resource.resource_name.as_str()) {
                 Some(topic) => {
-                    for name in TOPIC_CONFIG_NAMES.iter().filter(|n| wanted(n)) {
-                        let (value, is_override, kind) =
-                            topic_config_value(shard, &topic.configs, name);
+                    // Every config Kafka defines, as Kafka lists them: the topic's override,
+                    // else the broker's setting, else Kafka's default.
+                    for config in TOPIC_CONFIGS.iter().filter(|c| wanted(c.name)) {
+                        let (value, source) = match topic.configs.get(config.name) {
+                            Some(value) => (value.clone(), SOURCE_TOPIC),
+                            None => match broker_topic_default(shard, config.name) {
+                                Some(value) => (value, SOURCE_STATIC_BROKER),
+                                None => (config.default.to_string(), SOURCE_DEFAULT),
+                            },
+                        };
+                        let kind = if request.version >= 3 {
+                            config.kind.code()
+                        } else {
+                            0
+                        };
                         result.configs.push(
                             DescribeConfigsResourceResult::default()
-                                .with_name(str_bytes(*name))
+                                .with_name(str_bytes(config.name))
                                 .with_value(Some(str_bytes(value)))
-                                .with_config_source(if is_override {
-                                    SOURCE_TOPIC
-                                } else {
-                                    SOURCE_STATIC_BROKER
-                                })
-                                .with_config_type(if request.version >= 3 { kind } else { 0 }),
+                                .with_config_source(source)
+                                .with_config_type(kind),
                         );
                     }
                 }
@@ -323,7 +341,7 @@ pub async fn handle_alter_configs(shard: &Rc<Shard>, request: &Request) -> Resul
     for resource in body.resources {
         let name = resource.resource_name.to_string();
         // AlterConfigs replaces the whole set: every current override not named is removed.
-        let mut set: Vec<(String, Option<String>)> = shard
+        let mut set: ConfigChanges = shard
             .catalog()
             .topics
             .get(&name)
@@ -378,7 +396,7 @@ pub async fn handle_incremental_alter_configs(
             }
         }
         let set = match bad {
-            Some(why) => Err(why),
+            Some(why) => Err((codes::INVALID_REQUEST, why)),
             None => Ok(set),
         };
         let (code, message) =
@@ -398,12 +416,13 @@ pub async fn handle_incremental_alter_configs(
 }
 
 /// Apply config changes to one topic on the controller; (error code, message) for the
-/// resource. `set` is Err when the request itself named an unsupported operation.
+/// resource. `set` is Err (with the error code) when an operation could not be turned into
+/// a value.
 async fn alter_topic(
     shard: &Rc<Shard>,
     resource_type: i8,
     topic: String,
-    set: Result<Vec<(String, Option<String>)>, String>,
+    set: Result<ConfigChanges, Refusal>,
     validate_only: bool,
 ) -> Result<(i16, Option<String>), String> {
     if resource_type != RESOURCE_TOPIC {
@@ -414,8 +433,21 @@ async fn alter_topic(
     }
     let set = match set {
         Ok(set) => set,
-        Err(why) => return Ok((codes::INVALID_REQUEST, Some(why))),
+        Err((code, why)) => return Ok((code, Some(why))),
     };
+    // The rules between values need the topic's whole set as it would become.
+    if let Some(existing) = shard.catalog().topics.get(&topic) {
+        let mut all = existing.configs.clone();
+        for (name, value) in &set {
+            match value {
+                Some(v) => all.insert(name.clone(), v.clone()),
+                None => all.remove(name),
+            };
+        }
+        if let Err(why) = catalog::validate_topic_configs(&all) {
+            return Ok((codes::INVALID_CONFIG, Some(why)));
+        }
+    }
     shard
         .call(0, move |c| async move {
             c.alter_topic_configs(topic, set, validate_only).await

@@ -113,6 +113,7 @@ impl Shard {
             match log.append(records, now_ms()).await {
                 Ok(info) => {
                     result.base_offset = info.base_offset;
+                    result.log_append_time_ms = info.log_append_time_ms;
                     result.log_start_offset = info.log_start_offset;
                     if acks == -1 && !info.duplicate {
                         durable_waits.push((results.len(), log.clone(), info.last_offset));
