@@ -1,6 +1,6 @@
 """Topic configs, driven with confluent-kafka (librdkafka 2.16): every Kafka 3.9 topic config
 accepted, checked, stored and described; message.timestamp.type=LogAppendTime stamped by
-the broker."""
+the broker; IncrementalAlterConfigs APPEND / SUBTRACT."""
 
 import time
 
@@ -261,3 +261,57 @@ def test_switching_a_topic_to_log_append_time_stamps_only_later_batches(broker):
     (_, early), (_, late) = read_timestamps(broker, "switched", 2)
     assert early == (TIMESTAMP_CREATE_TIME, 1_000_000_000_000)
     assert late[0] == TIMESTAMP_LOG_APPEND_TIME and late[1] >= before - 1000
+
+
+# --- 3. IncrementalAlterConfigs APPEND / SUBTRACT ----------------------------------------------
+
+def test_append_and_subtract_change_list_configs_item_by_item(broker):
+    ck_create_topic(broker, "listed")
+
+    alter(broker, "listed",
+          ("cleanup.policy", "compact", AlterConfigOpType.APPEND),
+          ("leader.replication.throttled.replicas", "0:0,1:0", AlterConfigOpType.APPEND)) \
+        .result(timeout=CLIENT_TIMEOUT_S)
+    appended = describe_topic(broker, "listed")
+    alter(broker, "listed",
+          ("cleanup.policy", "delete", AlterConfigOpType.SUBTRACT),
+          ("leader.replication.throttled.replicas", "0:0", AlterConfigOpType.SUBTRACT)) \
+        .result(timeout=CLIENT_TIMEOUT_S)
+    subtracted = describe_topic(broker, "listed")
+
+    assert appended["cleanup.policy"].value == "delete,compact", "appended to the default"
+    assert appended["leader.replication.throttled.replicas"].value == "0:0,1:0"
+    assert subtracted["cleanup.policy"].value == "compact"
+    assert subtracted["leader.replication.throttled.replicas"].value == "1:0"
+    assert subtracted["cleanup.policy"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+
+
+def test_append_an_item_already_present_changes_nothing(broker):
+    ck_create_topic(broker, "present", config={"cleanup.policy": "compact"})
+
+    alter(broker, "present", ("cleanup.policy", "compact", AlterConfigOpType.APPEND)) \
+        .result(timeout=CLIENT_TIMEOUT_S)
+
+    assert describe_topic(broker, "present")["cleanup.policy"].value == "compact"
+
+
+@pytest.mark.parametrize("op", [AlterConfigOpType.APPEND, AlterConfigOpType.SUBTRACT])
+def test_append_or_subtract_on_a_config_that_is_not_a_list_is_invalid_config(broker, op):
+    ck_create_topic(broker, "scalar", config={"retention.ms": "3600000"})
+
+    with pytest.raises(KafkaException) as failure:
+        alter(broker, "scalar", ("retention.ms", "1000", op)).result(timeout=CLIENT_TIMEOUT_S)
+
+    assert failure.value.args[0].code() == KafkaError.INVALID_CONFIG
+    assert describe_topic(broker, "scalar")["retention.ms"].value == "3600000"
+
+
+def test_an_append_that_makes_an_invalid_list_is_refused(broker):
+    ck_create_topic(broker, "guarded")
+
+    with pytest.raises(KafkaException) as failure:
+        alter(broker, "guarded", ("cleanup.policy", "shred", AlterConfigOpType.APPEND)) \
+            .result(timeout=CLIENT_TIMEOUT_S)
+
+    assert failure.value.args[0].code() == KafkaError.INVALID_CONFIG
+    assert describe_topic(broker, "guarded")["cleanup.policy"].value == "delete"

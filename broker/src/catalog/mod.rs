@@ -17,8 +17,8 @@ use rkyv::{Archive, Deserialize, Serialize};
 mod topic_configs;
 
 pub use topic_configs::{
-    topic_config, topic_log_config, validate_topic_config, validate_topic_configs, ConfigType,
-    Effect, TopicConfig, TOPIC_CONFIGS,
+    alter_list, topic_config, topic_log_config, validate_topic_config, validate_topic_configs,
+    ConfigType, Effect, ListOp, TopicConfig, TOPIC_CONFIGS,
 };
 
 const MAGIC: &[u8; 8] = b"SLCAT001";

@@ -255,6 +255,54 @@ pub fn validate_topic_configs(configs: &BTreeMap<String, String>) -> Result<(), 
     Ok(())
 }
 
+/// IncrementalAlterConfigs on a list config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListOp {
+    /// Add each given item that the list lacks, at the end.
+    Append,
+    /// Remove one occurrence of each given item.
+    Subtract,
+}
+
+/// The new value of list config `name` after `op` with `items` (comma-separated), from its
+/// `current` value (the topic's override; Kafka's default when None). Err for a config
+/// that is not a list, which Kafka answers with INVALID_CONFIG. Follows Kafka 3.9's
+/// controller: empty items of the old value are dropped, the new one is joined with ",".
+pub fn alter_list(
+    name: &str,
+    current: Option<&str>,
+    op: ListOp,
+    items: &str,
+) -> Result<String, String> {
+    let config = topic_config(name).filter(|c| c.kind == ConfigType::List);
+    let Some(config) = config else {
+        return Err(format!(
+            "can't {} to {name} because its type is not LIST",
+            match op {
+                ListOp::Append => "APPEND",
+                ListOp::Subtract => "SUBTRACT",
+            }
+        ));
+    };
+    let mut list: Vec<&str> = current
+        .unwrap_or(config.default)
+        .split(',')
+        .filter(|x| !x.is_empty())
+        .collect();
+    for item in items.split(',') {
+        match op {
+            ListOp::Append if !list.contains(&item) => list.push(item),
+            ListOp::Append => {}
+            ListOp::Subtract => {
+                if let Some(at) = list.iter().position(|x| *x == item) {
+                    list.remove(at);
+                }
+            }
+        }
+    }
+    Ok(list.join(","))
+}
+
 /// The storage config of a topic's partitions: broker defaults overridden by topic configs.
 pub fn topic_log_config(base: &crate::log::LogConfig, topic: &Topic) -> crate::log::LogConfig {
     let mut config = base.clone();
@@ -502,6 +550,42 @@ mod tests {
         assert!(validate_topic_configs(&configs).is_err());
         configs.insert("max.compaction.lag.ms".to_string(), "5000".to_string());
         assert!(validate_topic_configs(&configs).is_ok());
+    }
+
+    #[test]
+    fn append_adds_missing_items_and_subtract_removes_them_as_kafka_does() {
+        use ListOp::{Append, Subtract};
+        let policy = "cleanup.policy";
+        assert_eq!(
+            alter_list(policy, None, Append, "compact").unwrap(),
+            "delete,compact"
+        );
+        assert_eq!(
+            alter_list(policy, Some("delete"), Append, "delete").unwrap(),
+            "delete"
+        );
+        assert_eq!(
+            alter_list(policy, Some("compact,delete"), Subtract, "delete").unwrap(),
+            "compact"
+        );
+        assert_eq!(alter_list(policy, None, Subtract, "delete").unwrap(), "");
+        assert_eq!(
+            alter_list(policy, Some("compact"), Subtract, "delete").unwrap(),
+            "compact"
+        );
+        let throttled = "leader.replication.throttled.replicas";
+        assert_eq!(
+            alter_list(throttled, None, Append, "0:0,1:0").unwrap(),
+            "0:0,1:0"
+        );
+        assert_eq!(
+            alter_list(throttled, Some("0:0,1:0"), Subtract, "0:0").unwrap(),
+            "1:0"
+        );
+        for name in ["retention.ms", "no.such"] {
+            let err = alter_list(name, None, Append, "1").unwrap_err();
+            assert!(err.contains("not LIST"), "{name}: {err}");
+        }
     }
 
     fn topic(configs: &[(&str, &str)]) -> Topic {

@@ -24,7 +24,7 @@ use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
 use super::{codes, decode_body, encode_response, Reply, Request};
-use crate::catalog::{self, TOPIC_CONFIGS};
+use crate::catalog::{self, ListOp, TOPIC_CONFIGS};
 use crate::shard::ops::NewTopic;
 use crate::shard::Shard;
 
@@ -35,6 +35,10 @@ const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 const TYPE_INT: i8 = 3;
 const TYPE_LONG: i8 = 5;
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+const OP_APPEND: i8 = 2;
+const OP_SUBTRACT: i8 = 3;
 
 /// Config changes to one topic: each name with its new value, None to remove the override.
 type ConfigChanges = Vec<(String, Option<String>)>;
@@ -372,7 +376,10 @@ pub async fn handle_alter_configs(shard: &Rc<Shard>, request: &Request) -> Resul
     ))
 }
 
-/// IncrementalAlterConfigs: SET (0) and DELETE (1) of single topic configs.
+/// IncrementalAlterConfigs: SET, DELETE, and APPEND / SUBTRACT on list configs, of single
+/// topic configs. APPEND and SUBTRACT become a SET of the list they produce from the
+/// topic's value in this shard's catalog copy, which is current once every earlier change
+/// was answered (the controller hands each change to every shard before it answers).
 pub async fn handle_incremental_alter_configs(
     shard: &Rc<Shard>,
     request: &Request,
@@ -381,24 +388,52 @@ pub async fn handle_incremental_alter_configs(
     let mut responses = Vec::with_capacity(body.resources.len());
     for resource in body.resources {
         let name = resource.resource_name.to_string();
-        let mut set = Vec::new();
-        let mut bad = None;
-        for c in resource.configs {
-            match c.config_operation {
-                0 => set.push((c.name.to_string(), c.value.map(|v| v.to_string()))),
-                1 => set.push((c.name.to_string(), None)),
-                op => {
-                    bad = Some(format!(
-                        "config operation {op} is not supported on {}",
-                        c.name
-                    ))
-                }
-            }
-        }
-        let set = match bad {
-            Some(why) => Err((codes::INVALID_REQUEST, why)),
-            None => Ok(set),
-        };
+        // The topic's overrides as the operations before each one left them.
+        let mut current: BTreeMap<String, String> = shard
+            .catalog()
+            .topics
+            .get(&name)
+            .map(|t| t.configs.clone())
+            .unwrap_or_default();
+        let set = resource
+            .configs
+            .iter()
+            .map(|c| {
+                let key = c.name.to_string();
+                let value = c.value.as_ref().map(|v| v.to_string());
+                let new = match c.config_operation {
+                    OP_SET => value,
+                    OP_DELETE => None,
+                    op @ (OP_APPEND | OP_SUBTRACT) => {
+                        let op = if op == OP_APPEND {
+                            ListOp::Append
+                        } else {
+                            ListOp::Subtract
+                        };
+                        let items = value.unwrap_or_default();
+                        let list = catalog::alter_list(
+                            &key,
+                            current.get(&key).map(String::as_str),
+                            op,
+                            &items,
+                        )
+                        .map_err(|why| (codes::INVALID_CONFIG, why))?;
+                        Some(list)
+                    }
+                    op => {
+                        return Err((
+                            codes::INVALID_REQUEST,
+                            format!("unknown config operation {op} on {key}"),
+                        ))
+                    }
+                };
+                match &new {
+                    Some(v) => current.insert(key.clone(), v.clone()),
+                    None => current.remove(&key),
+                };
+                Ok((key, new))
+            })
+            .collect();
         let (code, message) =
             alter_topic(shard, resource.resource_type, name, set, body.validate_only).await?;
         responses.push(
