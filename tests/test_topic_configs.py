@@ -1,6 +1,7 @@
-"""Topic configs, driven with confluent-kafka (librdkafka 2.16): every Kafka 3.9 topic config
-accepted, checked, stored and described; message.timestamp.type=LogAppendTime stamped by
-the broker; IncrementalAlterConfigs APPEND / SUBTRACT."""
+"""Topic configs and the admin corners a Kafka client's own integration suite reaches, driven
+with confluent-kafka (librdkafka 2.16): every Kafka 3.9 topic config accepted, checked,
+stored and described; message.timestamp.type=LogAppendTime stamped by the broker;
+IncrementalAlterConfigs APPEND / SUBTRACT; CreateTopics with a manual replica assignment."""
 
 import time
 
@@ -315,3 +316,44 @@ def test_an_append_that_makes_an_invalid_list_is_refused(broker):
 
     assert failure.value.args[0].code() == KafkaError.INVALID_CONFIG
     assert describe_topic(broker, "guarded")["cleanup.policy"].value == "delete"
+
+
+# --- 4. CreateTopics with a manual replica assignment ------------------------------------------
+
+def node_id(broker):
+    [node] = ck_admin(broker).list_topics(timeout=CLIENT_TIMEOUT_S).brokers
+    return node
+
+
+def test_a_replica_assignment_naming_this_node_creates_one_partition_per_entry(broker):
+    node = node_id(broker)
+    futures = ck_admin(broker).create_topics(
+        [NewTopic("assigned", num_partitions=2, replica_assignment=[[node], [node]])],
+        operation_timeout=10)
+
+    futures["assigned"].result(timeout=CLIENT_TIMEOUT_S)
+
+    assert ck_partition_count(broker, "assigned") == 2
+    ck_produce(ck_producer(broker), "assigned", [b"on-1"], partition=1)
+    assert [m[2] for m in ck_read(broker, "assigned", 1, 0, 1)] == [b"on-1"]
+
+
+# Replica lists per partition, as offsets from this node's id (0: this node). An empty
+# list or a gap in the numbering cannot be sent through librdkafka; the broker's unit tests
+# cover those.
+@pytest.mark.parametrize("offsets", [
+    pytest.param([[1]], id="unknown-broker"),
+    pytest.param([[0], [7]], id="unknown-broker-for-a-later-partition"),
+    pytest.param([[0, 1]], id="two-replicas"),
+    pytest.param([[0, 0]], id="same-broker-twice"),
+])
+def test_a_replica_assignment_this_node_cannot_hold_is_invalid_replica_assignment(
+        broker, offsets):
+    node = node_id(broker)
+    replicas = [[node + k for k in brokers] for brokers in offsets]
+    # librdkafka wants the count locally, and sends -1 in its place with the assignment.
+    error = create_error(broker, NewTopic("misassigned", num_partitions=len(replicas),
+                                          replica_assignment=replicas))
+
+    assert error.code() == KafkaError.INVALID_REPLICA_ASSIGNMENT, error
+    assert "misassigned" not in ck_admin(broker).list_topics(timeout=CLIENT_TIMEOUT_S).topics

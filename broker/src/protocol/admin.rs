@@ -7,6 +7,7 @@ use std::rc::Rc;
 
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_request::{CreatableReplicaAssignment, CreatableTopic};
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_response::{
@@ -56,7 +57,7 @@ pub async fn handle_create_topics(shard: &Rc<Shard>, request: &Request) -> Resul
     for topic in &body.topics {
         let name = topic.name.0.to_string();
         let mut result = CreatableTopicResult::default().with_name(topic.name.clone());
-        let partitions = if topic.num_partitions == -1 {
+        let mut partitions = if topic.num_partitions == -1 {
             shard.config.num_partitions
         } else {
             topic.num_partitions
@@ -67,7 +68,15 @@ pub async fn handle_create_topics(shard: &Rc<Shard>, request: &Request) -> Resul
                 configs.push((c.name.to_string(), v.to_string()));
             }
         }
-        let refusal = if topic.replication_factor != -1 && topic.replication_factor != 1 {
+        let refusal = if !topic.assignments.is_empty() {
+            match assigned_partitions(topic, shard.config.node_id) {
+                Ok(count) => {
+                    partitions = count;
+                    None
+                }
+                Err(refusal) => Some(refusal),
+            }
+        } else if topic.replication_factor != -1 && topic.replication_factor != 1 {
             // One node: replication factor -1 (broker default) or 1 only.
             Some((
                 codes::INVALID_REPLICATION_FACTOR,
@@ -75,11 +84,6 @@ pub async fn handle_create_topics(shard: &Rc<Shard>, request: &Request) -> Resul
                     "replication factor {} is larger than the 1 available broker",
                     topic.replication_factor
                 ),
-            ))
-        } else if !topic.assignments.is_empty() {
-            Some((
-                codes::INVALID_REQUEST,
-                "manual replica assignment is not supported".to_string(),
             ))
         } else {
             None
@@ -140,6 +144,74 @@ pub async fn handle_create_topics(shard: &Rc<Shard>, request: &Request) -> Resul
         request,
         &CreateTopicsResponse::default().with_topics(results),
     ))
+}
+
+/// The partition count of a manual replica assignment, checked as Kafka's controller
+/// checks one (`ReplicationControlManager.createTopic`) on a cluster whose only broker is
+/// `node_id`: each partition once, numbered 0..n without gaps, each on a non-empty list of
+/// registered brokers without repeats, every partition with as many replicas as the first.
+/// Err holds Kafka's error code and a message.
+fn assigned_partitions(topic: &CreatableTopic, node_id: i32) -> Result<i32, Refusal> {
+    let invalid = |why: String| Err((codes::INVALID_REPLICA_ASSIGNMENT, why));
+    if topic.replication_factor != -1 {
+        return Err((
+            codes::INVALID_REQUEST,
+            "a manual partition assignment was specified, but replication factor was not \
+             set to -1"
+                .to_string(),
+        ));
+    }
+    if topic.num_partitions != -1 {
+        return Err((
+            codes::INVALID_REQUEST,
+            "a manual partition assignment was specified, but numPartitions was not set to -1"
+                .to_string(),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut replicas_per_partition = None;
+    for CreatableReplicaAssignment {
+        partition_index,
+        broker_ids,
+        ..
+    } in &topic.assignments
+    {
+        if !seen.insert(*partition_index) {
+            return invalid(format!(
+                "found multiple manual partition assignments for partition {partition_index}"
+            ));
+        }
+        let mut brokers: Vec<i32> = broker_ids.iter().map(|b| b.0).collect();
+        brokers.sort_unstable();
+        if brokers.is_empty() {
+            return invalid(
+                "the manual partition assignment includes an empty replica list".into(),
+            );
+        }
+        if let Some(unknown) = brokers.iter().find(|b| **b != node_id) {
+            return invalid(format!(
+                "the manual partition assignment includes broker {unknown}, but no such \
+                 broker is registered (this node is broker {node_id})"
+            ));
+        }
+        if brokers.len() > 1 {
+            return invalid(format!(
+                "the manual partition assignment includes the broker {node_id} more than once"
+            ));
+        }
+        if replicas_per_partition.is_some_and(|n| n != brokers.len()) {
+            return invalid(format!(
+                "partition {partition_index} has {} replica(s), unlike the partitions before it",
+                brokers.len()
+            ));
+        }
+        replicas_per_partition = Some(brokers.len());
+    }
+    let count = seen.len() as i32;
+    if !seen.iter().copied().eq(0..count) {
+        return invalid("partitions should be a consecutive 0-based integer sequence".into());
+    }
+    Ok(count)
 }
 
 pub async fn handle_delete_topics(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
@@ -528,4 +600,67 @@ async fn allocate(shard: &Rc<Shard>) -> Result<i64, String> {
         .call(0, |c| async move { c.allocate_producer_id().await })
         .await
         .map_err(|_| "controller gone".to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::BrokerId;
+
+    use super::*;
+
+    /// A CreateTopics entry with a manual assignment: (partition, brokers) pairs.
+    fn assigned(parts: &[(i32, &[i32])]) -> CreatableTopic {
+        let assignments = parts
+            .iter()
+            .map(|(p, brokers)| {
+                CreatableReplicaAssignment::default()
+                    .with_partition_index(*p)
+                    .with_broker_ids(brokers.iter().map(|b| BrokerId(*b)).collect())
+            })
+            .collect();
+        CreatableTopic::default()
+            .with_num_partitions(-1)
+            .with_replication_factor(-1)
+            .with_assignments(assignments)
+    }
+
+    #[test]
+    fn an_assignment_of_every_partition_to_this_node_gives_the_partition_count() {
+        assert_eq!(assigned_partitions(&assigned(&[(0, &[3])]), 3), Ok(1));
+        let out_of_order = assigned(&[(2, &[3]), (0, &[3]), (1, &[3])]);
+        assert_eq!(assigned_partitions(&out_of_order, 3), Ok(3));
+    }
+
+    #[test]
+    fn assignments_this_node_cannot_hold_are_invalid_replica_assignment() {
+        let cases: [&[(i32, &[i32])]; 7] = [
+            &[(0, &[4])],            // unknown broker
+            &[(0, &[3]), (1, &[4])], // unknown broker later on
+            &[(0, &[3, 4])],         // a second replica on a broker that does not exist
+            &[(0, &[3, 3])],         // the same broker twice
+            &[(0, &[])],             // no replica
+            &[(0, &[3]), (0, &[3])], // a partition assigned twice
+            &[(0, &[3]), (2, &[3])], // a gap in the numbering
+        ];
+        for parts in cases {
+            let (code, _) = assigned_partitions(&assigned(parts), 3).unwrap_err();
+            assert_eq!(code, codes::INVALID_REPLICA_ASSIGNMENT, "{parts:?}");
+        }
+        let (code, _) = assigned_partitions(&assigned(&[(1, &[3])]), 3).unwrap_err();
+        assert_eq!(
+            code,
+            codes::INVALID_REPLICA_ASSIGNMENT,
+            "numbering starts at 0"
+        );
+    }
+
+    #[test]
+    fn an_assignment_with_a_partition_count_or_replication_factor_is_invalid_request() {
+        let with_count = assigned(&[(0, &[3])]).with_num_partitions(1);
+        let with_factor = assigned(&[(0, &[3])]).with_replication_factor(1);
+        for topic in [with_count, with_factor] {
+            let (code, _) = assigned_partitions(&topic, 3).unwrap_err();
+            assert_eq!(code, codes::INVALID_REQUEST);
+        }
+    }
 }
