@@ -1,7 +1,8 @@
 """Topic configs and the admin corners a Kafka client's own integration suite reaches, driven
 with confluent-kafka (librdkafka 2.16): every Kafka 3.9 topic config accepted, checked,
 stored and described; message.timestamp.type=LogAppendTime stamped by the broker;
-IncrementalAlterConfigs APPEND / SUBTRACT; CreateTopics with a manual replica assignment."""
+IncrementalAlterConfigs APPEND / SUBTRACT; CreateTopics with a manual replica assignment;
+and a transactional producer failing fast instead of timing out."""
 
 import time
 
@@ -357,3 +358,26 @@ def test_a_replica_assignment_this_node_cannot_hold_is_invalid_replica_assignmen
 
     assert error.code() == KafkaError.INVALID_REPLICA_ASSIGNMENT, error
     assert "misassigned" not in ck_admin(broker).list_topics(timeout=CLIENT_TIMEOUT_S).topics
+
+
+# --- 5. a transactional producer without transactions ------------------------------------------
+
+def test_init_transactions_fails_fast_with_a_fatal_error_and_the_broker_stays_up(broker):
+    producer = ck_producer(broker, transactional_id="tx-1")
+    timeout_s = 10
+
+    started = time.monotonic()
+    with pytest.raises(KafkaException) as failure:
+        producer.init_transactions(timeout_s)
+    elapsed = time.monotonic() - started
+
+    error = failure.value.args[0]
+    assert error.code() != KafkaError._TIMED_OUT, error
+    assert error.code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, error
+    assert error.fatal() and not error.retriable(), error
+    assert elapsed < timeout_s / 2, f"took {elapsed:.1f}s: the client retried"
+    # The broker serves others as before.
+    assert broker.is_running()
+    ck_create_topic(broker, "after")
+    [(err, _, offset)] = ck_produce(ck_producer(broker), "after", [b"x"])
+    assert (err, offset) == (None, 0)

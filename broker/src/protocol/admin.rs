@@ -564,7 +564,13 @@ async fn alter_topic(
 }
 
 /// InitProducerId for idempotent producers. Transactions are not offered (their APIs are not
-/// advertised), so a transactional id is refused.
+/// advertised), so a transactional id is refused with TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+/// (53), the one answer both librdkafka and the Java client treat as fatal at once: any
+/// retriable code (COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR, ...) and any code librdkafka
+/// does not single out (INVALID_REQUEST, UNSUPPORTED_VERSION) make librdkafka retry until
+/// `init_transactions` times out. FindCoordinator for a transaction answers the same (see
+/// `groups::handle_find_coordinator`), so clients normally stop there. An empty id is
+/// INVALID_REQUEST, as Kafka answers it.
 pub async fn handle_init_producer_id(
     shard: &Rc<Shard>,
     request: &Request,
@@ -576,8 +582,12 @@ pub async fn handle_init_producer_id(
     // KIP-360: an existing producer bumps its epoch to reset its sequences; a new one (or
     // one whose epoch would overflow) gets a fresh id at epoch 0.
     let known = body.producer_id.0 >= 0 && body.producer_epoch >= 0;
-    if body.transactional_id.is_some() {
-        response.error_code = codes::INVALID_REQUEST;
+    if let Some(id) = &body.transactional_id {
+        response.error_code = if id.0.is_empty() {
+            codes::INVALID_REQUEST
+        } else {
+            codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+        };
     } else if known && body.producer_epoch < i16::MAX {
         response = response
             .with_producer_id(body.producer_id)
