@@ -387,6 +387,8 @@ impl Config {
             preallocate_bytes: self.preallocate_bytes,
             write_buffer_bytes: self.write_buffer_bytes,
             max_writes_in_flight: self.max_writes_in_flight,
+            // A topic setting (message.timestamp.type); the broker default is CreateTime.
+            log_append_time: false,
         }
     }
 }

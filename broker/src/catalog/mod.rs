@@ -14,18 +14,15 @@ use std::path::{Path, PathBuf};
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+mod topic_configs;
+
+pub use topic_configs::{
+    alter_list, topic_config, topic_log_config, validate_topic_config, validate_topic_configs,
+    ConfigType, Effect, ListOp, TopicConfig, TOPIC_CONFIGS,
+};
+
 const MAGIC: &[u8; 8] = b"SLCAT001";
 const FILE_NAME: &str = "catalog.bin";
-
-/// Topic configs the broker understands, with their Kafka names.
-pub const TOPIC_CONFIG_NAMES: &[&str] = &[
-    "retention.ms",
-    "retention.bytes",
-    "segment.bytes",
-    "segment.ms",
-    "cleanup.policy",
-    "max.message.bytes",
-];
 
 /// One topic.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -114,61 +111,6 @@ pub fn valid_topic_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
-/// Check one topic config value; Err names what is wrong.
-pub fn validate_topic_config(name: &str, value: &str) -> Result<(), String> {
-    let int = |min: i64| -> Result<(), String> {
-        match value.parse::<i64>() {
-            Ok(v) if v >= min || v == -1 && min <= 0 => Ok(()),
-            _ => Err(format!("{name}: invalid value '{value}'")),
-        }
-    };
-    match name {
-        "retention.ms" | "retention.bytes" => int(-1),
-        "segment.bytes" => match value.parse::<u64>() {
-            Ok(v) if (65536..=u32::MAX as u64).contains(&v) => Ok(()),
-            _ => Err(format!(
-                "segment.bytes: must be 65536..4294967295, got '{value}'"
-            )),
-        },
-        "segment.ms" => int(1),
-        "max.message.bytes" => int(1024),
-        "cleanup.policy" => match value {
-            "delete" | "compact" | "compact,delete" | "delete,compact" => Ok(()),
-            _ => Err(format!("cleanup.policy: invalid value '{value}'")),
-        },
-        _ => Err(format!("unknown topic config '{name}'")),
-    }
-}
-
-/// The storage config of a topic's partitions: broker defaults overridden by topic configs.
-pub fn topic_log_config(base: &crate::log::LogConfig, topic: &Topic) -> crate::log::LogConfig {
-    let mut config = base.clone();
-    for (name, value) in &topic.configs {
-        match name.as_str() {
-            "retention.ms" => config.retention_ms = value.parse().unwrap_or(config.retention_ms),
-            "retention.bytes" => {
-                config.retention_bytes = value.parse().unwrap_or(config.retention_bytes)
-            }
-            "segment.bytes" => config.segment_bytes = value.parse().unwrap_or(config.segment_bytes),
-            "segment.ms" => config.segment_ms = value.parse().unwrap_or(config.segment_ms),
-            "max.message.bytes" => {
-                config.max_batch_bytes = value.parse().unwrap_or(config.max_batch_bytes)
-            }
-            _ => {}
-        }
-    }
-    // A compacted topic (cleanup.policy without "delete") keeps every key's latest record
-    // forever in Kafka: time or size retention must never delete it. Compaction itself is
-    // not implemented yet, so such a topic keeps everything (more disk, nothing lost).
-    if let Some(policy) = topic.configs.get("cleanup.policy") {
-        if !policy.split(',').any(|p| p.trim() == "delete") {
-            config.retention_ms = -1;
-            config.retention_bytes = -1;
-        }
-    }
-    config
-}
-
 /// A random topic id (UUID v4 layout), from the OS random source.
 pub fn new_topic_id() -> [u8; 16] {
     let mut id = [0u8; 16];
@@ -240,30 +182,5 @@ mod tests {
         assert!(!valid_topic_name(".."));
         assert!(!valid_topic_name("a/b"));
         assert!(!valid_topic_name(&"x".repeat(250)));
-    }
-
-    #[test]
-    fn compacted_topics_are_never_deleted_by_retention() {
-        let mut topic = sample().topics.remove("orders").unwrap();
-        let base = crate::log::LogConfig::default();
-        assert_eq!(topic_log_config(&base, &topic).retention_ms, 1000);
-        topic
-            .configs
-            .insert("cleanup.policy".into(), "compact".into());
-        let config = topic_log_config(&base, &topic);
-        assert_eq!((config.retention_ms, config.retention_bytes), (-1, -1));
-        topic
-            .configs
-            .insert("cleanup.policy".into(), "compact,delete".into());
-        assert_eq!(topic_log_config(&base, &topic).retention_ms, 1000);
-    }
-
-    #[test]
-    fn topic_configs_are_validated() {
-        assert!(validate_topic_config("retention.ms", "-1").is_ok());
-        assert!(validate_topic_config("retention.ms", "abc").is_err());
-        assert!(validate_topic_config("segment.bytes", "100").is_err());
-        assert!(validate_topic_config("cleanup.policy", "compact").is_ok());
-        assert!(validate_topic_config("no.such", "1").is_err());
     }
 }

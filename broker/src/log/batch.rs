@@ -201,6 +201,70 @@ impl BatchHeader {
     }
 }
 
+/// Attributes bit 3: the batch's timestamps are the log append time, not the producer's.
+pub const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
+/// The attribute bits Kafka keeps when it restamps a batch (codec, transactional, control,
+/// delete horizon); it rebuilds the attributes from these and drops any other bit.
+const ATTRIBUTES_KEPT_ON_RESTAMP: i16 = 0x77;
+
+/// The chunks a log stores and serves for one validated batch of `batches` (at byte `at`):
+/// its header stamped with `base_offset` and, for a LogAppendTime topic, with the append
+/// time; and the rest of the batch as a slice of `batches` (never copied here). Returns the
+/// stamped header too.
+///
+/// Without an append time only the 8-byte BaseOffset changes, which the CRC does not cover,
+/// so the head is those 8 bytes. With one, the head is the whole header rewritten as
+/// Kafka's LogValidator does for magic 2: the timestamp-type attribute set, MaxTimestamp =
+/// the append time (BaseTimestamp and the records' deltas untouched: a consumer reads every
+/// record's timestamp as MaxTimestamp under LogAppendTime), and the CRC-32C recomputed over
+/// the new header fields and the records, which it reads once but does not copy.
+pub fn stamp(
+    batches: &bytes::Bytes,
+    at: usize,
+    header: BatchHeader,
+    base_offset: i64,
+    log_append_time_ms: Option<i64>,
+) -> (BatchHeader, bytes::Bytes, bytes::Bytes) {
+    let end = at + header.total_bytes();
+    let header = header.with_base_offset(base_offset);
+    let Some(append_time_ms) = log_append_time_ms else {
+        let head = bytes::Bytes::copy_from_slice(&base_offset.to_be_bytes());
+        return (header, head, batches.slice(at + OFF_LENGTH..end));
+    };
+    let (header, head) = with_log_append_time(&batches[at..end], header, append_time_ms);
+    let head = bytes::Bytes::copy_from_slice(&head);
+    (header, head, batches.slice(at + BATCH_HEADER_BYTES..end))
+}
+
+/// The header of `batch` (validated, `header` its parsed header with the base offset to
+/// stamp) rewritten for LogAppendTime at `append_time_ms`, and the header that describes it.
+fn with_log_append_time(
+    batch: &[u8],
+    header: BatchHeader,
+    append_time_ms: i64,
+) -> (BatchHeader, [u8; BATCH_HEADER_BYTES]) {
+    debug_assert_eq!(batch.len(), header.total_bytes());
+    let mut head: [u8; BATCH_HEADER_BYTES] = batch[..BATCH_HEADER_BYTES]
+        .try_into()
+        .expect("a validated batch holds a whole header");
+    let attributes = (header.attributes & ATTRIBUTES_KEPT_ON_RESTAMP) | ATTRIBUTE_LOG_APPEND_TIME;
+    head[OFF_BASE_OFFSET..OFF_LENGTH].copy_from_slice(&header.base_offset.to_be_bytes());
+    head[OFF_ATTRIBUTES..OFF_LAST_OFFSET_DELTA].copy_from_slice(&attributes.to_be_bytes());
+    head[OFF_MAX_TIMESTAMP..OFF_PRODUCER_ID].copy_from_slice(&append_time_ms.to_be_bytes());
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c(&head[OFF_ATTRIBUTES..]),
+        &batch[BATCH_HEADER_BYTES..],
+    );
+    head[OFF_CRC..OFF_ATTRIBUTES].copy_from_slice(&crc.to_be_bytes());
+    let stamped = BatchHeader {
+        attributes,
+        max_timestamp: append_time_ms,
+        crc,
+        ..header
+    };
+    (stamped, head)
+}
+
 /// True when the CRC-32C of `batch[Attributes..]` equals `crc`.
 pub fn crc_matches(batch: &[u8], crc: u32) -> bool {
     batch.len() >= BATCH_HEADER_BYTES && crc32c::crc32c(&batch[OFF_ATTRIBUTES..]) == crc
@@ -405,6 +469,104 @@ pub(crate) mod tests {
             matches!(err, LogError::BatchTooLarge { size, max } if size == b.len() && max == b.len() - 1)
         );
         assert!(BatchHeader::validate(&b, b.len()).is_ok());
+    }
+
+    /// `stamp`'s two chunks joined: the bytes the log stores and serves for the batch.
+    fn stamped_bytes(batches: &Bytes, at: usize, offset: i64, time: Option<i64>) -> Vec<u8> {
+        let header = BatchHeader::parse(&batches[at..]).unwrap();
+        let (_, head, rest) = stamp(batches, at, header, offset, time);
+        [head.as_ref(), rest.as_ref()].concat()
+    }
+
+    #[test]
+    fn log_append_time_stamps_the_header_and_keeps_the_crc_valid() {
+        let batch = encode_batch(5, 100, 1_000, (7, 3, 42), Compression::Gzip);
+        let header = BatchHeader::validate(&batch, 1 << 20).unwrap();
+
+        let (stamped, head, rest) = stamp(&batch, 0, header, 500, Some(1_700_000_000_123));
+
+        assert_eq!(head.len(), BATCH_HEADER_BYTES);
+        assert_eq!(
+            rest,
+            batch.slice(BATCH_HEADER_BYTES..),
+            "records are not rewritten"
+        );
+        let bytes = [head.as_ref(), rest.as_ref()].concat();
+        let read = BatchHeader::validate(&bytes, 1 << 20).expect("CRC-32C valid after stamping");
+        assert_eq!(read, stamped);
+        assert_eq!(read.base_offset(), 500);
+        assert_eq!(
+            read.attributes() & ATTRIBUTE_LOG_APPEND_TIME,
+            ATTRIBUTE_LOG_APPEND_TIME
+        );
+        assert_eq!(
+            read.attributes() & 0x07,
+            header.attributes() & 0x07,
+            "codec kept"
+        );
+        assert_eq!(read.max_timestamp(), 1_700_000_000_123);
+        assert_eq!(
+            read.base_timestamp(),
+            1_000,
+            "BaseTimestamp is left as Kafka leaves it"
+        );
+        assert_eq!(
+            (
+                read.producer_id(),
+                read.producer_epoch(),
+                read.base_sequence()
+            ),
+            (7, 3, 42)
+        );
+        assert_eq!(read.record_count(), 5);
+    }
+
+    /// The kafka-protocol decoder checks the CRC and reads the timestamp type; it does not
+    /// substitute MaxTimestamp for record times (real clients do: see the end-to-end test).
+    #[test]
+    fn a_stamped_batch_decodes_as_log_append_time_for_every_record() {
+        let batch = encode_batch(3, 10, 1_000, (-1, -1, -1), Compression::Gzip);
+        let mut bytes = Bytes::from(stamped_bytes(&batch, 0, 0, Some(9_999)));
+
+        let decoded = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes).unwrap();
+
+        assert_eq!(decoded.records.len(), 3);
+        for record in &decoded.records {
+            assert_eq!(record.timestamp_type, TimestampType::LogAppend);
+        }
+    }
+
+    #[test]
+    fn without_an_append_time_only_the_base_offset_changes() {
+        let mut all = BytesMut::new();
+        all.extend_from_slice(&plain(3, 1));
+        all.extend_from_slice(&plain(2, 2));
+        let all = all.freeze();
+        let at = plain(3, 1).len();
+        let header = BatchHeader::parse(&all[at..]).unwrap();
+
+        let (stamped, head, rest) = stamp(&all, at, header, 77, None);
+
+        assert_eq!(head.as_ref(), &77i64.to_be_bytes());
+        let mut expected = all[at..].to_vec();
+        expected[..8].copy_from_slice(&77i64.to_be_bytes());
+        assert_eq!([head.as_ref(), rest.as_ref()].concat(), expected);
+        assert_eq!(stamped, header.with_base_offset(77));
+    }
+
+    #[test]
+    fn restamping_drops_attribute_bits_kafka_does_not_define() {
+        let mut m = plain(2, 1).to_vec();
+        m[OFF_ATTRIBUTES] = 0x80; // bit 15: undefined
+        m[OFF_ATTRIBUTES + 1] = 0x10; // transactional
+        let crc = crc32c::crc32c(&m[OFF_ATTRIBUTES..]);
+        m[OFF_CRC..OFF_ATTRIBUTES].copy_from_slice(&crc.to_be_bytes());
+        let m = Bytes::from(m);
+
+        let bytes = stamped_bytes(&m, 0, 0, Some(5));
+
+        let read = BatchHeader::validate(&bytes, 1 << 20).unwrap();
+        assert_eq!(read.attributes(), 0x10 | ATTRIBUTE_LOG_APPEND_TIME);
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub struct LogConfig {
     pub max_writes_in_flight: usize,
     /// Files grow in steps of this size, so most writes need no block allocation.
     pub preallocate_bytes: u64,
+    /// Stamp each appended batch with the append time (Kafka `message.timestamp.type` =
+    /// LogAppendTime): timestamp-type attribute, MaxTimestamp and CRC rewritten in the header.
+    pub log_append_time: bool,
 }
 
 impl Default for LogConfig {
@@ -90,6 +93,7 @@ impl Default for LogConfig {
             write_buffer_bytes: 1 << 20,
             max_writes_in_flight: 4,
             preallocate_bytes: 64 << 20,
+            log_append_time: false,
         }
     }
 }
@@ -165,7 +169,8 @@ pub struct AppendInfo {
     pub base_offset: i64,
     /// Offset of the last record of the last batch.
     pub last_offset: i64,
-    /// -1: batches keep their CreateTime; LogAppendTime is not rewritten.
+    /// The time stamped into the batches under `log_append_time`; -1 when they keep the
+    /// producer's CreateTime (or the append was a duplicate).
     pub log_append_time_ms: i64,
     /// Log start offset after the append.
     pub log_start_offset: i64,

@@ -44,8 +44,9 @@ const REPLAY_READ_BYTES: usize = 1 << 20;
 /// Relative offsets and positions are u32 in the index files, as in Kafka.
 const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
 
-/// A batch kept in memory for readers near the head: the stamped base offset and the
-/// rest of the batch as received, so serving it copies nothing.
+/// A batch kept in memory for readers near the head: the stamped head (the base offset, or
+/// the whole header under LogAppendTime) and the rest of the batch as received, so serving
+/// it copies nothing.
 struct CachedBatch {
     header: BatchHeader,
     segment_base: i64,
@@ -477,12 +478,12 @@ impl PartitionLog {
         }
         let base_offset = self.log_end_offset.get();
         let interval = self.config.borrow().index_interval_bytes.max(1) as u64;
+        let append_time_ms = self.config.borrow().log_append_time.then_some(now_ms);
         for (at, header) in parsed {
             let size = header.total_bytes();
             let offset = self.log_end_offset.get();
-            let stamped = header.with_base_offset(offset);
-            let offset_chunk = Bytes::copy_from_slice(&offset.to_be_bytes());
-            let body = batches.slice(at + 8..at + size);
+            let (stamped, offset_chunk, body) =
+                batch::stamp(&batches, at, header, offset, append_time_ms);
             self.copy_into_staging(&offset_chunk).await?;
             self.copy_into_staging(&body).await?;
             let next = stamped.last_offset() + 1;
@@ -517,7 +518,7 @@ impl PartitionLog {
         Ok(AppendInfo {
             base_offset,
             last_offset: self.log_end_offset.get() - 1,
-            log_append_time_ms: -1,
+            log_append_time_ms: append_time_ms.unwrap_or(-1),
             log_start_offset: self.log_start_offset.get(),
             duplicate: false,
         })

@@ -239,6 +239,57 @@ fn old_data_is_read_from_disk_after_the_tail_cache_evicts_it() {
 }
 
 #[test]
+fn a_log_append_time_log_serves_stamped_batches_from_cache_and_disk_alike() {
+    let dir = tempdir();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let config = LogConfig {
+            tail_cache_bytes: 0,
+            log_append_time: true,
+            ..small_config()
+        };
+        let (log, _) = PartitionLog::open(&path, config.clone()).await.unwrap();
+        let a = encode_batch(3, 50, 1_000, (-1, -1, -1), Compression::Gzip);
+        let info = log.append(a.clone(), 1_700_000_000_000).await.unwrap();
+        assert_eq!(info.log_append_time_ms, 1_700_000_000_000);
+        log.set_config(LogConfig {
+            log_append_time: false,
+            ..config
+        });
+        let b = plain(2, 2_000);
+        let info = log.append(b.clone(), 1_700_000_000_500).await.unwrap();
+        assert_eq!(
+            info.log_append_time_ms, -1,
+            "CreateTime again after the change"
+        );
+
+        let (cached, err) = read_all(&log).await;
+        assert!(err.is_none(), "{err:?}");
+        log.flush().await.unwrap();
+        assert_eq!(log.cache_bytes(), 0, "the next read comes from disk");
+        let (on_disk, err) = read_all(&log).await;
+        assert!(err.is_none(), "{err:?}");
+        assert_bytes!(on_disk, cached);
+
+        let first = BatchHeader::validate(&on_disk, 1 << 20).expect("CRC-32C valid");
+        assert_eq!(first.base_offset(), 0);
+        assert_eq!(
+            first.attributes() & 0x08,
+            0x08,
+            "timestamp type LogAppendTime"
+        );
+        assert_eq!(first.max_timestamp(), 1_700_000_000_000);
+        assert_eq!(first.total_bytes(), a.len());
+        assert_bytes!(
+            on_disk[a.len()..],
+            stamped(&b, 3),
+            "a CreateTime batch as received"
+        );
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
 fn closed_segments_read_and_find_timestamps_through_their_thinned_indexes() {
     let dir = tempdir();
     let path = dir.path().join("p");

@@ -2,10 +2,12 @@
 //! IncrementalAlterConfigs, and InitProducerId. Every catalog change runs on the controller
 //! (shard 0), which persists it and pushes it to every shard before answering.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_request::{CreatableReplicaAssignment, CreatableTopic};
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_response::{
@@ -23,7 +25,7 @@ use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
 use super::{codes, decode_body, encode_response, Reply, Request};
-use crate::catalog::TOPIC_CONFIG_NAMES;
+use crate::catalog::{self, ListOp, TOPIC_CONFIGS};
 use crate::shard::ops::NewTopic;
 use crate::shard::Shard;
 
@@ -31,10 +33,18 @@ const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 const SOURCE_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
-const TYPE_STRING: i8 = 2;
+const SOURCE_DEFAULT: i8 = 5;
 const TYPE_INT: i8 = 3;
 const TYPE_LONG: i8 = 5;
-const TYPE_LIST: i8 = 7;
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+const OP_APPEND: i8 = 2;
+const OP_SUBTRACT: i8 = 3;
+
+/// Config changes to one topic: each name with its new value, None to remove the override.
+type ConfigChanges = Vec<(String, Option<String>)>;
+/// Why a request or resource is refused: a Kafka error code and a message.
+type Refusal = (i16, String);
 
 fn str_bytes(text: impl Into<String>) -> StrBytes {
     StrBytes::from_string(text.into())
@@ -47,18 +57,7 @@ pub async fn handle_create_topics(shard: &Rc<Shard>, request: &Request) -> Resul
     for topic in &body.topics {
         let name = topic.name.0.to_string();
         let mut result = CreatableTopicResult::default().with_name(topic.name.clone());
-        // One node: replication factor -1 (broker default) or 1 only.
-        if topic.replication_factor != -1 && topic.replication_factor != 1 {
-            result.error_code = codes::INVALID_REPLICATION_FACTOR;
-            result.error_message = Some(str_bytes(format!(
-                "replication factor {} is larger than the 1 available broker",
-                topic.replication_factor
-            )));
-        } else if !topic.assignments.is_empty() {
-            result.error_code = codes::INVALID_REQUEST;
-            result.error_message = Some(str_bytes("manual replica assignment is not supported"));
-        }
-        let partitions = if topic.num_partitions == -1 {
+        let mut partitions = if topic.num_partitions == -1 {
             shard.config.num_partitions
         } else {
             topic.num_partitions
@@ -68,6 +67,36 @@ pub async fn handle_create_topics(shard: &Rc<Shard>, request: &Request) -> Resul
             if let Some(v) = &c.value {
                 configs.push((c.name.to_string(), v.to_string()));
             }
+        }
+        let refusal = if !topic.assignments.is_empty() {
+            match assigned_partitions(topic, shard.config.node_id) {
+                Ok(count) => {
+                    partitions = count;
+                    None
+                }
+                Err(refusal) => Some(refusal),
+            }
+        } else if topic.replication_factor != -1 && topic.replication_factor != 1 {
+            // One node: replication factor -1 (broker default) or 1 only.
+            Some((
+                codes::INVALID_REPLICATION_FACTOR,
+                format!(
+                    "replication factor {} is larger than the 1 available broker",
+                    topic.replication_factor
+                ),
+            ))
+        } else {
+            None
+        };
+        let refusal = refusal.or_else(|| {
+            let all: BTreeMap<String, String> = configs.iter().cloned().collect();
+            catalog::validate_topic_configs(&all)
+                .err()
+                .map(|why| (codes::INVALID_CONFIG, why))
+        });
+        if let Some((code, message)) = refusal {
+            result.error_code = code;
+            result.error_message = Some(str_bytes(message));
         }
         if request.version >= 5 {
             result.num_partitions = partitions;
@@ -115,6 +144,74 @@ pub async fn handle_create_topics(shard: &Rc<Shard>, request: &Request) -> Resul
         request,
         &CreateTopicsResponse::default().with_topics(results),
     ))
+}
+
+/// The partition count of a manual replica assignment, checked as Kafka's controller
+/// checks one (`ReplicationControlManager.createTopic`) on a cluster whose only broker is
+/// `node_id`: each partition once, numbered 0..n without gaps, each on a non-empty list of
+/// registered brokers without repeats, every partition with as many replicas as the first.
+/// Err holds Kafka's error code and a message.
+fn assigned_partitions(topic: &CreatableTopic, node_id: i32) -> Result<i32, Refusal> {
+    let invalid = |why: String| Err((codes::INVALID_REPLICA_ASSIGNMENT, why));
+    if topic.replication_factor != -1 {
+        return Err((
+            codes::INVALID_REQUEST,
+            "a manual partition assignment was specified, but replication factor was not \
+             set to -1"
+                .to_string(),
+        ));
+    }
+    if topic.num_partitions != -1 {
+        return Err((
+            codes::INVALID_REQUEST,
+            "a manual partition assignment was specified, but numPartitions was not set to -1"
+                .to_string(),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut replicas_per_partition = None;
+    for CreatableReplicaAssignment {
+        partition_index,
+        broker_ids,
+        ..
+    } in &topic.assignments
+    {
+        if !seen.insert(*partition_index) {
+            return invalid(format!(
+                "found multiple manual partition assignments for partition {partition_index}"
+            ));
+        }
+        let mut brokers: Vec<i32> = broker_ids.iter().map(|b| b.0).collect();
+        brokers.sort_unstable();
+        if brokers.is_empty() {
+            return invalid(
+                "the manual partition assignment includes an empty replica list".into(),
+            );
+        }
+        if let Some(unknown) = brokers.iter().find(|b| **b != node_id) {
+            return invalid(format!(
+                "the manual partition assignment includes broker {unknown}, but no such \
+                 broker is registered (this node is broker {node_id})"
+            ));
+        }
+        if brokers.len() > 1 {
+            return invalid(format!(
+                "the manual partition assignment includes the broker {node_id} more than once"
+            ));
+        }
+        if replicas_per_partition.is_some_and(|n| n != brokers.len()) {
+            return invalid(format!(
+                "partition {partition_index} has {} replica(s), unlike the partitions before it",
+                brokers.len()
+            ));
+        }
+        replicas_per_partition = Some(brokers.len());
+    }
+    let count = seen.len() as i32;
+    if !seen.iter().copied().eq(0..count) {
+        return invalid("partitions should be a consecutive 0-based integer sequence".into());
+    }
+    Ok(count)
 }
 
 pub async fn handle_delete_topics(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
@@ -199,30 +296,19 @@ pub async fn handle_create_partitions(
     ))
 }
 
-/// Effective value, whether it is a topic override, and its type, for a topic config.
-fn topic_config_value(
-    shard: &Shard,
-    configs: &std::collections::BTreeMap<String, String>,
-    name: &str,
-) -> (String, bool, i8) {
-    if let Some(v) = configs.get(name) {
-        let kind = match name {
-            "cleanup.policy" => TYPE_LIST,
-            "max.message.bytes" => TYPE_INT,
-            _ => TYPE_LONG,
-        };
-        return (v.clone(), true, kind);
-    }
+/// A topic config's value when the topic does not override it and the broker has its own
+/// setting for it (Kafka's `log.*` synonyms); None where Kafka's default applies.
+fn broker_topic_default(shard: &Shard, name: &str) -> Option<String> {
     let c = &shard.config;
-    match name {
-        "retention.ms" => (c.retention_ms.to_string(), false, TYPE_LONG),
-        "retention.bytes" => (c.retention_bytes.to_string(), false, TYPE_LONG),
-        "segment.bytes" => (c.segment_bytes.to_string(), false, TYPE_INT),
-        "segment.ms" => (c.segment_ms.to_string(), false, TYPE_LONG),
-        "max.message.bytes" => (c.max_message_bytes.to_string(), false, TYPE_INT),
-        "cleanup.policy" => ("delete".to_string(), false, TYPE_LIST),
-        _ => (String::new(), false, TYPE_STRING),
-    }
+    Some(match name {
+        "retention.ms" => c.retention_ms.to_string(),
+        "retention.bytes" => c.retention_bytes.to_string(),
+        "segment.bytes" => c.segment_bytes.to_string(),
+        "segment.ms" => c.segment_ms.to_string(),
+        "max.message.bytes" => c.max_message_bytes.to_string(),
+        "index.interval.bytes" => c.index_interval_bytes.to_string(),
+        _ => return None,
+    })
 }
 
 pub async fn handle_describe_configs(
@@ -243,19 +329,27 @@ pub async fn handle_describe_configs(
         match resource.resource_type {
             RESOURCE_TOPIC => match catalog.topics.get(resource.resource_name.as_str()) {
                 Some(topic) => {
-                    for name in TOPIC_CONFIG_NAMES.iter().filter(|n| wanted(n)) {
-                        let (value, is_override, kind) =
-                            topic_config_value(shard, &topic.configs, name);
+                    // Every config Kafka defines, as Kafka lists them: the topic's override,
+                    // else the broker's setting, else Kafka's default.
+                    for config in TOPIC_CONFIGS.iter().filter(|c| wanted(c.name)) {
+                        let (value, source) = match topic.configs.get(config.name) {
+                            Some(value) => (value.clone(), SOURCE_TOPIC),
+                            None => match broker_topic_default(shard, config.name) {
+                                Some(value) => (value, SOURCE_STATIC_BROKER),
+                                None => (config.default.to_string(), SOURCE_DEFAULT),
+                            },
+                        };
+                        let kind = if request.version >= 3 {
+                            config.kind.code()
+                        } else {
+                            0
+                        };
                         result.configs.push(
                             DescribeConfigsResourceResult::default()
-                                .with_name(str_bytes(*name))
+                                .with_name(str_bytes(config.name))
                                 .with_value(Some(str_bytes(value)))
-                                .with_config_source(if is_override {
-                                    SOURCE_TOPIC
-                                } else {
-                                    SOURCE_STATIC_BROKER
-                                })
-                                .with_config_type(if request.version >= 3 { kind } else { 0 }),
+                                .with_config_source(source)
+                                .with_config_type(kind),
                         );
                     }
                 }
@@ -323,7 +417,7 @@ pub async fn handle_alter_configs(shard: &Rc<Shard>, request: &Request) -> Resul
     for resource in body.resources {
         let name = resource.resource_name.to_string();
         // AlterConfigs replaces the whole set: every current override not named is removed.
-        let mut set: Vec<(String, Option<String>)> = shard
+        let mut set: ConfigChanges = shard
             .catalog()
             .topics
             .get(&name)
@@ -354,7 +448,10 @@ pub async fn handle_alter_configs(shard: &Rc<Shard>, request: &Request) -> Resul
     ))
 }
 
-/// IncrementalAlterConfigs: SET (0) and DELETE (1) of single topic configs.
+/// IncrementalAlterConfigs: SET, DELETE, and APPEND / SUBTRACT on list configs, of single
+/// topic configs. APPEND and SUBTRACT become a SET of the list they produce from the
+/// topic's value in this shard's catalog copy, which is current once every earlier change
+/// was answered (the controller hands each change to every shard before it answers).
 pub async fn handle_incremental_alter_configs(
     shard: &Rc<Shard>,
     request: &Request,
@@ -363,24 +460,52 @@ pub async fn handle_incremental_alter_configs(
     let mut responses = Vec::with_capacity(body.resources.len());
     for resource in body.resources {
         let name = resource.resource_name.to_string();
-        let mut set = Vec::new();
-        let mut bad = None;
-        for c in resource.configs {
-            match c.config_operation {
-                0 => set.push((c.name.to_string(), c.value.map(|v| v.to_string()))),
-                1 => set.push((c.name.to_string(), None)),
-                op => {
-                    bad = Some(format!(
-                        "config operation {op} is not supported on {}",
-                        c.name
-                    ))
-                }
-            }
-        }
-        let set = match bad {
-            Some(why) => Err(why),
-            None => Ok(set),
-        };
+        // The topic's overrides as the operations before each one left them.
+        let mut current: BTreeMap<String, String> = shard
+            .catalog()
+            .topics
+            .get(&name)
+            .map(|t| t.configs.clone())
+            .unwrap_or_default();
+        let set = resource
+            .configs
+            .iter()
+            .map(|c| {
+                let key = c.name.to_string();
+                let value = c.value.as_ref().map(|v| v.to_string());
+                let new = match c.config_operation {
+                    OP_SET => value,
+                    OP_DELETE => None,
+                    op @ (OP_APPEND | OP_SUBTRACT) => {
+                        let op = if op == OP_APPEND {
+                            ListOp::Append
+                        } else {
+                            ListOp::Subtract
+                        };
+                        let items = value.unwrap_or_default();
+                        let list = catalog::alter_list(
+                            &key,
+                            current.get(&key).map(String::as_str),
+                            op,
+                            &items,
+                        )
+                        .map_err(|why| (codes::INVALID_CONFIG, why))?;
+                        Some(list)
+                    }
+                    op => {
+                        return Err((
+                            codes::INVALID_REQUEST,
+                            format!("unknown config operation {op} on {key}"),
+                        ))
+                    }
+                };
+                match &new {
+                    Some(v) => current.insert(key.clone(), v.clone()),
+                    None => current.remove(&key),
+                };
+                Ok((key, new))
+            })
+            .collect();
         let (code, message) =
             alter_topic(shard, resource.resource_type, name, set, body.validate_only).await?;
         responses.push(
@@ -398,12 +523,13 @@ pub async fn handle_incremental_alter_configs(
 }
 
 /// Apply config changes to one topic on the controller; (error code, message) for the
-/// resource. `set` is Err when the request itself named an unsupported operation.
+/// resource. `set` is Err (with the error code) when an operation could not be turned into
+/// a value.
 async fn alter_topic(
     shard: &Rc<Shard>,
     resource_type: i8,
     topic: String,
-    set: Result<Vec<(String, Option<String>)>, String>,
+    set: Result<ConfigChanges, Refusal>,
     validate_only: bool,
 ) -> Result<(i16, Option<String>), String> {
     if resource_type != RESOURCE_TOPIC {
@@ -414,8 +540,21 @@ async fn alter_topic(
     }
     let set = match set {
         Ok(set) => set,
-        Err(why) => return Ok((codes::INVALID_REQUEST, Some(why))),
+        Err((code, why)) => return Ok((code, Some(why))),
     };
+    // The rules between values need the topic's whole set as it would become.
+    if let Some(existing) = shard.catalog().topics.get(&topic) {
+        let mut all = existing.configs.clone();
+        for (name, value) in &set {
+            match value {
+                Some(v) => all.insert(name.clone(), v.clone()),
+                None => all.remove(name),
+            };
+        }
+        if let Err(why) = catalog::validate_topic_configs(&all) {
+            return Ok((codes::INVALID_CONFIG, Some(why)));
+        }
+    }
     shard
         .call(0, move |c| async move {
             c.alter_topic_configs(topic, set, validate_only).await
@@ -425,7 +564,13 @@ async fn alter_topic(
 }
 
 /// InitProducerId for idempotent producers. Transactions are not offered (their APIs are not
-/// advertised), so a transactional id is refused.
+/// advertised), so a transactional id is refused with TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+/// (53), the one answer both librdkafka and the Java client treat as fatal at once: any
+/// retriable code (COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR, ...) and any code librdkafka
+/// does not single out (INVALID_REQUEST, UNSUPPORTED_VERSION) make librdkafka retry until
+/// `init_transactions` times out. FindCoordinator for a transaction answers the same (see
+/// `groups::handle_find_coordinator`), so clients normally stop there. An empty id is
+/// INVALID_REQUEST, as Kafka answers it.
 pub async fn handle_init_producer_id(
     shard: &Rc<Shard>,
     request: &Request,
@@ -437,8 +582,12 @@ pub async fn handle_init_producer_id(
     // KIP-360: an existing producer bumps its epoch to reset its sequences; a new one (or
     // one whose epoch would overflow) gets a fresh id at epoch 0.
     let known = body.producer_id.0 >= 0 && body.producer_epoch >= 0;
-    if body.transactional_id.is_some() {
-        response.error_code = codes::INVALID_REQUEST;
+    if let Some(id) = &body.transactional_id {
+        response.error_code = if id.0.is_empty() {
+            codes::INVALID_REQUEST
+        } else {
+            codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+        };
     } else if known && body.producer_epoch < i16::MAX {
         response = response
             .with_producer_id(body.producer_id)
@@ -461,4 +610,67 @@ async fn allocate(shard: &Rc<Shard>) -> Result<i64, String> {
         .call(0, |c| async move { c.allocate_producer_id().await })
         .await
         .map_err(|_| "controller gone".to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::BrokerId;
+
+    use super::*;
+
+    /// A CreateTopics entry with a manual assignment: (partition, brokers) pairs.
+    fn assigned(parts: &[(i32, &[i32])]) -> CreatableTopic {
+        let assignments = parts
+            .iter()
+            .map(|(p, brokers)| {
+                CreatableReplicaAssignment::default()
+                    .with_partition_index(*p)
+                    .with_broker_ids(brokers.iter().map(|b| BrokerId(*b)).collect())
+            })
+            .collect();
+        CreatableTopic::default()
+            .with_num_partitions(-1)
+            .with_replication_factor(-1)
+            .with_assignments(assignments)
+    }
+
+    #[test]
+    fn an_assignment_of_every_partition_to_this_node_gives_the_partition_count() {
+        assert_eq!(assigned_partitions(&assigned(&[(0, &[3])]), 3), Ok(1));
+        let out_of_order = assigned(&[(2, &[3]), (0, &[3]), (1, &[3])]);
+        assert_eq!(assigned_partitions(&out_of_order, 3), Ok(3));
+    }
+
+    #[test]
+    fn assignments_this_node_cannot_hold_are_invalid_replica_assignment() {
+        let cases: [&[(i32, &[i32])]; 7] = [
+            &[(0, &[4])],            // unknown broker
+            &[(0, &[3]), (1, &[4])], // unknown broker later on
+            &[(0, &[3, 4])],         // a second replica on a broker that does not exist
+            &[(0, &[3, 3])],         // the same broker twice
+            &[(0, &[])],             // no replica
+            &[(0, &[3]), (0, &[3])], // a partition assigned twice
+            &[(0, &[3]), (2, &[3])], // a gap in the numbering
+        ];
+        for parts in cases {
+            let (code, _) = assigned_partitions(&assigned(parts), 3).unwrap_err();
+            assert_eq!(code, codes::INVALID_REPLICA_ASSIGNMENT, "{parts:?}");
+        }
+        let (code, _) = assigned_partitions(&assigned(&[(1, &[3])]), 3).unwrap_err();
+        assert_eq!(
+            code,
+            codes::INVALID_REPLICA_ASSIGNMENT,
+            "numbering starts at 0"
+        );
+    }
+
+    #[test]
+    fn an_assignment_with_a_partition_count_or_replication_factor_is_invalid_request() {
+        let with_count = assigned(&[(0, &[3])]).with_num_partitions(1);
+        let with_factor = assigned(&[(0, &[3])]).with_replication_factor(1);
+        for topic in [with_count, with_factor] {
+            let (code, _) = assigned_partitions(&topic, 3).unwrap_err();
+            assert_eq!(code, codes::INVALID_REQUEST);
+        }
+    }
 }

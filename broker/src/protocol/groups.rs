@@ -81,10 +81,18 @@ pub async fn handle_find_coordinator(
 ) -> Result<Reply, String> {
     let body: FindCoordinatorRequest = decode_body(request)?;
     let config = &shard.config;
-    // One node: it coordinates every group (the coordinator *shard* is internal).
-    let error = match body.key_type {
-        KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION => codes::NONE,
-        _ => codes::INVALID_REQUEST,
+    // One node: it coordinates every group (the coordinator *shard* is internal). There is
+    // no transaction coordinator: TRANSACTIONAL_ID_AUTHORIZATION_FAILED is the answer that
+    // librdkafka and the Java client both take as fatal here, so `init_transactions` fails
+    // at once with this message; naming this node instead sent them into an InitProducerId
+    // retry loop until their timeout (see `admin::handle_init_producer_id`).
+    let (error, message) = match body.key_type {
+        KEY_TYPE_GROUP => (codes::NONE, None),
+        KEY_TYPE_TRANSACTION => (
+            codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+            Some("transactions are not supported by this broker (shardlog)"),
+        ),
+        _ => (codes::INVALID_REQUEST, None),
     };
     let (node, host, port) = if error == codes::NONE {
         (
@@ -98,17 +106,18 @@ pub async fn handle_find_coordinator(
     let response = find_coordinator_response(
         request.version,
         body.coordinator_keys,
-        error,
+        (error, message),
         (node, host, port),
     );
     Ok(encode_response(request, &response))
 }
 
-/// v0-3 answer for the one key; v4+ for each of the batched keys.
+/// v0-3 answer for the one key; v4+ for each of the batched keys. The error message goes
+/// out from v1 (v0 has no field for it).
 fn find_coordinator_response(
     version: i16,
     keys: Vec<StrBytes>,
-    error: i16,
+    (error, message): (i16, Option<&str>),
     (node, host, port): (i32, String, i32),
 ) -> FindCoordinatorResponse {
     let mut response = FindCoordinatorResponse::default();
@@ -122,10 +131,14 @@ fn find_coordinator_response(
                     .with_host(str_bytes(host.clone()))
                     .with_port(port)
                     .with_error_code(error)
+                    .with_error_message(message.map(str_bytes))
             })
             .collect();
     } else {
         response.error_code = error;
+        if version >= 1 {
+            response.error_message = message.map(str_bytes);
+        }
         response.node_id = BrokerId(node);
         response.host = str_bytes(host);
         response.port = port;
@@ -742,13 +755,26 @@ mod tests {
     fn every_group_response_encodes_at_every_advertised_version() {
         for v in versions(ApiKey::FindCoordinator) {
             let keys = vec![str_bytes("g1"), str_bytes("g2")];
-            let r = find_coordinator_response(v, keys, 0, (3, s("host"), 9092));
+            let r = find_coordinator_response(v, keys, (0, None), (3, s("host"), 9092));
             let back = round_trip(ApiKey::FindCoordinator, v, &r);
             if v >= 4 {
                 assert_eq!(back.coordinators.len(), 2);
                 assert_eq!(back.coordinators[1].port, 9092);
             } else {
                 assert_eq!((back.node_id.0, back.port), (3, 9092));
+            }
+            let refused = (codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED, Some("no txn"));
+            let r = find_coordinator_response(v, vec![str_bytes("t")], refused, (-1, s(""), -1));
+            let back = round_trip(ApiKey::FindCoordinator, v, &r);
+            let (code, message) = if v >= 4 {
+                let c = &back.coordinators[0];
+                (c.error_code, c.error_message.clone())
+            } else {
+                (back.error_code, back.error_message.clone())
+            };
+            assert_eq!(code, codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+            if v >= 1 {
+                assert_eq!(message.as_deref(), Some("no txn"), "v{v}");
             }
         }
         for v in versions(ApiKey::JoinGroup) {

@@ -173,6 +173,7 @@ impl Shard {
         match log.append_in_place(place, records, now_ms()).await {
             Ok(info) => {
                 result.base_offset = info.base_offset;
+                result.log_append_time_ms = info.log_append_time_ms;
                 result.log_start_offset = info.log_start_offset;
                 let durable = (!info.duplicate).then_some((log, info.last_offset));
                 (result, durable)
