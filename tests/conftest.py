@@ -52,12 +52,12 @@ def start_broker(shardlog_bin, tmp_path, request):
     brokers = []
     request.node.shardlog_brokers = brokers
 
-    def start(cores=1, args=(), data_dir=None, preallocate_bytes=1 << 20):
+    def start(cores=1, args=(), data_dir=None, preallocate_bytes=1 << 20, env=None):
         n = len(brokers)
         data_dir = data_dir or tmp_path / f"data{n}"
         if preallocate_bytes is not None:
             args = ["--preallocate-bytes", str(preallocate_bytes), *args]
-        broker = Broker(shardlog_bin, data_dir, tmp_path, cores=cores, extra_args=args)
+        broker = Broker(shardlog_bin, data_dir, tmp_path, cores=cores, extra_args=args, env=env)
         brokers.append(broker)
         return broker.start()
 

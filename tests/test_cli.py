@@ -2,12 +2,14 @@
 one broker at a time, and settings also come from environment variables and a TOML file."""
 
 import os
+import signal
 import subprocess
 
 import pytest
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 import wire
-from broker_process import Broker, free_port
+from broker_process import Broker, free_port, wait_until
 from clients import ck_create_topic
 from test_confluent_kafka import describe_topic
 
@@ -23,6 +25,8 @@ def run_briefly(shardlog_bin, *args, env=None):
     ("--cores", "4096", "cores"),
     ("--max-message-bytes", "10", "max_message_bytes"),
     ("--segment-bytes", "100", "segment_bytes"),
+    # The offsets log stores commit metadata with a 16-bit length.
+    ("--offset-metadata-max-bytes", "100000", "offset_metadata_max_bytes"),
 ])
 def test_invalid_setting_is_refused_at_start_naming_the_setting(shardlog_bin, tmp_path, flag,
                                                                 value, setting):
@@ -60,3 +64,59 @@ def test_settings_come_from_flags_then_environment_then_toml_file(shardlog_bin, 
     assert answer["auto"][0] == wire.NONE
     assert sorted(answer["auto"][1]) == [0, 1], "the environment wins over the file"
     assert max_message_bytes == "50000"
+
+
+def test_second_broker_on_an_address_already_served_is_refused(broker, shardlog_bin, tmp_path):
+    """Shards share their port with SO_REUSEPORT; another broker must not join that group,
+    or the kernel would split new connections between two brokers."""
+    proc = run_briefly(shardlog_bin, "--data-dir", str(tmp_path / "other"), "--cores", "1",
+                       "--listen", broker.bootstrap)
+    stderr = proc.stderr.decode()
+    assert proc.returncode != 0
+    assert broker.bootstrap in stderr and "in use" in stderr, stderr
+    assert "listening on" not in stderr
+    ck_create_topic(broker, "still-served")
+    assert broker.is_running()
+
+
+def test_a_panic_on_a_shard_ends_the_process_at_once_with_the_panic_logged(start_broker):
+    """A shard thread that panics must not leave a live process that answers nobody: the
+    process exits non-zero at once, so a supervisor restarts it."""
+    broker = start_broker(cores=2, env={"SHARDLOG_TEST_PANIC_ON_TOPIC": "boom"})
+    with wire.Conn(broker.address) as conn:
+        try:
+            wire.metadata(conn, ["boom"])  # auto-creates the topic: its owner shard panics
+        except (OSError, AssertionError):
+            pass  # the connection may die with the process
+    code = wait_until(lambda: broker.proc.poll(), 20, "the broker to exit after the panic")
+    assert code == 101, f"exit status {code}"
+    assert "panicked" in broker.log_text() and "boom" in broker.log_text()
+    broker.proc = None  # how it ended is checked here, not at teardown
+
+
+def test_a_commit_with_metadata_past_the_limit_is_refused_and_the_broker_stays_up(broker):
+    topic = "meta-limit"
+    ck_create_topic(broker, topic)
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "meta-limit",
+                         "enable.auto.commit": False})
+    try:
+        huge = TopicPartition(topic, 0, 1, metadata="m" * 40_000)
+        with pytest.raises(KafkaException) as raised:
+            consumer.commit(offsets=[huge], asynchronous=False)
+        assert "METADATA_TOO_LARGE" in str(raised.value), raised.value
+        small = TopicPartition(topic, 0, 1, metadata="ok")
+        consumer.commit(offsets=[small], asynchronous=False)
+    finally:
+        consumer.close()
+    assert broker.is_running()
+
+
+def test_groups_tool_exits_quietly_when_its_output_pipe_closes(broker, shardlog_bin):
+    """`shardlog groups list | head -0` must not print a panic."""
+    proc = subprocess.Popen([str(shardlog_bin), "groups", "--bootstrap", broker.bootstrap,
+                             "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    proc.stdout.close()  # the reader is gone before the tool writes anything
+    _, stderr = proc.communicate(timeout=30)
+    assert "panicked" not in stderr.decode(), stderr.decode()
+    assert proc.returncode in (0, -signal.SIGPIPE), proc.returncode

@@ -239,7 +239,7 @@ fn bind_listeners(config: &Config) -> anyhow::Result<(Vec<i32>, std::net::Socket
         probe.set_reuse_address(true)?;
         probe.bind(&address.into()).map_err(|e| {
             anyhow::anyhow!(
-                "listen: {address} is already in use by another process ({e}); \
+                "listen: cannot bind {address}: already in use by another process ({e}); \
                  stop it or choose another --listen address"
             )
         })?;

@@ -38,6 +38,10 @@ pub type Job = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + 
 /// The result of a call handed to a shard with [`Shard::submit`].
 pub type Answer<R> = Pin<Box<dyn Future<Output = Result<R, ShardGone>>>>;
 
+/// Test hook: a shard panics when it opens a partition of the topic this names. The
+/// end-to-end tests use it to prove that a panic on a shard thread ends the whole process.
+const PANIC_ON_TOPIC_ENV: &str = "SHARDLOG_TEST_PANIC_ON_TOPIC";
+
 /// Shortest time between two attempts to reopen a failed log on one shard.
 const REOPEN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -225,6 +229,9 @@ impl Shard {
                 if let Some(log) = self.log(name, partition) {
                     log.set_config(log_config.clone());
                     continue;
+                }
+                if std::env::var_os(PANIC_ON_TOPIC_ENV).is_some_and(|t| t == name.as_str()) {
+                    panic!("{PANIC_ON_TOPIC_ENV}: opening a partition of topic {name}");
                 }
                 let dir = catalog::partition_dir(&self.config.data_dir, name, partition);
                 let (log, report) = PartitionLog::open(&dir, log_config.clone())
