@@ -6,6 +6,8 @@
 //! ARCHITECTURE.md at the repository root.
 
 pub mod catalog;
+pub mod clock;
+pub mod codes;
 pub mod config;
 pub mod groups;
 pub mod log;

@@ -141,7 +141,7 @@ async fn run_shard(
         let _ = ready.send(Err(format!("shard {id}: {e}")));
         return;
     }
-    if let Err(e) = crate::groups::start(&shard).await {
+    if let Err(e) = shard.start_groups().await {
         let _ = ready.send(Err(format!("shard {id}: {e}")));
         return;
     }
@@ -198,7 +198,7 @@ async fn run_shard(
     // recovery scan.
     shard.shutting_down.set(true);
     drop(acceptor.cancel());
-    crate::groups::quiesce(&shard);
+    shard.quiesce_groups();
     let budget_bytes = config.max_buffered_bytes_per_shard as u64;
     let busy = || shard.requests_in_flight.get() > 0 || unsent.available() < budget_bytes;
     let deadline = std::time::Instant::now() + SHUTDOWN_DRAIN_MAX;
@@ -216,7 +216,7 @@ async fn run_shard(
     let _ = stop.drained.send(id);
     let _ = stop.close.await;
     shard.close_logs().await;
-    crate::groups::stop(&shard).await;
+    shard.stop_groups().await;
 }
 
 /// One listening socket per shard on the same address (resolving port 0 once).

@@ -31,12 +31,13 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::group::{
-    errors, CommittedOffset, Group, GroupDescription, JoinArgs, JoinOutcome, Reply, SyncOutcome,
+    CommittedOffset, Group, GroupDescription, JoinArgs, JoinOutcome, Reply, SyncOutcome,
 };
 use super::offsets_log::{self, OffsetRecord, OffsetValue};
 use super::{coordinator_shard, GroupsConfig};
+use crate::clock::now_ms;
+use crate::codes;
 use crate::log::{LogConfig, PartitionLog, ShardStorage};
-use crate::shard::ops::now_ms;
 
 /// Period of the timer that expires sessions and ends join phases: the precision of session
 /// and rebalance timeouts.
@@ -266,7 +267,7 @@ impl GroupCoordinator {
         let loaded = records.len();
         for (offset, record) in records {
             if coordinator_shard(&record.group, nr_shards) == shard_id {
-                coordinator.apply(record, offset, now);
+                coordinator.apply(record, offset);
             } else {
                 let key = (record.group, record.topic, record.partition);
                 migration.moving.insert(key, record.value);
@@ -312,11 +313,15 @@ impl GroupCoordinator {
 
     /// Move offsets found at start to their coordinators (after a change of `cores`), then
     /// tombstone them here and delete the logs of shards that no longer exist.
-    pub async fn migrate(
-        self: &Rc<Self>,
-        shard: &Rc<crate::shard::Shard>,
-        migration: Migration,
-    ) -> Result<(), String> {
+    ///
+    /// `deliver(target, records)` writes records on shard `target`'s coordinator: Ok(None)
+    /// while that coordinator has not started yet (retried for `MIGRATION_WAIT`), Err when
+    /// the shard is gone. Passed in, so this layer needs nothing of the shard mesh.
+    pub async fn migrate<F, Fut>(&self, migration: Migration, deliver: F) -> Result<(), String>
+    where
+        F: Fn(usize, Vec<OffsetRecord>) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<Result<(), String>>, String>>,
+    {
         let Migration {
             moving,
             leaving,
@@ -339,16 +344,7 @@ impl GroupCoordinator {
             let count = records.len();
             let deadline = Instant::now() + MIGRATION_WAIT;
             loop {
-                let batch = records.clone();
-                let outcome = shard
-                    .call(target, move |s| async move {
-                        match s.groups.get().cloned() {
-                            Some(g) => Some(g.write_all(batch).await),
-                            None => None,
-                        }
-                    })
-                    .await
-                    .map_err(|_| format!("shard {target} is gone"))?;
+                let outcome = deliver(target, records.clone()).await?;
                 match outcome {
                     Some(result) => {
                         result?;
@@ -473,7 +469,7 @@ impl GroupCoordinator {
         let mut groups = self.groups.borrow_mut();
         if !groups.contains_key(group_id) {
             if !create {
-                return Err(errors::UNKNOWN_MEMBER_ID);
+                return Err(codes::UNKNOWN_MEMBER_ID);
             }
             if groups.len() >= self.config.max_groups_per_shard as usize {
                 tracing::warn!(
@@ -481,12 +477,12 @@ impl GroupCoordinator {
                     max = self.config.max_groups_per_shard,
                     "max_groups_per_shard reached; refusing a new group"
                 );
-                return Err(errors::COORDINATOR_NOT_AVAILABLE);
+                return Err(codes::COORDINATOR_NOT_AVAILABLE);
             }
             let delay = Duration::from_millis(u64::from(self.config.initial_rebalance_delay_ms));
             groups.insert(
                 group_id.to_string(),
-                Group::new(group_id.to_string(), now_ms(), delay),
+                Group::new(group_id.to_string(), Instant::now(), delay),
             );
         }
         Ok(f(groups.get_mut(group_id).expect("inserted above")))
@@ -496,7 +492,7 @@ impl GroupCoordinator {
     pub async fn join(&self, group_id: String, args: JoinArgs) -> JoinOutcome {
         let member_id = args.member_id.clone();
         if self.closing.get() {
-            return JoinOutcome::error(errors::COORDINATOR_NOT_AVAILABLE, &member_id);
+            return JoinOutcome::error(codes::COORDINATOR_NOT_AVAILABLE, &member_id);
         }
         // A member id for a group that does not exist is unknown; an empty one creates it.
         let create = member_id.is_empty();
@@ -509,7 +505,7 @@ impl GroupCoordinator {
             Err(code) => JoinOutcome::error(code, &member_id),
             Ok(Reply::Now(outcome)) => outcome,
             Ok(Reply::Later(answer)) => answer.await.unwrap_or_else(|_| {
-                JoinOutcome::error(errors::COORDINATOR_NOT_AVAILABLE, &member_id)
+                JoinOutcome::error(codes::COORDINATOR_NOT_AVAILABLE, &member_id)
             }),
         }
     }
@@ -527,7 +523,7 @@ impl GroupCoordinator {
         assignments: Vec<(String, Bytes)>,
     ) -> SyncOutcome {
         if self.closing.get() {
-            return SyncOutcome::error(errors::COORDINATOR_NOT_AVAILABLE);
+            return SyncOutcome::error(codes::COORDINATOR_NOT_AVAILABLE);
         }
         let reply = self.with_group(&group_id, false, |group| {
             group.sync(
@@ -544,7 +540,7 @@ impl GroupCoordinator {
             Ok(Reply::Now(outcome)) => outcome,
             Ok(Reply::Later(answer)) => answer
                 .await
-                .unwrap_or_else(|_| SyncOutcome::error(errors::COORDINATOR_NOT_AVAILABLE)),
+                .unwrap_or_else(|_| SyncOutcome::error(codes::COORDINATOR_NOT_AVAILABLE)),
         }
     }
 
@@ -571,7 +567,7 @@ impl GroupCoordinator {
                 .collect::<Vec<i16>>()
         });
         match outcome {
-            Ok(codes) => (errors::NONE, codes),
+            Ok(codes) => (codes::NONE, codes),
             Err(code) => (code, vec![code; members.len()]),
         }
     }
@@ -598,16 +594,16 @@ impl GroupCoordinator {
                 }
                 None if simple => {
                     if groups.len() >= self.config.max_groups_per_shard as usize {
-                        (errors::COORDINATOR_NOT_AVAILABLE, 0)
+                        (codes::COORDINATOR_NOT_AVAILABLE, 0)
                     } else {
-                        (errors::NONE, 0)
+                        (codes::NONE, 0)
                     }
                 }
-                None => (errors::ILLEGAL_GENERATION, 0),
+                None => (codes::ILLEGAL_GENERATION, 0),
             }
         };
         let (code, mut stored) = validation;
-        if code != errors::NONE {
+        if code != codes::NONE {
             return vec![code; entries.len()];
         }
         let mut results = Vec::with_capacity(entries.len());
@@ -620,17 +616,17 @@ impl GroupCoordinator {
             let is_new = !self.has_offset(&group_id, &entry.topic, entry.partition)
                 && !in_request.contains(&(entry.topic.clone(), entry.partition));
             let code = if metadata.len() > self.config.offset_metadata_max_bytes as usize {
-                errors::OFFSET_METADATA_TOO_LARGE
+                codes::OFFSET_METADATA_TOO_LARGE
             } else if !known(&entry.topic, entry.partition) {
-                crate::protocol::codes::UNKNOWN_TOPIC_OR_PARTITION
+                codes::UNKNOWN_TOPIC_OR_PARTITION
             } else if is_new && stored >= self.config.max_offsets_per_group as usize {
-                errors::INVALID_COMMIT_OFFSET_SIZE
+                codes::INVALID_COMMIT_OFFSET_SIZE
             } else {
                 stored += usize::from(is_new);
-                errors::NONE
+                codes::NONE
             };
             results.push(code);
-            if code == errors::NONE {
+            if code == codes::NONE {
                 in_request.insert((entry.topic.clone(), entry.partition));
                 written.push(i);
                 records.push(OffsetRecord {
@@ -652,7 +648,7 @@ impl GroupCoordinator {
         if let Err(e) = self.write_all(records).await {
             tracing::error!(group = %group_id, "offset commit failed: {e}");
             for i in written {
-                results[i] = errors::COORDINATOR_NOT_AVAILABLE;
+                results[i] = codes::COORDINATOR_NOT_AVAILABLE;
             }
         }
         results
@@ -691,18 +687,18 @@ impl GroupCoordinator {
         self.log_records
             .set(self.log_records.get() + records.len() as u64);
         for (i, record) in records.into_iter().enumerate() {
-            self.apply(record, info.base_offset + i as i64, now);
+            self.apply(record, info.base_offset + i as i64);
         }
         Ok(())
     }
 
     /// Apply one record of the offsets log to memory.
-    fn apply(&self, record: OffsetRecord, log_offset: i64, now: i64) {
+    fn apply(&self, record: OffsetRecord, log_offset: i64) {
         let mut groups = self.groups.borrow_mut();
         let delay = Duration::from_millis(u64::from(self.config.initial_rebalance_delay_ms));
         let group = groups
             .entry(record.group.clone())
-            .or_insert_with(|| Group::new(record.group.clone(), now, delay));
+            .or_insert_with(|| Group::new(record.group.clone(), Instant::now(), delay));
         let value = record.value.map(|v| CommittedOffset {
             offset: v.offset,
             leader_epoch: v.leader_epoch,
@@ -915,17 +911,17 @@ impl GroupCoordinator {
         let tombstones = {
             let groups = self.groups.borrow();
             let Some(group) = groups.get(group_id) else {
-                return errors::GROUP_ID_NOT_FOUND;
+                return codes::GROUP_ID_NOT_FOUND;
             };
             if group.member_count() > 0 {
-                return errors::NON_EMPTY_GROUP;
+                return codes::NON_EMPTY_GROUP;
             }
             tombstones(group_id, group.offsets.keys().cloned())
         };
         if !tombstones.is_empty() {
             if let Err(e) = self.write_all(tombstones).await {
                 tracing::error!(group = %group_id, "deleting group offsets failed: {e}");
-                return errors::COORDINATOR_NOT_AVAILABLE;
+                return codes::COORDINATOR_NOT_AVAILABLE;
             }
         }
         let mut groups = self.groups.borrow_mut();
@@ -934,7 +930,7 @@ impl GroupCoordinator {
                 group.shutdown();
             }
         }
-        errors::NONE
+        codes::NONE
     }
 
     /// OffsetDelete: (top-level error, per topic the per-partition errors).
@@ -946,10 +942,10 @@ impl GroupCoordinator {
         let (answers, records) = {
             let groups = self.groups.borrow();
             let Some(group) = groups.get(group_id) else {
-                return (errors::GROUP_ID_NOT_FOUND, Vec::new());
+                return (codes::GROUP_ID_NOT_FOUND, Vec::new());
             };
             if group.member_count() > 0 && group.protocol_type() != "consumer" {
-                return (errors::NON_EMPTY_GROUP, Vec::new());
+                return (codes::NON_EMPTY_GROUP, Vec::new());
             }
             let subscribed = if group.member_count() > 0 {
                 group.subscribed_topics()
@@ -964,12 +960,12 @@ impl GroupCoordinator {
                     .iter()
                     .map(|p| {
                         if in_use {
-                            return (*p, errors::GROUP_SUBSCRIBED_TO_TOPIC);
+                            return (*p, codes::GROUP_SUBSCRIBED_TO_TOPIC);
                         }
                         if group.offsets.contains_key(&(topic.clone(), *p)) {
                             records.extend(tombstones(group_id, [(topic.clone(), *p)]));
                         }
-                        (*p, errors::NONE)
+                        (*p, codes::NONE)
                     })
                     .collect();
                 answers.push((topic, codes));
@@ -979,16 +975,17 @@ impl GroupCoordinator {
         if !records.is_empty() {
             if let Err(e) = self.write_all(records).await {
                 tracing::error!(group = %group_id, "deleting offsets failed: {e}");
-                return (errors::COORDINATOR_NOT_AVAILABLE, Vec::new());
+                return (codes::COORDINATOR_NOT_AVAILABLE, Vec::new());
             }
         }
-        (errors::NONE, answers)
+        (codes::NONE, answers)
     }
 
     /// Expire offsets of groups empty for `offsets_retention_ms` (counted from the later of
     /// the commit and the moment the group became empty), and forget dead groups.
     pub async fn expire_offsets(&self, now: i64) {
         let retention = self.config.offsets_retention_ms as i64;
+        let mono_now = Instant::now();
         let records: Vec<OffsetRecord> = {
             let mut groups = self.groups.borrow_mut();
             groups.retain(|_, g| !g.is_dead());
@@ -996,10 +993,13 @@ impl GroupCoordinator {
                 .values()
                 .filter(|g| g.member_count() == 0)
                 .flat_map(|g| {
+                    // The group state machine keeps monotonic time; commits carry wall time.
+                    let empty_for = mono_now.saturating_duration_since(g.empty_since);
+                    let empty_since_ms = now - empty_for.as_millis() as i64;
                     let expired = g
                         .offsets
                         .iter()
-                        .filter(|(_, c)| c.commit_time_ms.max(g.empty_since_ms) + retention <= now)
+                        .filter(|(_, c)| c.commit_time_ms.max(empty_since_ms) + retention <= now)
                         .map(|(key, _)| key.clone())
                         .collect::<Vec<_>>();
                     tombstones(&g.id, expired)
@@ -1200,7 +1200,7 @@ mod tests {
                     |_, _| true,
                 )
                 .await;
-            assert_eq!(unknown, vec![errors::ILLEGAL_GENERATION]);
+            assert_eq!(unknown, vec![codes::ILLEGAL_GENERATION]);
             let unknown_topic = c
                 .commit(
                     "g".into(),
@@ -1211,15 +1211,12 @@ mod tests {
                     |_, _| false,
                 )
                 .await;
-            assert_eq!(
-                unknown_topic,
-                vec![crate::protocol::codes::UNKNOWN_TOPIC_OR_PARTITION]
-            );
+            assert_eq!(unknown_topic, vec![codes::UNKNOWN_TOPIC_OR_PARTITION]);
             let mut big = entry("t", 0, 1);
             big.metadata = Some("x".repeat(5000));
             assert_eq!(
                 simple_commit(&c, "g", vec![big]).await,
-                vec![errors::OFFSET_METADATA_TOO_LARGE]
+                vec![codes::OFFSET_METADATA_TOO_LARGE]
             );
             assert_eq!(c.log_records.get(), 0, "nothing refused reached the log");
             c.close().await;
@@ -1270,7 +1267,7 @@ mod tests {
             );
             assert_eq!(
                 simple_commit(&c, "second", vec![entry("t", 0, 1)]).await,
-                vec![errors::COORDINATOR_NOT_AVAILABLE]
+                vec![codes::COORDINATOR_NOT_AVAILABLE]
             );
             let args = JoinArgs {
                 session_timeout_ms: 10_000,
@@ -1279,7 +1276,7 @@ mod tests {
                 ..JoinArgs::default()
             };
             let joined = c.join("third".into(), args).await;
-            assert_eq!(joined.error, errors::COORDINATOR_NOT_AVAILABLE);
+            assert_eq!(joined.error, codes::COORDINATOR_NOT_AVAILABLE);
             c.close().await;
         });
     }

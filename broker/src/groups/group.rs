@@ -22,25 +22,7 @@ use futures_channel::oneshot;
 use super::GroupsConfig;
 
 /// Kafka error codes of the group protocol.
-pub mod errors {
-    pub const NONE: i16 = 0;
-    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
-    pub const ILLEGAL_GENERATION: i16 = 22;
-    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
-    pub const INVALID_GROUP_ID: i16 = 24;
-    pub const UNKNOWN_MEMBER_ID: i16 = 25;
-    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
-    pub const REBALANCE_IN_PROGRESS: i16 = 27;
-    pub const INVALID_COMMIT_OFFSET_SIZE: i16 = 28;
-    pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
-    pub const NON_EMPTY_GROUP: i16 = 68;
-    pub const GROUP_ID_NOT_FOUND: i16 = 69;
-    pub const MEMBER_ID_REQUIRED: i16 = 79;
-    pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
-    pub const FENCED_INSTANCE_ID: i16 = 82;
-    pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
-}
-use errors::*;
+use crate::codes::*;
 
 /// Longest group id accepted: ids are stored in the offsets log with an i16 length, and a
 /// limit keeps one hostile id from bloating every record of its group.
@@ -225,15 +207,15 @@ pub struct Group {
     join_deadline: Option<Instant>,
     /// group.initial.rebalance.delay.ms
     initial_delay: Duration,
-    /// Wall-clock time (ms) the group last became empty, for offset expiry.
-    pub empty_since_ms: i64,
+    /// When the group last became empty (its creation, if never joined), for offset expiry.
+    pub empty_since: Instant,
     /// Committed offsets by (topic, partition).
     pub offsets: HashMap<(String, i32), CommittedOffset>,
 }
 
 impl Group {
     /// A new, empty group.
-    pub fn new(id: String, now_ms: i64, initial_delay: Duration) -> Group {
+    pub fn new(id: String, now: Instant, initial_delay: Duration) -> Group {
         Group {
             id,
             state: GroupState::Empty,
@@ -249,7 +231,7 @@ impl Group {
             delay_limit: None,
             join_deadline: None,
             initial_delay,
-            empty_since_ms: now_ms,
+            empty_since: now,
             offsets: HashMap::new(),
         }
     }
@@ -818,7 +800,7 @@ impl Group {
             self.state = GroupState::Empty;
             self.protocol_name = None;
             self.leader = None;
-            self.empty_since_ms = crate::shard::ops::now_ms();
+            self.empty_since = now;
             return;
         }
         self.protocol_name = Some(self.select_protocol());
@@ -1012,7 +994,7 @@ mod tests {
 
     /// One member, stable at generation 1, assignment "a1".
     fn stable_group_of_one(t0: Instant) -> (Group, Ids, String) {
-        let mut group = Group::new("g".into(), 0, ms(100));
+        let mut group = Group::new("g".into(), Instant::now(), ms(100));
         let mut ids = Ids(0);
         let (a, mut join_a) = join_new(&mut group, &mut ids, &["range"], t0);
         group.tick(t0 + ms(100));
@@ -1031,7 +1013,7 @@ mod tests {
     #[test]
     fn first_member_waits_the_initial_delay_then_leads_generation_one() {
         let t0 = Instant::now();
-        let mut group = Group::new("g".into(), 0, ms(100));
+        let mut group = Group::new("g".into(), Instant::now(), ms(100));
         let mut ids = Ids(0);
         let (a, mut join_a) = join_new(&mut group, &mut ids, &["range", "roundrobin"], t0);
         assert_eq!(group.state(), GroupState::PreparingRebalance);
@@ -1058,7 +1040,7 @@ mod tests {
     #[test]
     fn leaders_sync_hands_each_member_its_assignment() {
         let t0 = Instant::now();
-        let mut group = Group::new("g".into(), 0, ms(100));
+        let mut group = Group::new("g".into(), Instant::now(), ms(100));
         let mut ids = Ids(0);
         let (a, mut join_a) = join_new(&mut group, &mut ids, &["range"], t0);
         let (b, mut join_b) = join_new(&mut group, &mut ids, &["range"], t0 + ms(10));
@@ -1171,6 +1153,8 @@ mod tests {
         assert_eq!(group.leave("nobody", None, t0), UNKNOWN_MEMBER_ID);
         assert_eq!(group.leave(&a, None, t0 + ms(300)), NONE);
         assert_eq!(group.state(), GroupState::Empty);
+        // Offsets retention counts from the time the caller gave, not a clock inside.
+        assert_eq!(group.empty_since, t0 + ms(300));
         assert_eq!(group.generation(), 2);
         assert!(group.is_dead(), "no member and no offset left");
     }
@@ -1240,7 +1224,7 @@ mod tests {
     #[test]
     fn the_protocol_is_chosen_by_vote_among_those_every_member_supports() {
         let t0 = Instant::now();
-        let mut group = Group::new("g".into(), 0, ms(100));
+        let mut group = Group::new("g".into(), Instant::now(), ms(100));
         let mut ids = Ids(0);
         let (_, mut ja) = join_new(&mut group, &mut ids, &["range", "roundrobin", "sticky"], t0);
         let (_, mut jb) = join_new(&mut group, &mut ids, &["roundrobin", "range"], t0);
@@ -1258,7 +1242,7 @@ mod tests {
     #[test]
     fn a_restarted_static_member_takes_a_new_id_and_fences_the_old_one() {
         let t0 = Instant::now();
-        let mut group = Group::new("g".into(), 0, ms(100));
+        let mut group = Group::new("g".into(), Instant::now(), ms(100));
         let mut ids = Ids(0);
         let static_args = |member_id: &str| JoinArgs {
             group_instance_id: Some("instance-1".into()),
@@ -1352,7 +1336,7 @@ mod tests {
     #[test]
     fn commits_from_outside_the_group_are_allowed_only_while_it_is_empty() {
         let t0 = Instant::now();
-        let empty = Group::new("g".into(), 0, ms(100));
+        let empty = Group::new("g".into(), Instant::now(), ms(100));
         assert_eq!(empty.validate_commit("", None, -1), NONE);
         let (group, _ids, a) = stable_group_of_one(t0);
         assert_eq!(group.validate_commit("", None, -1), UNKNOWN_MEMBER_ID);
@@ -1363,7 +1347,7 @@ mod tests {
 
     #[test]
     fn offsets_follow_log_order_and_tombstones_remove_them() {
-        let mut group = Group::new("g".into(), 0, ms(100));
+        let mut group = Group::new("g".into(), Instant::now(), ms(100));
         let at = |offset, log_offset| CommittedOffset {
             offset,
             leader_epoch: -1,

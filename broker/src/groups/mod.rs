@@ -30,45 +30,6 @@ pub mod offsets_log;
 
 pub use coordinator::GroupCoordinator;
 
-use std::rc::Rc;
-
-use crate::shard::Shard;
-
-/// Open this shard's group coordinator (replaying its offsets log) and start its timers.
-/// Called once per shard at start, before the shard accepts connections.
-pub async fn start(shard: &Rc<Shard>) -> Result<(), String> {
-    let (coordinator, migration) = GroupCoordinator::open(
-        shard.id,
-        shard.nr_shards,
-        &shard.config.data_dir,
-        shard.config.log_config(),
-        shard.storage.clone(),
-        shard.config.groups.clone(),
-    )
-    .await?;
-    coordinator.spawn_timers();
-    shard
-        .groups
-        .set(coordinator.clone())
-        .map_err(|_| "group coordinator started twice".to_string())?;
-    // Set before migrating: other shards may be moving offsets here at the same time.
-    coordinator.migrate(shard, migration).await
-}
-
-/// Shutdown, before the drain of in-flight requests: waiting joins and syncs answer now.
-pub fn quiesce(shard: &Rc<Shard>) {
-    if let Some(coordinator) = shard.groups.get() {
-        coordinator.quiesce();
-    }
-}
-
-/// Stop this shard's group coordinator: fail waiting requests, close the offsets log.
-pub async fn stop(shard: &Rc<Shard>) {
-    if let Some(coordinator) = shard.groups.get() {
-        coordinator.close().await;
-    }
-}
-
 /// Coordinator shard of a group: FNV-1a of the id modulo the shard count. Stable across
 /// processes (unlike std's randomized hasher), so the offsets of a group are found in the
 /// same shard's log after a restart with the same `cores`.

@@ -7,7 +7,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::clock::now_ms;
 
 use super::event::Event;
 use super::{LogError, PartitionLog};
@@ -28,12 +30,6 @@ pub struct ShardStorage {
     round_done: Event,
     stopped: Cell<bool>,
     rounds: Cell<u64>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl ShardStorage {

@@ -38,7 +38,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::{codes, decode_body, encode_response, Reply, Request};
 use crate::groups::coordinator::{CommitEntry, FetchedOffset};
 use crate::groups::group::{
-    errors, GroupDescription, JoinArgs, JoinOutcome, SyncOutcome, GROUP_ID_MAX_BYTES,
+    GroupDescription, JoinArgs, JoinOutcome, SyncOutcome, GROUP_ID_MAX_BYTES,
 };
 use crate::groups::{coordinator_shard, GroupCoordinator};
 use crate::shard::Shard;
@@ -183,7 +183,7 @@ pub async fn handle_join_group(shard: &Rc<Shard>, request: &Request) -> Result<R
     let group_id = body.group_id.0.to_string();
     let member_id = body.member_id.to_string();
     if invalid_group_id(&group_id) {
-        let outcome = JoinOutcome::error(errors::INVALID_GROUP_ID, &member_id);
+        let outcome = JoinOutcome::error(codes::INVALID_GROUP_ID, &member_id);
         return Ok(encode_response(request, &join_response(version, outcome)));
     }
     let args = JoinArgs {
@@ -216,7 +216,7 @@ pub async fn handle_join_group(shard: &Rc<Shard>, request: &Request) -> Result<R
         g.join(group_id, args).await
     })
     .await
-    .unwrap_or_else(|| JoinOutcome::error(errors::COORDINATOR_NOT_AVAILABLE, &member_id));
+    .unwrap_or_else(|| JoinOutcome::error(codes::COORDINATOR_NOT_AVAILABLE, &member_id));
     Ok(encode_response(request, &join_response(version, outcome)))
 }
 
@@ -224,7 +224,7 @@ pub async fn handle_sync_group(shard: &Rc<Shard>, request: &Request) -> Result<R
     let body: SyncGroupRequest = decode_body(request)?;
     let group_id = body.group_id.0.to_string();
     let outcome = if invalid_group_id(&group_id) {
-        SyncOutcome::error(errors::INVALID_GROUP_ID)
+        SyncOutcome::error(codes::INVALID_GROUP_ID)
     } else {
         let member_id = body.member_id.to_string();
         let instance_id = body.group_instance_id.map(|s| s.to_string());
@@ -250,7 +250,7 @@ pub async fn handle_sync_group(shard: &Rc<Shard>, request: &Request) -> Result<R
             .await
         })
         .await
-        .unwrap_or_else(|| SyncOutcome::error(errors::COORDINATOR_NOT_AVAILABLE))
+        .unwrap_or_else(|| SyncOutcome::error(codes::COORDINATOR_NOT_AVAILABLE))
     };
     Ok(encode_response(
         request,
@@ -273,7 +273,7 @@ pub async fn handle_heartbeat(shard: &Rc<Shard>, request: &Request) -> Result<Re
     let body: HeartbeatRequest = decode_body(request)?;
     let group_id = body.group_id.0.to_string();
     let error = if invalid_group_id(&group_id) {
-        errors::INVALID_GROUP_ID
+        codes::INVALID_GROUP_ID
     } else {
         let member_id = body.member_id.to_string();
         let instance_id = body.group_instance_id.map(|s| s.to_string());
@@ -283,7 +283,7 @@ pub async fn handle_heartbeat(shard: &Rc<Shard>, request: &Request) -> Result<Re
             g.heartbeat(&group_id, &member_id, instance_id.as_deref(), generation)
         })
         .await
-        .unwrap_or(errors::COORDINATOR_NOT_AVAILABLE)
+        .unwrap_or(codes::COORDINATOR_NOT_AVAILABLE)
     };
     Ok(encode_response(
         request,
@@ -310,8 +310,8 @@ pub async fn handle_leave_group(shard: &Rc<Shard>, request: &Request) -> Result<
     };
     let (error, per_member) = if invalid_group_id(&group_id) {
         (
-            errors::INVALID_GROUP_ID,
-            vec![errors::INVALID_GROUP_ID; members.len()],
+            codes::INVALID_GROUP_ID,
+            vec![codes::INVALID_GROUP_ID; members.len()],
         )
     } else {
         let asked = members.clone();
@@ -322,8 +322,8 @@ pub async fn handle_leave_group(shard: &Rc<Shard>, request: &Request) -> Result<
         .await
         .unwrap_or_else(|| {
             (
-                errors::COORDINATOR_NOT_AVAILABLE,
-                vec![errors::COORDINATOR_NOT_AVAILABLE; members.len()],
+                codes::COORDINATOR_NOT_AVAILABLE,
+                vec![codes::COORDINATOR_NOT_AVAILABLE; members.len()],
             )
         })
     };
@@ -384,7 +384,7 @@ pub async fn handle_offset_commit(shard: &Rc<Shard>, request: &Request) -> Resul
     }
     let count = entries.len();
     let results = if invalid_group_id(&group_id) {
-        vec![errors::INVALID_GROUP_ID; count]
+        vec![codes::INVALID_GROUP_ID; count]
     } else {
         let member_id = body.member_id.to_string();
         let instance_id = body.group_instance_id.map(|s| s.to_string());
@@ -396,7 +396,7 @@ pub async fn handle_offset_commit(shard: &Rc<Shard>, request: &Request) -> Resul
                 .await
         })
         .await
-        .unwrap_or_else(|| vec![errors::COORDINATOR_NOT_AVAILABLE; count])
+        .unwrap_or_else(|| vec![codes::COORDINATOR_NOT_AVAILABLE; count])
     };
     let mut results = results.into_iter();
     let topics = shape
@@ -435,7 +435,7 @@ async fn fetch_group_offsets(
         g.fetch_offsets(&group_id, topics)
     })
     .await
-    .ok_or(errors::COORDINATOR_NOT_AVAILABLE)
+    .ok_or(codes::COORDINATOR_NOT_AVAILABLE)
 }
 
 pub async fn handle_offset_fetch(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
@@ -563,7 +563,7 @@ pub async fn handle_list_groups(shard: &Rc<Shard>, request: &Request) -> Result<
             .ok()
             .flatten();
         let Some(listed) = listed else {
-            error = errors::COORDINATOR_NOT_AVAILABLE;
+            error = codes::COORDINATOR_NOT_AVAILABLE;
             continue;
         };
         for (id, protocol_type, state) in listed {
@@ -623,7 +623,7 @@ fn described_group(
 ) -> DescribedGroup {
     let mut out = DescribedGroup::default().with_group_id(group_id);
     match answer {
-        None => out.error_code = errors::COORDINATOR_NOT_AVAILABLE,
+        None => out.error_code = codes::COORDINATOR_NOT_AVAILABLE,
         // Kafka describes an unknown group as Dead, without an error.
         Some(None) => out.group_state = str_bytes("Dead"),
         Some(Some(d)) => {
@@ -663,7 +663,7 @@ pub async fn handle_delete_groups(shard: &Rc<Shard>, request: &Request) -> Resul
             move |_, g| async move { g.delete_group(&id).await },
         )
         .await
-        .unwrap_or(errors::COORDINATOR_NOT_AVAILABLE);
+        .unwrap_or(codes::COORDINATOR_NOT_AVAILABLE);
         results.push(
             DeletableGroupResult::default()
                 .with_group_id(group_id)
@@ -694,7 +694,7 @@ pub async fn handle_offset_delete(shard: &Rc<Shard>, request: &Request) -> Resul
         g.delete_offsets(&group_id, topics).await
     })
     .await
-    .unwrap_or((errors::COORDINATOR_NOT_AVAILABLE, Vec::new()));
+    .unwrap_or((codes::COORDINATOR_NOT_AVAILABLE, Vec::new()));
     let topics = answers
         .into_iter()
         .map(|(name, partitions)| {
@@ -791,7 +791,7 @@ mod tests {
             assert_eq!(back.generation_id, 4);
             assert_eq!(back.protocol_name.as_deref(), Some("range"));
             assert_eq!(back.members[0].metadata, Bytes::from_static(b"meta"));
-            let required = JoinOutcome::error(errors::MEMBER_ID_REQUIRED, "new-id");
+            let required = JoinOutcome::error(codes::MEMBER_ID_REQUIRED, "new-id");
             let back = round_trip(ApiKey::JoinGroup, v, &join_response(v, required));
             assert_eq!(back.member_id.as_str(), "new-id");
         }
@@ -807,12 +807,12 @@ mod tests {
         }
         for v in versions(ApiKey::LeaveGroup) {
             let members = vec![(s("m1"), Some(s("i1")))];
-            let r = leave_response(v, 0, members, vec![errors::UNKNOWN_MEMBER_ID]);
+            let r = leave_response(v, 0, members, vec![codes::UNKNOWN_MEMBER_ID]);
             let back = round_trip(ApiKey::LeaveGroup, v, &r);
             if v >= 3 {
-                assert_eq!(back.members[0].error_code, errors::UNKNOWN_MEMBER_ID);
+                assert_eq!(back.members[0].error_code, codes::UNKNOWN_MEMBER_ID);
             } else {
-                assert_eq!(back.error_code, errors::UNKNOWN_MEMBER_ID);
+                assert_eq!(back.error_code, codes::UNKNOWN_MEMBER_ID);
             }
         }
         let fetched = || Ok(vec![(s("t"), vec![(0, 42, 7, s("meta"), 0)])]);

@@ -7,13 +7,14 @@
 //! connection, never a panic.
 
 pub mod admin;
-pub mod codes;
 pub mod fetch;
 pub mod fetch_encode;
 pub mod groups;
 pub mod metadata;
 pub mod produce;
 pub mod versions;
+
+pub use crate::codes;
 
 use std::rc::Rc;
 

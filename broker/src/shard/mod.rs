@@ -29,6 +29,7 @@ use glommio::channels::channel_mesh::{Receivers, Senders};
 
 use crate::catalog::{self, Catalog};
 use crate::config::Config;
+use crate::groups::GroupCoordinator;
 use crate::log::{PartitionLog, ShardStorage};
 
 /// Work sent to another shard: called there with that shard's state as it is dequeued,
@@ -75,7 +76,7 @@ pub struct Shard {
     pub(crate) controller_lock: glommio::sync::Semaphore,
     pub(crate) shutting_down: Cell<bool>,
     /// Coordinator of the consumer groups that hash to this shard (set once at start).
-    pub groups: std::cell::OnceCell<Rc<crate::groups::GroupCoordinator>>,
+    pub groups: std::cell::OnceCell<Rc<GroupCoordinator>>,
     /// Requests being handled on this shard right now (for a clean shutdown).
     pub(crate) requests_in_flight: Cell<usize>,
     /// When this shard last tried to reopen a failed log.
@@ -324,6 +325,55 @@ impl Shard {
             .and_then(|slots| slots.get_mut(partition as usize))
         {
             *slot = Some(reopened);
+        }
+    }
+
+    /// Open this shard's group coordinator (replaying its offsets log), start its timers,
+    /// and move offsets found here that belong to other shards' coordinators (after a change
+    /// of `cores`). Called once per shard at start, before the shard accepts connections.
+    pub async fn start_groups(self: &Rc<Self>) -> Result<(), String> {
+        let (coordinator, migration) = GroupCoordinator::open(
+            self.id,
+            self.nr_shards,
+            &self.config.data_dir,
+            self.config.log_config(),
+            self.storage.clone(),
+            self.config.groups.clone(),
+        )
+        .await?;
+        coordinator.spawn_timers();
+        self.groups
+            .set(coordinator.clone())
+            .map_err(|_| "group coordinator started twice".to_string())?;
+        // Set before migrating: other shards may be moving offsets here at the same time.
+        let shard = self.clone();
+        coordinator
+            .migrate(migration, move |target, records| {
+                let shard = shard.clone();
+                async move {
+                    shard
+                        .call(target, move |s| async move {
+                            let coordinator = s.groups.get().cloned()?;
+                            Some(coordinator.write_all(records).await)
+                        })
+                        .await
+                        .map_err(|_| format!("shard {target} is gone"))
+                }
+            })
+            .await
+    }
+
+    /// Shutdown, before the drain of in-flight requests: waiting joins and syncs answer now.
+    pub fn quiesce_groups(&self) {
+        if let Some(coordinator) = self.groups.get() {
+            coordinator.quiesce();
+        }
+    }
+
+    /// Stop this shard's group coordinator: fail waiting requests, close the offsets log.
+    pub async fn stop_groups(&self) {
+        if let Some(coordinator) = self.groups.get() {
+            coordinator.close().await;
         }
     }
 

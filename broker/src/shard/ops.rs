@@ -11,8 +11,9 @@ use bytes::Bytes;
 
 use super::Shard;
 use crate::catalog::{self, Topic};
+use crate::clock::now_ms;
+use crate::codes;
 use crate::log::{LogError, PartitionLog};
-use crate::protocol::codes;
 use crate::sync::Place;
 
 /// Outcome of appending one partition's records.
@@ -67,12 +68,6 @@ pub fn log_error_code(error: &LogError) -> i16 {
         #[allow(unreachable_patterns)]
         _ => codes::KAFKA_STORAGE_ERROR,
     }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Shard {
