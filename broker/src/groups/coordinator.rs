@@ -261,7 +261,6 @@ impl GroupCoordinator {
             closing: Cell::new(false),
         });
         let mut migration = Migration::default();
-        let now = now_ms();
         let records = read_log(&log).await?;
         coordinator.log_records.set(records.len() as u64);
         let loaded = records.len();
@@ -985,7 +984,7 @@ impl GroupCoordinator {
     /// the commit and the moment the group became empty), and forget dead groups.
     pub async fn expire_offsets(&self, now: i64) {
         let retention = self.config.offsets_retention_ms as i64;
-        let mono_now = Instant::now();
+        let (mono_now, wall_now) = (Instant::now(), now_ms());
         let records: Vec<OffsetRecord> = {
             let mut groups = self.groups.borrow_mut();
             groups.retain(|_, g| !g.is_dead());
@@ -995,7 +994,7 @@ impl GroupCoordinator {
                 .flat_map(|g| {
                     // The group state machine keeps monotonic time; commits carry wall time.
                     let empty_for = mono_now.saturating_duration_since(g.empty_since);
-                    let empty_since_ms = now - empty_for.as_millis() as i64;
+                    let empty_since_ms = wall_now - empty_for.as_millis() as i64;
                     let expired = g
                         .offsets
                         .iter()

@@ -1,9 +1,11 @@
 //! Fetch (with long poll) and ListOffsets.
 //!
 //! Fetch reads every partition on its owner shard, concurrently across shards. When fewer
-//! than `min_bytes` came back, it asks each owner to wait until any of its partitions grows
-//! (the append wakes the waiter), takes the first shard that reports data or the deadline,
-//! and reads once more. Record batches are returned exactly as stored, spliced into the
+//! than `min_bytes` came back, it makes one call per owner that waits there until one of its
+//! partitions grows past what was read (the append wakes the waiter) or the deadline, and
+//! reads again there; the first owner to answer replaces its partitions' results, and the
+//! other owners' waits are dropped at once (see `Shard::call_until_dropped`), never left
+//! running to the deadline. Record batches are returned exactly as stored, spliced into the
 //! response without a copy (`fetch_encode`).
 
 use std::collections::BTreeMap;
@@ -41,17 +43,18 @@ pub async fn handle(shard: &Rc<Shard>, request: &Request) -> Result<Reply, Strin
     }
     let deadline = fetch_deadline(body.max_wait_ms);
     let min_bytes = body.min_bytes.max(0) as usize;
-    let mut results = read_all(shard, &wanted).await;
+    let owners: Vec<Option<usize>> = wanted
+        .iter()
+        .map(|p| shard.owner_of(&p.topic, p.partition))
+        .collect();
+    let mut results = read_all(shard, &wanted, &owners).await;
     loop {
         let total: usize = results.iter().map(|r| r.bytes).sum();
         let any_error = results.iter().any(|r| r.error != codes::NONE);
         if total >= min_bytes || any_error || Instant::now() >= deadline || wanted.is_empty() {
             break;
         }
-        // Wait from where the data read so far ends, so a partial batch set wakes us only
-        // when something new arrives.
-        wait_for_any(shard, &wanted, &results, deadline).await;
-        results = read_all(shard, &wanted).await;
+        wait_and_reread(shard, &wanted, &owners, &mut results, deadline).await;
     }
     // The request's max_bytes is a soft limit: the first partition with data always goes in
     // whole (so a batch larger than the limit still makes progress), later ones only if they fit.
@@ -78,7 +81,10 @@ pub async fn handle(shard: &Rc<Shard>, request: &Request) -> Result<Reply, Strin
             sent += result.bytes;
             partitions.push(PartitionOut {
                 partition: p.partition,
-                result,
+                error: result.error,
+                high_watermark: result.high_watermark,
+                log_start_offset: result.log_start_offset,
+                records: result.chunks,
             });
         }
         topics.push(TopicOut {
@@ -127,46 +133,30 @@ fn holds_zstd(chunks: &[Bytes]) -> bool {
 }
 
 /// Read every wanted partition on its owner; results in the order of `wanted`.
-async fn read_all(shard: &Rc<Shard>, wanted: &[FetchPartition]) -> Vec<FetchResult> {
-    let mut results: Vec<Option<FetchResult>> = vec![None; wanted.len()];
-    let mut per_owner: BTreeMap<usize, (Vec<usize>, Vec<FetchPartition>)> = BTreeMap::new();
-    for (i, p) in wanted.iter().enumerate() {
-        match shard.owner_of(&p.topic, p.partition) {
-            Some(owner) => {
-                let work = per_owner.entry(owner).or_default();
-                work.0.push(i);
-                work.1.push(p.clone());
-            }
-            None => results[i] = Some(error_result(codes::UNKNOWN_TOPIC_OR_PARTITION)),
-        }
-    }
-    let calls = per_owner.into_iter().map(|(owner, (indexes, work))| {
-        let shard = shard.clone();
-        async move {
-            let answer = shard
-                .call(owner, move |s| async move { s.fetch_local(work).await })
-                .await;
-            (indexes, answer)
-        }
-    });
-    for (indexes, answer) in futures_util::future::join_all(calls).await {
-        match answer {
-            Ok(answers) => {
-                for (i, answer) in indexes.into_iter().zip(answers) {
-                    results[i] = Some(answer);
-                }
-            }
-            Err(_) => {
-                for i in indexes {
-                    results[i] = Some(error_result(codes::KAFKA_STORAGE_ERROR));
-                }
-            }
-        }
+async fn read_all(
+    shard: &Rc<Shard>,
+    wanted: &[FetchPartition],
+    owners: &[Option<usize>],
+) -> Vec<FetchResult> {
+    let mut results: Vec<FetchResult> = owners
+        .iter()
+        .map(|_| error_result(codes::UNKNOWN_TOPIC_OR_PARTITION))
+        .collect();
+    let (slots, work): (Vec<usize>, Vec<(usize, FetchPartition)>) = wanted
+        .iter()
+        .zip(owners)
+        .enumerate()
+        .filter_map(|(i, (p, owner))| Some((i, ((*owner)?, p.clone()))))
+        .unzip();
+    let answers = shard
+        .fan_out(work, None, |s, partitions| async move {
+            s.fetch_local(partitions).await
+        })
+        .await;
+    for (slot, answer) in slots.into_iter().zip(answers) {
+        results[slot] = answer.unwrap_or_else(|_| error_result(codes::KAFKA_STORAGE_ERROR));
     }
     results
-        .into_iter()
-        .map(|r| r.expect("every partition answered"))
-        .collect()
 }
 
 fn error_result(error: i16) -> FetchResult {
@@ -179,39 +169,56 @@ fn error_result(error: i16) -> FetchResult {
     }
 }
 
-/// Wait until any owner shard reports new data for one of its partitions, or the deadline.
-async fn wait_for_any(
+/// One pass of the long poll: each owner waits until one of its partitions has data past
+/// what `results` already holds (or the deadline) and reads its partitions again, in one
+/// call. The first owner to answer updates its partitions' results; the other calls are
+/// dropped, which stops their waits on their shards.
+async fn wait_and_reread(
     shard: &Rc<Shard>,
     wanted: &[FetchPartition],
-    read: &[FetchResult],
+    owners: &[Option<usize>],
+    results: &mut [FetchResult],
     deadline: Instant,
 ) {
-    let mut per_owner: BTreeMap<usize, Vec<(String, i32, i64)>> = BTreeMap::new();
-    for (p, r) in wanted.iter().zip(read) {
-        if let Some(owner) = shard.owner_of(&p.topic, p.partition) {
+    let mut per_owner: BTreeMap<usize, (Vec<usize>, Vec<(FetchPartition, i64)>)> = BTreeMap::new();
+    for (i, (p, owner)) in wanted.iter().zip(owners).enumerate() {
+        if let Some(owner) = owner {
             // Wake only on data beyond what is already there.
-            let wait_at = p.offset.max(r.high_watermark);
-            per_owner
-                .entry(owner)
-                .or_default()
-                .push((p.topic.clone(), p.partition, wait_at));
+            let wait_at = p.offset.max(results[i].high_watermark);
+            let work = per_owner.entry(*owner).or_default();
+            work.0.push(i);
+            work.1.push((p.clone(), wait_at));
         }
     }
-    let waits: Vec<_> = per_owner
+    let calls: Vec<_> = per_owner
         .into_iter()
-        .map(|(owner, partitions)| {
+        .map(|(owner, (slots, work))| {
             let shard = shard.clone();
             Box::pin(async move {
-                let _ = shard
-                    .call(owner, move |s| async move {
-                        s.wait_any_local(partitions, deadline).await
+                let answer = shard
+                    .call_until_dropped(owner, move |s| async move {
+                        s.fetch_when_grown(work, deadline).await
                     })
                     .await;
+                (slots, answer)
             })
         })
         .collect();
-    if !waits.is_empty() {
-        futures_util::future::select_all(waits).await;
+    if calls.is_empty() {
+        return;
+    }
+    let ((slots, answer), _, _rest) = futures_util::future::select_all(calls).await;
+    match answer {
+        Ok(read) => {
+            for (slot, result) in slots.into_iter().zip(read) {
+                results[slot] = result;
+            }
+        }
+        Err(_) => {
+            for slot in slots {
+                results[slot] = error_result(codes::KAFKA_STORAGE_ERROR);
+            }
+        }
     }
 }
 

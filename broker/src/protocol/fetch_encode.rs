@@ -8,12 +8,14 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::shard::ops::FetchResult;
-
 /// One partition of the response.
 pub struct PartitionOut {
     pub partition: i32,
-    pub result: FetchResult,
+    pub error: i16,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    /// Whole record batches, as the log returned them.
+    pub records: Vec<Bytes>,
 }
 
 /// One topic of the response.
@@ -68,9 +70,8 @@ pub fn encode(correlation_id: i32, version: i16, topics: Vec<TopicOut>) -> Vec<B
         }
         meta.put_slice(&topic.name);
         put_array_len(&mut meta, flexible, topic.partitions.len());
-        for p in topic.partitions {
-            let r = p.result;
-            meta.put_i32(p.partition);
+        for r in topic.partitions {
+            meta.put_i32(r.partition);
             meta.put_i16(r.error);
             meta.put_i64(r.high_watermark);
             meta.put_i64(r.high_watermark); // last_stable_offset: no transactions
@@ -86,7 +87,7 @@ pub fn encode(correlation_id: i32, version: i16, topics: Vec<TopicOut>) -> Vec<B
             if version >= 11 {
                 meta.put_i32(-1); // preferred_read_replica
             }
-            let len: usize = r.chunks.iter().map(|c| c.len()).sum();
+            let len: usize = r.records.iter().map(|c| c.len()).sum();
             if flexible {
                 put_uvarint(&mut meta, len as u32 + 1);
             } else {
@@ -94,7 +95,7 @@ pub fn encode(correlation_id: i32, version: i16, topics: Vec<TopicOut>) -> Vec<B
             }
             if len > 0 {
                 data_bytes += len;
-                splices.push((meta.len(), r.chunks));
+                splices.push((meta.len(), r.records));
             }
             if flexible {
                 put_uvarint(&mut meta, 0); // partition tagged fields
@@ -127,14 +128,13 @@ mod tests {
     use kafka_protocol::messages::{FetchResponse, ResponseHeader};
     use kafka_protocol::protocol::Decodable;
 
-    fn result(chunks: Vec<Bytes>, error: i16) -> FetchResult {
-        let bytes = chunks.iter().map(|c| c.len()).sum();
-        FetchResult {
+    fn partition(partition: i32, records: Vec<Bytes>, error: i16) -> PartitionOut {
+        PartitionOut {
+            partition,
             error,
             high_watermark: 42,
             log_start_offset: 7,
-            chunks,
-            bytes,
+            records,
         }
     }
 
@@ -143,25 +143,17 @@ mod tests {
             TopicOut {
                 name: Bytes::from_static(b"orders"),
                 partitions: vec![
-                    PartitionOut {
-                        partition: 0,
-                        result: result(
-                            vec![Bytes::from_static(b"abc"), Bytes::from_static(b"defg")],
-                            0,
-                        ),
-                    },
-                    PartitionOut {
-                        partition: 3,
-                        result: result(vec![], 1),
-                    },
+                    partition(
+                        0,
+                        vec![Bytes::from_static(b"abc"), Bytes::from_static(b"defg")],
+                        0,
+                    ),
+                    partition(3, vec![], 1),
                 ],
             },
             TopicOut {
                 name: Bytes::from_static(b"audit"),
-                partitions: vec![PartitionOut {
-                    partition: 1,
-                    result: result(vec![Bytes::from(vec![9u8; 300])], 0),
-                }],
+                partitions: vec![partition(1, vec![Bytes::from(vec![9u8; 300])], 0)],
             },
         ]
     }
@@ -210,10 +202,7 @@ mod tests {
         let data = Bytes::from(vec![5u8; 1000]);
         let topics = vec![TopicOut {
             name: Bytes::from_static(b"t"),
-            partitions: vec![PartitionOut {
-                partition: 0,
-                result: result(vec![data.clone()], 0),
-            }],
+            partitions: vec![partition(0, vec![data.clone()], 0)],
         }];
         let chunks = encode(1, 11, topics);
         assert!(chunks

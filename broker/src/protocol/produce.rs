@@ -3,7 +3,6 @@
 //! order. Record batches travel as `Bytes` slices of the request
 //! frame; they are never decoded here (the log validates their headers).
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -32,7 +31,9 @@ pub async fn handle(
     // Index of every partition in request order, and the work per owner shard.
     let mut slots: Vec<(usize, usize, i32)> = Vec::new();
     let mut results: Vec<Vec<PartitionProduceResponse>> = Vec::with_capacity(body.topic_data.len());
-    let mut per_owner: BTreeMap<usize, (Vec<usize>, Vec<PartitionRecords>)> = BTreeMap::new();
+    // Work for the owners: (owner, partition records), and the slot each answer fills.
+    let mut work: Vec<(usize, PartitionRecords)> = Vec::new();
+    let mut work_slots: Vec<usize> = Vec::new();
     let mut topic_names = Vec::with_capacity(body.topic_data.len());
     for (t, topic) in body.topic_data.into_iter().enumerate() {
         let name = topic.name.0.to_string();
@@ -56,9 +57,8 @@ pub async fn handle(
             }
             match shard.owner_of(&name, data.index) {
                 Some(owner) => {
-                    let work = per_owner.entry(owner).or_default();
-                    work.0.push(slot);
-                    work.1.push((name.clone(), data.index, data.records));
+                    work.push((owner, (name.clone(), data.index, data.records)));
+                    work_slots.push(slot);
                 }
                 None => {
                     results[t].last_mut().expect("just pushed").error_code =
@@ -67,42 +67,19 @@ pub async fn handle(
             }
         }
     }
-    // Hand the work to the owners in this connection's request order: wait until the
-    // connection's earlier Produce requests have handed theirs over, then submit (which
-    // takes this request's places in each partition's append line), then let the next
-    // request go. The appends themselves still overlap with other requests'.
-    if let Some(turn) = &turn {
-        turn.wait().await;
-    }
-    let mut answers = Vec::with_capacity(per_owner.len());
-    for (owner, (slot_ids, work)) in per_owner {
-        let answer = shard
-            .submit(owner, move |s| s.produce_local(work, acks))
-            .await;
-        answers.push((slot_ids, answer));
-    }
-    drop(turn);
-    let joined = answers.into_iter().map(|(slot_ids, answer)| async move {
-        let answer = match answer {
-            Ok(pending) => pending.await,
-            Err(gone) => Err(gone),
-        };
-        (slot_ids, answer)
-    });
-    for (slot_ids, answer) in futures_util::future::join_all(joined).await {
+    // Hand the work to the owners in this connection's request order (the turn): the
+    // owners take this request's places in each partition's append line as they receive
+    // it, so the appends follow request order while still overlapping other requests'.
+    let answers = shard
+        .fan_out(work, turn, move |s, partitions| {
+            s.produce_local(partitions, acks)
+        })
+        .await;
+    for (slot, answer) in work_slots.into_iter().zip(answers) {
+        let (t, p, _) = slots[slot];
         match answer {
-            Ok(answers) => {
-                for (slot, answer) in slot_ids.into_iter().zip(answers) {
-                    let (t, p, _) = slots[slot];
-                    fill(&mut results[t][p], answer, request.version);
-                }
-            }
-            Err(_) => {
-                for slot in slot_ids {
-                    let (t, p, _) = slots[slot];
-                    results[t][p].error_code = codes::KAFKA_STORAGE_ERROR;
-                }
-            }
+            Ok(answer) => fill(&mut results[t][p], answer, request.version),
+            Err(_) => results[t][p].error_code = codes::KAFKA_STORAGE_ERROR,
         }
     }
     if acks == 0 {

@@ -19,7 +19,7 @@
 pub mod ops;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -31,6 +31,7 @@ use crate::catalog::{self, Catalog};
 use crate::config::Config;
 use crate::groups::GroupCoordinator;
 use crate::log::{PartitionLog, ShardStorage};
+use crate::sync::Turn;
 
 /// Work sent to another shard: called there with that shard's state as it is dequeued,
 /// returning the rest of the work as a task.
@@ -59,7 +60,7 @@ fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
 }
 
 /// Error returned when a peer shard is gone (only during shutdown).
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardGone;
 
 /// State of one shard. Lives on its executor only (`!Send`).
@@ -145,6 +146,107 @@ impl Shard {
             .await
             .map_err(|_| ShardGone)?;
         Ok(Box::pin(async move { answer.await.map_err(|_| ShardGone) }))
+    }
+
+    /// Like [`call`](Self::call), but the work on `target` stops as soon as the caller drops
+    /// the returned future (the request it served was answered or abandoned): for waits,
+    /// such as a long poll, whose answer may no longer be wanted. Only for work that is safe
+    /// to stop at any await point.
+    pub async fn call_until_dropped<R, F, Fut>(
+        self: &Rc<Self>,
+        target: usize,
+        f: F,
+    ) -> Result<R, ShardGone>
+    where
+        R: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = R> + 'static,
+    {
+        if target == self.id {
+            return Ok(f(self.clone()).await);
+        }
+        let (mut reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |shard| {
+            let run = f(shard);
+            Box::pin(async move {
+                let run = std::pin::pin!(run);
+                let value = match futures_util::future::select(run, reply.cancellation()).await {
+                    futures_util::future::Either::Left((value, _)) => value,
+                    futures_util::future::Either::Right(_) => return, // the asker is gone
+                };
+                let _ = reply.send(value);
+            })
+        });
+        self.senders
+            .send_to(target, job)
+            .await
+            .map_err(|_| ShardGone)?;
+        answer.await.map_err(|_| ShardGone)
+    }
+
+    /// Fans work out to the owner shards and joins the answers: `items` are (owner, item)
+    /// pairs; each owner gets one call of `f` with all its items, in their order, and must
+    /// answer one result per item. Returns the results in the order of `items` (an owner
+    /// that is gone answers `ShardGone` for each of its items).
+    ///
+    /// With a `turn`, the calls are handed over only once every earlier turn of the
+    /// connection has finished, and the turn finishes once they are (see [`Shard::submit`]):
+    /// what `f` does before its first await then follows the connection's request order.
+    pub async fn fan_out<T, R, F, Fut>(
+        self: &Rc<Self>,
+        items: Vec<(usize, T)>,
+        turn: Option<Turn>,
+        f: F,
+    ) -> Vec<Result<R, ShardGone>>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        F: Fn(Rc<Shard>, Vec<T>) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Vec<R>> + 'static,
+    {
+        let count = items.len();
+        let mut per_owner: BTreeMap<usize, (Vec<usize>, Vec<T>)> = BTreeMap::new();
+        for (at, (owner, item)) in items.into_iter().enumerate() {
+            let work = per_owner.entry(owner).or_default();
+            work.0.push(at);
+            work.1.push(item);
+        }
+        if let Some(turn) = &turn {
+            turn.wait().await;
+        }
+        let mut answers = Vec::with_capacity(per_owner.len());
+        for (owner, (slots, work)) in per_owner {
+            let f = f.clone();
+            let answer = self.submit(owner, move |s| f(s, work)).await;
+            answers.push((slots, answer));
+        }
+        drop(turn);
+        let joined = answers.into_iter().map(|(slots, answer)| async move {
+            match answer {
+                Ok(pending) => (slots, pending.await),
+                Err(gone) => (slots, Err(gone)),
+            }
+        });
+        let mut results: Vec<Option<Result<R, ShardGone>>> = (0..count).map(|_| None).collect();
+        for (slots, answer) in futures_util::future::join_all(joined).await {
+            match answer {
+                Ok(values) => {
+                    debug_assert_eq!(values.len(), slots.len(), "one result per item");
+                    for (slot, value) in slots.into_iter().zip(values) {
+                        results[slot] = Some(Ok(value));
+                    }
+                }
+                Err(ShardGone) => {
+                    for slot in slots {
+                        results[slot] = Some(Err(ShardGone));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(ShardGone)))
+            .collect()
     }
 
     /// Serve jobs that other shards send here, each as its own task so a slow job (a long

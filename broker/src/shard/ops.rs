@@ -94,7 +94,11 @@ impl Shard {
             })
             .collect();
         let shard = self.clone();
-        async move {
+        let partition_ids: Vec<i32> = placed.iter().map(|(_, p, _, _)| *p).collect();
+        // The appends run as a task of their own, to the end, even if the request that asked
+        // for them goes away (its connection closed): an append stopped between the copies
+        // of one batch would leave a torn batch in the staging buffer.
+        let appending = glommio::spawn_local(async move {
             let appends = placed
                 .into_iter()
                 .map(|(topic, partition, records, place)| {
@@ -104,7 +108,10 @@ impl Shard {
                 });
             let mut appended = futures_util::future::join_all(appends).await;
             if acks != -1 {
-                return appended.into_iter().map(|(result, _)| result).collect();
+                return appended
+                    .into_iter()
+                    .map(|(result, _)| result)
+                    .collect::<Vec<_>>();
             }
             // Every append is in before the first sync, so one group-commit round can
             // cover all of this request's partitions.
@@ -127,6 +134,24 @@ impl Shard {
                 }
             }
             appended.into_iter().map(|(result, _)| result).collect()
+        })
+        .detach();
+        async move {
+            match appending.await {
+                Some(results) => results,
+                // Only when the executor stops under it (shutdown).
+                None => partition_ids
+                    .into_iter()
+                    .map(|partition| ProduceResult {
+                        partition,
+                        error: codes::KAFKA_STORAGE_ERROR,
+                        message: Some("broker is shutting down".into()),
+                        base_offset: -1,
+                        log_append_time_ms: -1,
+                        log_start_offset: -1,
+                    })
+                    .collect(),
+            }
         }
     }
 
@@ -217,6 +242,22 @@ impl Shard {
             results.push(result);
         }
         results
+    }
+
+    /// Long-poll step of a fetch, on the owner: wait until any partition has data past its
+    /// wait offset (or the deadline), then read every partition again.
+    pub async fn fetch_when_grown(
+        &self,
+        partitions: Vec<(FetchPartition, i64)>,
+        deadline: Instant,
+    ) -> Vec<FetchResult> {
+        let waits = partitions
+            .iter()
+            .map(|(p, wait_at)| (p.topic.clone(), p.partition, *wait_at))
+            .collect();
+        self.wait_any_local(waits, deadline).await;
+        self.fetch_local(partitions.into_iter().map(|(p, _)| p).collect())
+            .await
     }
 
     /// Resolve as soon as any partition has data past its offset, or at the deadline.
