@@ -229,20 +229,7 @@ fn bind_listeners(config: &Config) -> anyhow::Result<(Vec<i32>, std::net::Socket
     use socket2::{Domain, Protocol, Socket, Type};
     let mut address = config.listen;
     if address.port() != 0 {
-        let probe = Socket::new(
-            Domain::for_address(address),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )?;
-        // SO_REUSEADDR still lets a restarted broker bind over its old connections in
-        // TIME_WAIT; only a live listener makes this bind fail.
-        probe.set_reuse_address(true)?;
-        probe.bind(&address.into()).map_err(|e| {
-            anyhow::anyhow!(
-                "listen: cannot bind {address}: already in use by another process ({e}); \
-                 stop it or choose another --listen address"
-            )
-        })?;
+        probe_address_free(address)?;
     }
     let mut fds = Vec::with_capacity(config.cores);
     for _ in 0..config.cores {
@@ -263,6 +250,39 @@ fn bind_listeners(config: &Config) -> anyhow::Result<(Vec<i32>, std::net::Socket
         fds.push(socket.into_raw_fd());
     }
     Ok((fds, address))
+}
+
+/// How long a start waits for a listener on its address to go away. A broker killed a
+/// moment ago can leave its listening socket behind for a while (io_uring releases the
+/// files of a dead process's rings asynchronously); a live broker never lets go.
+const ADDRESS_FREE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Fails while a listener (of any process) holds `address`: a bind without SO_REUSEPORT
+/// fails then. SO_REUSEADDR still lets a restarted broker bind over its old connections.
+fn probe_address_free(address: std::net::SocketAddr) -> anyhow::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let deadline = std::time::Instant::now() + ADDRESS_FREE_WAIT;
+    loop {
+        let probe = Socket::new(
+            Domain::for_address(address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        probe.set_reuse_address(true)?;
+        match probe.bind(&address.into()) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => anyhow::bail!(
+                "listen: cannot bind {address}: already in use by another process ({e}); \
+                 stop it or choose another --listen address"
+            ),
+        }
+    }
 }
 
 /// Refuse to run two brokers on one data dir: an flock held for the process's life.
