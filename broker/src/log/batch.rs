@@ -201,8 +201,44 @@ impl BatchHeader {
     }
 }
 
+/// Attributes bits 0-2: the compression codec (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd).
+pub const ATTRIBUTE_CODEC_MASK: i16 = 0x07;
+/// The highest codec id Kafka defines (zstd).
+pub const CODEC_ZSTD: i16 = 4;
 /// Attributes bit 3: the batch's timestamps are the log append time, not the producer's.
 pub const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
+/// Attributes bit 5: a control batch (written by transaction coordinators only).
+pub const ATTRIBUTE_CONTROL: i16 = 0x20;
+
+/// The attributes of each batch in concatenated batches split into `chunks` anywhere (a
+/// Produce records field, or what a fetch returns), read from the headers in place without
+/// copying. Stops at the first batch whose header is cut or whose length is impossible:
+/// validating the rest is the log's job.
+pub fn attributes_of_each(chunks: &[impl AsRef<[u8]>]) -> impl Iterator<Item = i16> + '_ {
+    let byte_at = move |mut at: usize| -> Option<u8> {
+        for chunk in chunks {
+            let chunk = chunk.as_ref();
+            if at < chunk.len() {
+                return Some(chunk[at]);
+            }
+            at -= chunk.len();
+        }
+        None
+    };
+    let be = move |at: usize, len: usize| -> Option<u64> {
+        (at..at + len).try_fold(0u64, |n, i| Some(n << 8 | u64::from(byte_at(i)?)))
+    };
+    let mut batch_at = 0usize;
+    std::iter::from_fn(move || {
+        let length = be(batch_at + OFF_LENGTH, 4)? as u32 as i32;
+        let attributes = be(batch_at + OFF_ATTRIBUTES, 2)? as u16 as i16;
+        if length < LENGTH_MIN_BYTES as i32 {
+            return None;
+        }
+        batch_at += LOG_OVERHEAD_BYTES + length as usize;
+        Some(attributes)
+    })
+}
 /// The attribute bits Kafka keeps when it restamps a batch (codec, transactional, control,
 /// delete horizon); it rebuilds the attributes from these and drops any other bit.
 const ATTRIBUTES_KEPT_ON_RESTAMP: i16 = 0x77;

@@ -21,6 +21,7 @@ use kafka_protocol::messages::{FetchRequest, ListOffsetsRequest, ListOffsetsResp
 
 use super::fetch_encode::{self, PartitionOut, TopicOut};
 use super::{codes, decode_body, encode_response, Reply, Request};
+use crate::log::batch;
 use crate::shard::ops::{fetch_deadline, FetchPartition, FetchResult};
 use crate::shard::Shard;
 
@@ -105,31 +106,7 @@ const ZSTD_FETCH_VERSION_MIN: i16 = 10;
 /// Whether any batch in `chunks` (whole batches, split anywhere) is zstd-compressed. Reads
 /// only the attributes of each batch header, across chunk boundaries, without copying.
 fn holds_zstd(chunks: &[Bytes]) -> bool {
-    const ATTRIBUTES_LOW_BYTE_AT: usize = 22;
-    const CODEC_ZSTD: u8 = 4;
-    let total: usize = chunks.iter().map(|c| c.len()).sum();
-    let byte_at = |mut at: usize| -> Option<u8> {
-        for chunk in chunks {
-            if at < chunk.len() {
-                return Some(chunk[at]);
-            }
-            at -= chunk.len();
-        }
-        None
-    };
-    let mut batch_at = 0usize;
-    while batch_at + 61 <= total {
-        let length = (8..12)
-            .filter_map(|i| byte_at(batch_at + i))
-            .fold(0u32, |n, b| n << 8 | b as u32);
-        match byte_at(batch_at + ATTRIBUTES_LOW_BYTE_AT) {
-            Some(low) if low & 0x07 == CODEC_ZSTD => return true,
-            Some(_) => {}
-            None => return false,
-        }
-        batch_at += 12 + length as usize;
-    }
-    false
+    batch::attributes_of_each(chunks).any(|a| a & batch::ATTRIBUTE_CODEC_MASK == batch::CODEC_ZSTD)
 }
 
 /// Read every wanted partition on its owner; results in the order of `wanted`.

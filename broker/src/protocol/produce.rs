@@ -11,6 +11,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use super::{codes, decode_body, encode_response, Reply, Request};
+use crate::log::batch;
 use crate::shard::ops::ProduceResult;
 use crate::shard::Shard;
 use crate::sync::Turn;
@@ -127,27 +128,14 @@ fn fill(response: &mut PartitionProduceResponse, answer: ProduceResult, version:
 /// (those are written by transaction coordinators, never by producers). Looks only at each
 /// batch header's attributes; anything else about the bytes is the log's to validate.
 fn refuse_unreadable(records: &[u8], version: i16) -> i16 {
-    const ATTRIBUTES_AT: usize = 21;
-    const CODEC_MASK: i16 = 0x07;
-    const CODEC_ZSTD: i16 = 4;
-    const CONTROL_FLAG: i16 = 0x20;
-    // A v2 batch header is 61 bytes; its length field counts from byte 12.
-    const BATCH_HEADER_AFTER_LENGTH_BYTES: i32 = 61 - 12;
-    let mut at = 0usize;
-    while let Some(header) = records.get(at..at + ATTRIBUTES_AT + 2) {
-        let length = i32::from_be_bytes([header[8], header[9], header[10], header[11]]);
-        if length < BATCH_HEADER_AFTER_LENGTH_BYTES {
-            break; // the header itself is cut: the log reports it as CORRUPT_MESSAGE
-        }
-        let attributes = i16::from_be_bytes([header[ATTRIBUTES_AT], header[ATTRIBUTES_AT + 1]]);
-        let codec = attributes & CODEC_MASK;
-        if codec > CODEC_ZSTD || (codec == CODEC_ZSTD && version < 7) {
+    for attributes in batch::attributes_of_each(&[records]) {
+        let codec = attributes & batch::ATTRIBUTE_CODEC_MASK;
+        if codec > batch::CODEC_ZSTD || (codec == batch::CODEC_ZSTD && version < 7) {
             return codes::UNSUPPORTED_COMPRESSION_TYPE;
         }
-        if attributes & CONTROL_FLAG != 0 {
+        if attributes & batch::ATTRIBUTE_CONTROL != 0 {
             return codes::INVALID_RECORD;
         }
-        at += 12 + length as usize;
     }
     codes::NONE
 }
