@@ -381,6 +381,27 @@ def test_reset_offsets_is_refused_while_the_group_has_members(broker, tmp_path):
     member.terminate()
 
 
+def groups_cli_failing(broker, *args):
+    """Run `shardlog groups ARGS`, expect a non-zero exit, return stderr."""
+    result = subprocess.run(
+        [shardlog_binary(), "groups", "--bootstrap", broker.bootstrap, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0, f"shardlog groups {args} succeeded: {result.stdout}"
+    assert "panicked" not in result.stderr, result.stderr
+    return result.stderr
+
+
+def test_reset_offsets_of_an_unknown_topic_fails_without_creating_it(broker):
+    stderr = groups_cli_failing(broker, "reset-offsets", "lost", "--topic", "no-such-topic",
+                                "--to-earliest")
+    assert "UNKNOWN_TOPIC_OR_PARTITION" in stderr, stderr
+    topics = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=30).topics
+    assert "no-such-topic" not in topics
+
+
 def commit_with_metadata(bootstrap, group, topic, offsets):
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     try:
