@@ -1,90 +1,149 @@
-//! `--to-datetime`: a date and time, or milliseconds since the epoch, as milliseconds since
-//! the epoch (what ListOffsets takes). The hand-written parser moved from `groups/admin.rs`.
+//! `--to-datetime`: a date and time, or milliseconds since the epoch, turned into milliseconds
+//! since the epoch (what ListOffsets takes).
 //!
-//! What this module must never do: turn text into a time it does not denote.
+//! Accepted: `YYYY-MM-DDTHH:MM[:SS[.fraction]]` (a space may replace the `T`), optionally
+//! followed by `Z` or an offset (`+HH:MM`, `-HHMM`, `+HH`), or a non-negative integer of
+//! milliseconds. A time without an offset is UTC, as in Kafka's kafka-consumer-groups
+//! (its `Utils.getDateTime` appends `Z`), not the local time zone. Parsing is jiff's ISO 8601
+//! (Temporal) parser, which checks the calendar: 2026-02-31 and 2025-02-29 are refused.
+//! Fractions below a millisecond are dropped (Kafka timestamps are milliseconds).
+//!
+//! What this module must never do: turn text into a time it does not denote (an impossible
+//! date, a time zone name it cannot resolve), or answer a time before 1970: ListOffsets reads
+//! negative timestamps as the special requests "latest" (-1) and "earliest" (-2).
+//!
+//! ```
+//! use shardlog::cli::datetime::parse_epoch_ms;
+//! assert_eq!(parse_epoch_ms("1970-01-01T00:00:01.5"), Ok(1_500));
+//! assert!(parse_epoch_ms("2026-02-31T00:00:00").is_err());
+//! ```
 
-/// Parse `YYYY-MM-DDTHH:MM:SS[.fff][Z|±HH:MM]` (UTC without a zone) or epoch milliseconds.
+use jiff::fmt::temporal::Pieces;
+use jiff::tz::Offset;
+
+/// What the accepted forms look like, for error messages.
+const FORMS: &str =
+    "YYYY-MM-DDTHH:MM[:SS[.fff]] with an optional Z or +HH:MM, or milliseconds since the epoch";
+
+/// Milliseconds since the epoch of `text` (see the module doc for the forms); the error says
+/// what is wrong and what is accepted. Used as clap's value parser of `--to-datetime`.
 pub fn parse_epoch_ms(text: &str) -> Result<i64, String> {
-    let bad = || format!("--to-datetime: '{text}' is not YYYY-MM-DDTHH:MM:SS[.mmm][Z|+HH:MM]");
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
+    let ms = match text.parse::<i64>() {
+        Ok(ms) => ms,
+        Err(_) => parse_datetime_ms(text)?,
+    };
+    if ms < 0 {
+        return Err(format!(
+            "'{text}' is before 1970-01-01T00:00:00Z; times start at the epoch"
+        ));
     }
-    let (date, time) = text.split_once(['T', ' ']).ok_or_else(bad)?;
-    let mut date_parts = date.split('-');
-    let next_num = |it: &mut std::str::Split<'_, char>| -> Result<i64, String> {
-        it.next().ok_or_else(bad)?.parse::<i64>().map_err(|_| bad())
-    };
-    let year = next_num(&mut date_parts)?;
-    let month = next_num(&mut date_parts)?;
-    let day = next_num(&mut date_parts)?;
-    // Split off the zone: Z, or the last '+' / '-' in the time part.
-    let (clock, offset_minutes) = if let Some(clock) = time.strip_suffix('Z') {
-        (clock, 0)
-    } else if let Some(i) = time.rfind(['+', '-']) {
-        let (clock, zone) = time.split_at(i);
-        let sign = if zone.starts_with('-') { -1 } else { 1 };
-        let (h, m) = zone[1..].split_once(':').unwrap_or((&zone[1..], "0"));
-        let h: i64 = h.parse().map_err(|_| bad())?;
-        let m: i64 = m.parse().map_err(|_| bad())?;
-        (clock, sign * (h * 60 + m))
-    } else {
-        (time, 0)
-    };
-    let (hms, fraction) = clock.split_once('.').unwrap_or((clock, ""));
-    let mut clock_parts = hms.split(':');
-    let hour = next_num(&mut clock_parts)?;
-    let minute = next_num(&mut clock_parts)?;
-    let second = clock_parts
-        .next()
-        .map_or(Ok(0), |s| s.parse::<i64>().map_err(|_| bad()))?;
-    let millis = if fraction.is_empty() {
-        0
-    } else {
-        let digits: String = fraction.chars().chain("000".chars()).take(3).collect();
-        digits.parse::<i64>().map_err(|_| bad())?
-    };
-    let valid = (1..=12).contains(&month)
-        && (1..=31).contains(&day)
-        && (0..24).contains(&hour)
-        && (0..60).contains(&minute)
-        && (0..=60).contains(&second);
-    if !valid {
-        return Err(bad());
-    }
-    let days = days_from_civil(year, month, day);
-    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_minutes * 60;
-    Ok(seconds * 1000 + millis)
+    Ok(ms)
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+fn parse_datetime_ms(text: &str) -> Result<i64, String> {
+    let pieces = Pieces::parse(text)
+        .map_err(|e| format!("'{text}' is not a valid date and time ({e}); expected {FORMS}"))?;
+    let time = pieces
+        .time()
+        .ok_or_else(|| format!("'{text}' has no time of day; expected {FORMS}"))?;
+    if pieces.time_zone_annotation().is_some() {
+        return Err(format!(
+            "'{text}': time zone names are not supported; give an offset such as +01:00"
+        ));
+    }
+    // No offset: UTC, as Kafka's tool reads it.
+    let offset = pieces
+        .offset()
+        .map_or(Offset::UTC, |o| o.to_numeric_offset());
+    let timestamp = offset
+        .to_timestamp(pieces.date().to_datetime(time))
+        .map_err(|e| format!("'{text}' is out of range: {e}"))?;
+    Ok(timestamp.as_millisecond())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// 2024-02-29T12:34:56.789Z in milliseconds since the epoch.
+    const LEAP_DAY_MS: i64 = 1_709_210_096_789;
+
     #[test]
-    fn datetimes_parse_to_epoch_milliseconds() {
-        assert_eq!(parse_epoch_ms("1970-01-01T00:00:00Z").unwrap(), 0);
-        assert_eq!(parse_epoch_ms("1970-01-01T00:00:01.5").unwrap(), 1_500);
-        assert_eq!(
-            parse_epoch_ms("2024-02-29T12:34:56.789Z").unwrap(),
-            1_709_210_096_789
-        );
-        assert_eq!(
-            parse_epoch_ms("2024-02-29T14:34:56.789+02:00").unwrap(),
-            1_709_210_096_789
-        );
-        assert_eq!(parse_epoch_ms("1709210096789").unwrap(), 1_709_210_096_789);
-        assert!(parse_epoch_ms("yesterday").is_err());
-        assert!(parse_epoch_ms("2024-13-01T00:00:00").is_err());
+    fn datetimes_without_an_offset_are_utc() {
+        assert_eq!(parse_epoch_ms("1970-01-01T00:00:00"), Ok(0));
+        assert_eq!(parse_epoch_ms("1970-01-01T00:00:01.5"), Ok(1_500));
+        assert_eq!(parse_epoch_ms("2024-02-29T12:34:56.789"), Ok(LEAP_DAY_MS));
+        assert_eq!(parse_epoch_ms("2024-02-29 12:34:56.789"), Ok(LEAP_DAY_MS));
+        assert_eq!(parse_epoch_ms("2024-02-29T12:34"), Ok(LEAP_DAY_MS - 56_789));
+    }
+
+    #[test]
+    fn z_and_numeric_offsets_move_the_instant() {
+        assert_eq!(parse_epoch_ms("2024-02-29T12:34:56.789Z"), Ok(LEAP_DAY_MS));
+        for shifted in [
+            "2024-02-29T14:34:56.789+02:00",
+            "2024-02-29T14:34:56.789+0200",
+            "2024-02-29T14:34:56.789+02",
+            "2024-02-29T10:04:56.789-02:30",
+        ] {
+            assert_eq!(parse_epoch_ms(shifted), Ok(LEAP_DAY_MS), "{shifted}");
+        }
+    }
+
+    #[test]
+    fn fractions_below_a_millisecond_are_dropped() {
+        assert_eq!(parse_epoch_ms("1970-01-01T00:00:00.123999999Z"), Ok(123));
+    }
+
+    #[test]
+    fn milliseconds_since_the_epoch_pass_through() {
+        assert_eq!(parse_epoch_ms("1709210096789"), Ok(LEAP_DAY_MS));
+        assert_eq!(parse_epoch_ms("0"), Ok(0));
+    }
+
+    #[test]
+    fn impossible_dates_and_times_are_refused_naming_the_input() {
+        for bad in [
+            "2026-02-31T00:00:00",
+            "2025-02-29T00:00:00",
+            "2026-04-31T00:00:00Z",
+            "2024-13-01T00:00:00",
+            "2024-01-01T24:00:01",
+            "2024-01-01T12:60:00",
+        ] {
+            let error = parse_epoch_ms(bad).unwrap_err();
+            assert!(error.contains(bad), "{bad}: {error}");
+        }
+        let error = parse_epoch_ms("2026-02-31T00:00:00").unwrap_err();
+        assert!(error.contains("day"), "{error}");
+    }
+
+    #[test]
+    fn other_text_is_refused_saying_what_is_accepted() {
+        for bad in [
+            "",
+            "yesterday",
+            "2024-02-29",
+            "12:00:00",
+            "2024-02-29T12:00:00 UTC",
+        ] {
+            let error = parse_epoch_ms(bad).unwrap_err();
+            assert!(error.contains("expected"), "{bad:?}: {error}");
+        }
+        let error = parse_epoch_ms("2024-02-29T12:00:00+01:00[Europe/Paris]").unwrap_err();
+        assert!(error.contains("time zone names"), "{error}");
+    }
+
+    #[test]
+    fn times_before_the_epoch_are_refused_since_listoffsets_reads_them_as_special() {
+        for bad in [
+            "-1",
+            "-2",
+            "1969-12-31T23:59:59.999Z",
+            "1970-01-01T00:30:00+01:00",
+        ] {
+            let error = parse_epoch_ms(bad).unwrap_err();
+            assert!(error.contains("1970"), "{bad}: {error}");
+        }
     }
 }

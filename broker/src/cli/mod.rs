@@ -3,7 +3,7 @@
 //!
 //! - this module: the clap subcommand types and [`run`], which `main.rs` calls.
 //! - [`groups`]: `list | describe | delete | reset-offsets` of consumer groups.
-//! - [`datetime`]: the `--to-datetime` parser.
+//! - [`datetime`]: the `--to-datetime` parser (jiff: calendar-checked, UTC without an offset).
 //!
 //! What this module must never do: reach into the server's state or modules (it talks to a
 //! broker only over the Kafka protocol, as any client would), or create a topic as a side
@@ -96,8 +96,10 @@ pub struct ResetTarget {
     /// This offset in every partition (clamped to the partition's range).
     #[arg(long)]
     pub to_offset: Option<i64>,
-    /// The first message at or after this time: YYYY-MM-DDTHH:MM:SS[.mmm][Z|+HH:MM] (UTC
-    /// when no zone is given) or milliseconds since the epoch.
+    /// The first message at or after this time (the log end where there is none):
+    /// YYYY-MM-DDTHH:MM[:SS[.fff]], optionally followed by Z or an offset (+HH:MM, -HHMM,
+    /// +HH), or milliseconds since the epoch. A time without an offset is UTC, as in Kafka's
+    /// kafka-consumer-groups, not the local time zone. Invalid dates (2026-02-31) are refused.
     #[arg(long, value_name = "DATETIME", value_parser = datetime::parse_epoch_ms)]
     pub to_datetime: Option<i64>,
     /// Move each committed offset by N (negative: back), clamped to the partition's range;
