@@ -381,6 +381,46 @@ def test_reset_offsets_is_refused_while_the_group_has_members(broker, tmp_path):
     member.terminate()
 
 
+def groups_cli_failing(broker, *args):
+    """Run `shardlog groups ARGS`, expect a non-zero exit, return stderr."""
+    result = subprocess.run(
+        [shardlog_binary(), "groups", "--bootstrap", broker.bootstrap, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0, f"shardlog groups {args} succeeded: {result.stdout}"
+    assert "panicked" not in result.stderr, result.stderr
+    return result.stderr
+
+
+def test_reset_offsets_to_an_impossible_date_is_refused_and_a_real_one_works(broker):
+    topic, group = "dates", "daters"
+    create_topic(broker.bootstrap, topic, 1)
+    produce(broker.bootstrap, topic, [f"m{i}" for i in range(10)], 1)
+
+    stderr = groups_cli_failing(broker, "reset-offsets", group, "--topic", topic,
+                                "--to-datetime", "2026-02-31T00:00:00")
+    assert "2026-02-31T00:00:00" in stderr and "day" in stderr, stderr
+    assert [tp.offset for tp in committed(broker.bootstrap, group, topic, 1)] == [-1001], \
+        "nothing committed"
+
+    # Long before the messages: the first message; after them: the log end.
+    groups_cli(broker, "reset-offsets", group, "--topic", topic, "--to-datetime", "2020-02-29T00:00:00")
+    assert [tp.offset for tp in committed(broker.bootstrap, group, topic, 1)] == [0]
+    groups_cli(broker, "reset-offsets", group, "--topic", topic,
+               "--to-datetime", "2999-01-01T00:00:00+02:00")
+    assert [tp.offset for tp in committed(broker.bootstrap, group, topic, 1)] == [10]
+
+
+def test_reset_offsets_of_an_unknown_topic_fails_without_creating_it(broker):
+    stderr = groups_cli_failing(broker, "reset-offsets", "lost", "--topic", "no-such-topic",
+                                "--to-earliest")
+    assert "UNKNOWN_TOPIC_OR_PARTITION" in stderr, stderr
+    topics = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=30).topics
+    assert "no-such-topic" not in topics
+
+
 def commit_with_metadata(bootstrap, group, topic, offsets):
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     try:

@@ -1,41 +1,37 @@
-//! Kafka wire protocol for the bench: framing, version negotiation, the blocking control-plane
-//! client (Metadata, CreateTopics, ListOffsets), and the hand-written Produce request prefix
-//! that lets a batch be encoded straight into a connection's send buffer.
+//! Kafka wire protocol for the bench: the version ranges of the Produce and Fetch requests the
+//! workers encode themselves, the blocking control-plane client (Metadata, CreateTopics,
+//! ListOffsets), and the hand-written Produce request prefix that lets a batch be encoded
+//! straight into a connection's send buffer.
 //!
-//! Everything except the Produce prefix goes through the `kafka-protocol` crate, which handles
-//! flexible versions (compact encodings, request header v2) from the version number alone.
+//! Connecting with a deadline, ApiVersions (v3, then v0 on UNSUPPORTED_VERSION), version
+//! choice and framing come from the shared `shardlog-client` crate; everything except the
+//! Produce prefix goes through the `kafka-protocol` crate, which handles flexible versions
+//! (compact encodings, request header v2) from the version number alone.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::BytesMut;
 use kafka_protocol::messages::{
     create_topics_request::CreatableTopic, list_offsets_request::ListOffsetsPartition,
     list_offsets_request::ListOffsetsTopic, metadata_request::MetadataRequestTopic, ApiKey,
-    ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, RequestHeader,
-    ResponseHeader, TopicName,
+    BrokerId, CreateTopicsRequest, ListOffsetsRequest, MetadataRequest, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::protocol::{Request, StrBytes, VersionRange};
+use shardlog_client::{BrokerVersions, Client, Options};
+
+pub use shardlog_client::connect_with_deadline;
+pub use shardlog_client::frame::{decode_response_header, take_frame};
 
 /// Client id sent in every request header.
 pub const CLIENT_ID: &str = "shardlog-bench";
-/// Largest response frame accepted; a bigger size prefix means a broken stream.
-pub const FRAME_BYTES_MAX: usize = 256 << 20;
-/// Kafka's UNSUPPORTED_VERSION.
-const UNSUPPORTED_VERSION: i16 = 35;
 
-/// Versions this client speaks, per API: (key, min, max).
-pub const CLIENT_VERSIONS: [(ApiKey, i16, i16); 5] = [
-    (ApiKey::Metadata, 1, 12),
-    (ApiKey::Produce, 3, 9),
-    (ApiKey::Fetch, 4, 12),
-    (ApiKey::ListOffsets, 1, 7),
-    (ApiKey::CreateTopics, 2, 7),
-];
+/// Produce versions the hand-written prefix below encodes (checked against the crate's
+/// decoder at each one): v3 is the first with record batches, v9 the last before topic ids.
+pub const PRODUCE_VERSIONS: VersionRange = VersionRange { min: 3, max: 9 };
+/// Fetch versions the workers' Fetch requests and response handling are written for.
+pub const FETCH_VERSIONS: VersionRange = VersionRange { min: 4, max: 12 };
 
 /// The versions agreed with one broker.
 #[derive(Debug, Clone, Copy)]
@@ -47,104 +43,28 @@ pub struct Versions {
     pub create_topics: i16,
 }
 
-/// The versions a broker supports, per API key, from an ApiVersions response body of
-/// `version`; `None` when the broker answered UNSUPPORTED_VERSION, which it does in a v0 body
-/// whatever version was asked, so the caller must ask again at v0.
-fn parse_api_versions(mut body: Bytes, version: i16) -> Result<Option<HashMap<i16, (i16, i16)>>> {
-    // The error code leads the body at every version: read it before decoding as `version`.
-    if body.len() >= 2 && i16::from_be_bytes([body[0], body[1]]) == UNSUPPORTED_VERSION {
-        return Ok(None);
-    }
-    let parsed = ApiVersionsResponse::decode(&mut body, version)?;
-    ensure!(
-        parsed.error_code == 0,
-        "ApiVersions error {}",
-        parsed.error_code
-    );
-    Ok(Some(
-        parsed
-            .api_keys
-            .iter()
-            .map(|k| (k.api_key, (k.min_version, k.max_version)))
-            .collect(),
-    ))
-}
-
-/// Picks the highest version both sides support for each API the bench uses.
-pub fn negotiate(broker: &HashMap<i16, (i16, i16)>) -> Result<Versions> {
-    let pick = |key: ApiKey| -> Result<i16> {
-        let (_, lo, hi) = CLIENT_VERSIONS.iter().find(|(k, _, _)| *k == key).unwrap();
-        let (blo, bhi) = broker
-            .get(&(key as i16))
-            .ok_or_else(|| anyhow!("broker does not offer {key:?}"))?;
-        let v = (*hi).min(*bhi);
-        ensure!(
-            v >= (*lo).max(*blo),
-            "no common version of {key:?}: client {lo}..{hi}, broker {blo}..{bhi}"
-        );
-        Ok(v)
-    };
+/// Picks the highest version both sides support for each API the bench uses: the client
+/// crate's ranges for the control plane, the bench's own for the Produce and Fetch it encodes.
+pub fn negotiate(broker: &BrokerVersions) -> Result<Versions> {
     Ok(Versions {
-        metadata: pick(ApiKey::Metadata)?,
-        produce: pick(ApiKey::Produce)?,
-        fetch: pick(ApiKey::Fetch)?,
-        list_offsets: pick(ApiKey::ListOffsets)?,
-        create_topics: pick(ApiKey::CreateTopics)?,
+        metadata: broker.version_of::<MetadataRequest>()?,
+        produce: broker.pick(ApiKey::Produce as i16, PRODUCE_VERSIONS)?,
+        fetch: broker.pick(ApiKey::Fetch as i16, FETCH_VERSIONS)?,
+        list_offsets: broker.version_of::<ListOffsetsRequest>()?,
+        create_topics: broker.version_of::<CreateTopicsRequest>()?,
     })
 }
 
-/// Appends a size-prefixed request frame (header + body) to `out`.
+/// Appends a size-prefixed request frame (header + body) with the bench's client id to `out`.
 pub fn encode_request<R: Request>(
     out: &mut BytesMut,
     correlation_id: i32,
     version: i16,
     body: &R,
 ) -> Result<()> {
-    let header = RequestHeader::default()
-        .with_request_api_key(R::KEY)
-        .with_request_api_version(version)
-        .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
-    let header_version = R::header_version(version);
-    let size = header.compute_size(header_version)? + body.compute_size(version)?;
-    out.extend_from_slice(&(size as i32).to_be_bytes());
-    header.encode(out, header_version)?;
-    body.encode(out, version)?;
+    let client_id = StrBytes::from_static_str(CLIENT_ID);
+    shardlog_client::frame::encode_request(out, correlation_id, version, &client_id, body)?;
     Ok(())
-}
-
-/// Splits the response header off `frame` and checks its correlation id.
-pub fn decode_response_header<R: Request>(
-    frame: &mut Bytes,
-    version: i16,
-    correlation_id: i32,
-) -> Result<()> {
-    let header = ResponseHeader::decode(frame, R::Response::header_version(version))?;
-    ensure!(
-        header.correlation_id == correlation_id,
-        "{:?} response has correlation id {}, expected {correlation_id}",
-        ApiKey::try_from(R::KEY).ok(),
-        header.correlation_id
-    );
-    Ok(())
-}
-
-/// Takes one complete frame off the front of `buf`, if there is one.
-pub fn take_frame(buf: &mut BytesMut) -> Result<Option<Bytes>> {
-    if buf.len() < 4 {
-        return Ok(None);
-    }
-    let size = i32::from_be_bytes(buf[..4].try_into().unwrap());
-    ensure!(
-        size >= 4 && size as usize <= FRAME_BYTES_MAX,
-        "response frame of {size} bytes"
-    );
-    if buf.len() < 4 + size as usize {
-        buf.reserve(4 + size as usize - buf.len());
-        return Ok(None);
-    }
-    buf.advance(4);
-    Ok(Some(buf.split_to(size as usize).freeze()))
 }
 
 /// Whether Produce at `version` uses flexible encodings (compact strings, tagged fields).
@@ -233,69 +153,23 @@ pub struct TopicLayout {
 
 /// A blocking connection for the control plane: one request at a time.
 pub struct Control {
-    stream: TcpStream,
-    correlation_id: i32,
+    client: Client,
     pub versions: Versions,
 }
 
 impl Control {
-    /// Connects and negotiates versions (ApiVersions v3, falling back to v0 on error 35).
+    /// Connects before `timeout` and negotiates versions (ApiVersions v3, falling back to v0
+    /// on error 35), through the shared client crate.
     pub fn connect(address: &str, timeout: Duration) -> Result<Control> {
-        let stream = connect_with_deadline(address, timeout)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_nodelay(true)?;
-        let mut c = Control {
-            stream,
-            correlation_id: 0,
-            versions: Versions {
-                metadata: 0,
-                produce: 0,
-                fetch: 0,
-                list_offsets: 0,
-                create_topics: 0,
-            },
+        let options = Options {
+            client_id: CLIENT_ID,
+            connect_timeout: timeout,
+            request_timeout: timeout,
         };
-        let broker = c.api_versions()?;
-        c.versions = negotiate(&broker).with_context(|| format!("broker at {address}"))?;
-        Ok(c)
-    }
-
-    fn api_versions(&mut self) -> Result<HashMap<i16, (i16, i16)>> {
-        let request = ApiVersionsRequest::default()
-            .with_client_software_name(StrBytes::from_static_str(CLIENT_ID))
-            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
-        if let Some(keys) = parse_api_versions(self.call_raw(&request, 3)?, 3)? {
-            return Ok(keys);
-        }
-        parse_api_versions(self.call_raw(&request, 0)?, 0)?
-            .ok_or_else(|| anyhow!("ApiVersions v0 answered: unsupported version"))
-    }
-
-    /// Sends one request and returns the response body (header checked and removed).
-    fn call_raw<R: Request>(&mut self, request: &R, version: i16) -> Result<Bytes> {
-        self.correlation_id += 1;
-        let mut out = BytesMut::new();
-        encode_request(&mut out, self.correlation_id, version, request)?;
-        self.stream.write_all(&out)?;
-        let mut size = [0u8; 4];
-        self.stream
-            .read_exact(&mut size)
-            .with_context(|| format!("reading {:?} response", ApiKey::try_from(R::KEY).ok()))?;
-        let size = i32::from_be_bytes(size);
-        ensure!(
-            size >= 4 && size as usize <= FRAME_BYTES_MAX,
-            "response frame of {size} bytes"
-        );
-        let mut frame = vec![0u8; size as usize];
-        self.stream.read_exact(&mut frame)?;
-        let mut frame = Bytes::from(frame);
-        decode_response_header::<R>(&mut frame, version, self.correlation_id)?;
-        Ok(frame)
-    }
-
-    fn call<R: Request>(&mut self, request: &R, version: i16) -> Result<R::Response> {
-        let mut body = self.call_raw(request, version)?;
-        R::Response::decode(&mut body, version)
+        let client = Client::connect(address, &options)?;
+        let versions =
+            negotiate(client.versions()).with_context(|| format!("broker at {address}"))?;
+        Ok(Control { client, versions })
     }
 
     /// Metadata for `topic`; `None` if the broker does not know it.
@@ -305,7 +179,7 @@ impl Control {
                 MetadataRequestTopic::default().with_name(Some(topic_name(topic)))
             ]))
             .with_allow_auto_topic_creation(false);
-        let response: MetadataResponse = self.call(&request, self.versions.metadata)?;
+        let response = self.client.send_at(&request, self.versions.metadata)?;
         let brokers: HashMap<i32, String> = response
             .brokers
             .iter()
@@ -348,7 +222,7 @@ impl Control {
                 .with_num_partitions(partitions)
                 .with_replication_factor(-1)])
             .with_timeout_ms(30_000);
-        let response: CreateTopicsResponse = self.call(&request, self.versions.create_topics)?;
+        let response = self.client.send_at(&request, self.versions.create_topics)?;
         for t in &response.topics {
             ensure!(
                 t.error_code == 0 || t.error_code == 36, // TOPIC_ALREADY_EXISTS
@@ -413,7 +287,7 @@ impl Control {
                         })
                         .collect(),
                 )]);
-        let response: ListOffsetsResponse = self.call(&request, self.versions.list_offsets)?;
+        let response = self.client.send_at(&request, self.versions.list_offsets)?;
         let mut out = vec![-1i64; partitions.len()];
         for t in &response.topics {
             for p in &t.partitions {
@@ -441,25 +315,12 @@ pub fn topic_name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_string()))
 }
 
-/// Connects to `address`, retrying refused connections until `timeout`.
-pub fn connect_with_deadline(address: &str, timeout: Duration) -> Result<TcpStream> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match TcpStream::connect(address) {
-            Ok(s) => return Ok(s),
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Err(e).with_context(|| format!("connecting to {address}")),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::messages::{api_versions_response::ApiVersion, ProduceRequest};
+    use bytes::{Buf, Bytes};
+    use kafka_protocol::messages::{ProduceRequest, RequestHeader};
+    use kafka_protocol::protocol::{Decodable, HeaderVersion};
 
     #[test]
     fn produce_prefix_decodes_with_the_crate_at_every_version() {
@@ -473,7 +334,7 @@ mod tests {
             send_time_ns: &|_| 0,
         };
         crate::batch::encode_batch(&mut batch, &payloads, &spec);
-        for version in 3..=9i16 {
+        for version in PRODUCE_VERSIONS.min..=PRODUCE_VERSIONS.max {
             let mut out = Vec::new();
             produce_prefix(
                 &mut out,
@@ -517,16 +378,17 @@ mod tests {
 
     #[test]
     fn negotiation_takes_the_highest_common_version() {
-        let broker: HashMap<i16, (i16, i16)> = [
-            (3, (0, 7)),
-            (0, (0, 11)),
-            (1, (4, 11)),
-            (2, (0, 5)),
-            (19, (0, 4)),
-        ]
-        .into_iter()
-        .collect();
-        let v = negotiate(&broker).unwrap();
+        // (key, min, max): Metadata, Produce, Fetch, ListOffsets, CreateTopics.
+        let broker = |produce_max| {
+            BrokerVersions::from_ranges([
+                (3, 0, 7),
+                (0, 0, produce_max),
+                (1, 4, 13),
+                (2, 0, 5),
+                (19, 0, 4),
+            ])
+        };
+        let v = negotiate(&broker(11)).unwrap();
         assert_eq!(
             (
                 v.metadata,
@@ -535,71 +397,12 @@ mod tests {
                 v.list_offsets,
                 v.create_topics
             ),
-            (7, 9, 11, 5, 4)
+            (7, 9, 12, 5, 4)
         );
-        let too_old: HashMap<i16, (i16, i16)> = [
-            (3, (0, 7)),
-            (0, (0, 2)),
-            (1, (4, 11)),
-            (2, (0, 5)),
-            (19, (0, 4)),
-        ]
-        .into_iter()
-        .collect();
-        assert!(negotiate(&too_old).is_err());
-    }
-
-    fn api_versions_body(error_code: i16, version: i16) -> Bytes {
-        let keys = [(3, 0, 12), (0, 0, 9), (1, 4, 12), (2, 0, 7), (19, 0, 7)]
-            .map(|(key, min, max)| {
-                ApiVersion::default()
-                    .with_api_key(key)
-                    .with_min_version(min)
-                    .with_max_version(max)
-            })
-            .to_vec();
-        let response = ApiVersionsResponse::default()
-            .with_error_code(error_code)
-            .with_api_keys(keys);
-        let mut body = BytesMut::new();
-        response.encode(&mut body, version).unwrap();
-        body.freeze()
-    }
-
-    #[test]
-    fn an_unsupported_api_versions_v3_means_asking_again_at_v0() {
-        // What an older broker sends for v3: error 35 in a v0 body.
-        assert!(parse_api_versions(api_versions_body(35, 0), 3)
-            .unwrap()
-            .is_none());
-        let keys = parse_api_versions(api_versions_body(0, 0), 0)
-            .unwrap()
-            .unwrap();
-        let v = negotiate(&keys).unwrap();
-        assert_eq!((v.metadata, v.produce, v.fetch), (12, 9, 12));
-        let keys = parse_api_versions(api_versions_body(0, 3), 3)
-            .unwrap()
-            .unwrap();
-        assert_eq!(keys[&1], (4, 12));
-        assert!(parse_api_versions(api_versions_body(42, 3), 3).is_err());
-    }
-
-    #[test]
-    fn take_frame_waits_for_a_whole_frame() {
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(&[0, 0, 0, 6, 1, 2, 3]);
-        assert!(take_frame(&mut buf).unwrap().is_none());
-        buf.extend_from_slice(&[4, 5, 6, 0, 0]);
-        assert_eq!(
-            &take_frame(&mut buf).unwrap().unwrap()[..],
-            &[1, 2, 3, 4, 5, 6]
-        );
-        assert_eq!(&buf[..], &[0, 0]);
-        buf.clear();
-        buf.extend_from_slice(&[0x7f, 0xff, 0xff, 0xff]);
+        let error = negotiate(&broker(2)).unwrap_err();
         assert!(
-            take_frame(&mut buf).is_err(),
-            "a 2 GiB frame means a broken stream"
+            error.to_string().contains("no common version of Produce"),
+            "{error}"
         );
     }
 }

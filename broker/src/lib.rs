@@ -2,10 +2,11 @@
 //!
 //! Data flows `net` (frames) -> `protocol` (Kafka APIs) -> `shard` (owner routing over the
 //! mesh) -> `log` (the storage engine). `catalog` holds topics and placement; `sync` holds the
-//! ordering primitives the layers share. See
-//! ARCHITECTURE.md at the repository root.
+//! ordering primitives the layers share. `cli` holds the command-line tools (`shardlog groups`),
+//! plain Kafka clients of a running broker. See ARCHITECTURE.md at the repository root.
 
 pub mod catalog;
+pub mod cli;
 pub mod clock;
 pub mod codes;
 pub mod config;

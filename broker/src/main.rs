@@ -1,7 +1,7 @@
 //! `shardlog`: run the broker (`shardlog --data-dir D --listen H:P ...`), or administer a
-//! running one (`shardlog groups list|describe|reset-offsets ...`).
+//! running one (`shardlog groups list|describe|reset-offsets|delete ...`, in `cli/`).
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
 /// The command line: broker flags, or a subcommand.
 #[derive(Parser, Debug)]
@@ -13,15 +13,9 @@ use clap::{Parser, Subcommand};
 )]
 struct Main {
     #[command(subcommand)]
-    command: Option<Command>,
+    command: Option<shardlog::cli::Command>,
     #[command(flatten)]
     broker: shardlog::config::Cli,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Consumer groups of a running broker: list, describe, reset-offsets.
-    Groups(shardlog::groups::admin::GroupsCommand),
 }
 
 /// Keep large allocations (request frames, I/O buffers) on the heap instead of fresh mmaps.
@@ -70,13 +64,9 @@ fn default_sigpipe() {
 fn main() {
     let main = Main::parse();
     exit_on_panic();
-    if let Some(Command::Groups(command)) = main.command {
+    if let Some(command) = main.command {
         default_sigpipe();
-        if let Err(e) = shardlog::groups::admin::run(command) {
-            eprintln!("shardlog groups: {e}");
-            std::process::exit(1);
-        }
-        return;
+        std::process::exit(shardlog::cli::run(command));
     }
     tune_allocator();
     let config = match shardlog::config::Config::load(main.broker) {

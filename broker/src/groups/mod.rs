@@ -11,7 +11,6 @@
 //!   (`<data_dir>/__consumer_offsets/<shard>`), one RecordBatch v2 per commit, and read back.
 //! - [`coordinator`]: the per-shard coordinator: groups by id, the offsets log (append, wait
 //!   durable, replay at start), the timer tick (session expiry, join deadlines, offset expiry).
-//! - [`admin`]: the client side of `shardlog groups ...` (a blocking Kafka client).
 //!
 //! What this module must never do: touch a partition log of a user topic, or keep state for a
 //! group it does not coordinate.
@@ -23,7 +22,6 @@
 //! assert_eq!(shard, coordinator_shard("orders", 4)); // stable across runs and shards
 //! ```
 
-pub mod admin;
 pub mod coordinator;
 pub mod group;
 pub mod offsets_log;
