@@ -1,31 +1,30 @@
 """Writes a seed corpus for the `requests` fuzz target: one well-formed frame per API the
-broker serves, built with the raw encoders of the reliability tests."""
+broker serves, built with the raw encoders of the end-to-end tests (tests/wire.py)."""
 
-import struct
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "reliability"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from rel_harness import (api_versions_v0, fetch_v4, frame, kstring, metadata_v1,  # noqa: E402
-                         produce_v3, record_batch, request_header)
+import wire  # noqa: E402
 
 out = Path(sys.argv[1])
 out.mkdir(parents=True, exist_ok=True)
 seeds = {
-    "api_versions_v0": api_versions_v0(),
-    "api_versions_v99": frame(request_header(18, 99, 1)),
-    "metadata_v1": metadata_v1(["t", "missing"]),
-    "metadata_v1_all": frame(request_header(3, 1, 1) + struct.pack(">i", -1)),
-    "produce_v3": produce_v3("t", 0, record_batch([b"a", b"bb", b"ccc"])),
-    "produce_v3_acks1": produce_v3("t", 1, record_batch([b"x" * 100]), acks=1),
-    "fetch_v4": fetch_v4("t", 0, 0),
-    "list_offsets_v1": frame(request_header(2, 1, 1) + struct.pack(">ii", -1, 1) + kstring("t")
-                             + struct.pack(">iiq", 1, 0, -1)),
-    "init_producer_id_v0": frame(request_header(22, 0, 1) + struct.pack(">hi", -1, 1000)),
-    "delete_topics_v1": frame(request_header(20, 1, 1) + struct.pack(">i", 1) + kstring("zz")
-                              + struct.pack(">i", 1000)),
-    "pipelined": api_versions_v0(1) + metadata_v1(["t"], 2) + fetch_v4("t", 1, 0, correlation_id=3),
+    "api_versions_v0": wire.api_versions_request(),
+    "api_versions_v99": wire.api_versions_request(version=99),
+    "metadata_v1": wire.metadata_request(["t", "missing"]),
+    "metadata_v1_all": wire.frame(wire.API_METADATA, 1, 1, wire.i32(-1)),
+    "produce_v3": wire.produce_request("t", 0, wire.record_batch([b"a", b"bb", b"ccc"])),
+    "produce_v3_acks1": wire.produce_request("t", 1, wire.record_batch([b"x" * 100]), acks=1),
+    "fetch_v4": wire.fetch_request("t", 0, 0),
+    "list_offsets_v1": wire.frame(wire.API_LIST_OFFSETS, 1, 1, wire.i32(-1) + wire.array(
+        [wire.string("t") + wire.array([wire.i32(0) + wire.i64(-1)])])),
+    "init_producer_id_v0": wire.frame(wire.API_INIT_PRODUCER_ID, 0, 1,
+                                      wire.string(None) + wire.i32(1000)),
+    "delete_topics_v1": wire.frame(20, 1, 1, wire.array([wire.string("zz")]) + wire.i32(1000)),
+    "pipelined": wire.api_versions_request(1) + wire.metadata_request(["t"], 2)
+    + wire.fetch_request("t", 1, 0, correlation_id=3),
 }
 for name, data in seeds.items():
     (out / name).write_bytes(data)

@@ -4,7 +4,7 @@
 #   scripts/bench.sh            30 s per workload (the figures the targets are stated for)
 #   scripts/bench.sh --quick    3 s per workload (CI: verifies every message, figures are noisy)
 #
-# Builds release, starts target/release/shardlog pinned to one core (taskset -c BROKER_CORE)
+# Builds release, starts the release broker pinned to one core (taskset -c BROKER_CORE)
 # on a temporary data dir and an ephemeral port, runs shardlog-bench pinned to the other core,
 # measures raw loopback TCP and raw O_DIRECT disk bandwidth, and prints one table with each
 # result as a fraction of those baselines. Exits non-zero if any verification fails or a step
@@ -14,7 +14,8 @@
 #   --quick              short runs (3 s, 1 s warm-up)
 #   --duration-s S       measured seconds per workload (default 30)
 #   --warmup-s S         warm-up seconds per workload (default 2)
-#   --broker PATH        broker binary (default target/release/shardlog)
+#   --broker PATH        broker binary (default $SHARDLOG_BIN, else shardlog under
+#                        $CARGO_TARGET_DIR/release or target/release; see scripts/binaries.sh)
 #   --no-build           skip cargo build
 #   --broker-core N      core for the broker (default 0)
 #   --bench-core N       core for the bench (default 1)
@@ -30,9 +31,9 @@ BROKER_CORE=0
 BENCH_CORE=1
 JSON_DIR=""
 PERF_DIR=""
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BROKER="$ROOT/target/release/shardlog"
-BENCH="$ROOT/target/release/shardlog-bench"
+source "$(dirname "${BASH_SOURCE[0]}")/binaries.sh"  # ROOT, TARGET_DIR
+BROKER="${SHARDLOG_BIN:-$TARGET_DIR/release/shardlog}"
+BENCH="$TARGET_DIR/release/shardlog-bench"
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -45,7 +46,7 @@ while [[ $# -gt 0 ]]; do
     --bench-core) BENCH_CORE="$2"; shift ;;
     --json-dir) JSON_DIR="$2"; shift ;;
     --perf) PERF_DIR="$2"; shift ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift

@@ -5,15 +5,13 @@
 # the tail of each partition's active segment). Deletes the data afterwards.
 #
 # Usage: scripts/restart-time.sh [GIB]
-# Env:   SHARDLOG_BIN (default: build target/release/shardlog), RESTART_DIR (parent of
-#        the data dir; default /tmp)
+# Env:   SHARDLOG_BIN (default: build the release broker under $CARGO_TARGET_DIR or
+#        target/, see scripts/binaries.sh), RESTART_DIR (parent of the data dir; default /tmp)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/binaries.sh"
+cd "$ROOT"
 gib="${1:-10}"
-if [[ -z "${SHARDLOG_BIN:-}" ]]; then
-    cargo build --release -p shardlog
-    SHARDLOG_BIN="$PWD/target/release/shardlog"
-fi
+use_shardlog_bin
 parent="${RESTART_DIR:-/tmp}"
 # Never fill the disk for everyone else: GIB plus 64 MiB preallocation per partition plus
 # 4 GiB to spare must be free.

@@ -4,17 +4,16 @@
 # and fails if any request failed or RSS grew after warm-up. See tests/reliability/soak.py.
 #
 # Usage: scripts/soak.sh [SECONDS] [CONNECTIONS]     (defaults 120, 1000)
-# Env:   SHARDLOG_BIN (default: build target/release/shardlog), SOAK_CORES (default 1),
+# Env:   SHARDLOG_BIN (default: build the release broker under $CARGO_TARGET_DIR or
+#        target/, see scripts/binaries.sh), SOAK_CORES (default 1),
 #        SOAK_TAIL_CACHE_BYTES (default 1 MiB per partition, so the cache fills early and a
 #        flat RSS after warm-up means no growth elsewhere)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/binaries.sh"
+cd "$ROOT"
 seconds="${1:-120}"
 connections="${2:-1000}"
-if [[ -z "${SHARDLOG_BIN:-}" ]]; then
-    cargo build --release -p shardlog
-    SHARDLOG_BIN="$PWD/target/release/shardlog"
-fi
+use_shardlog_bin
 # Each connection is a socket on both ends: make room for them.
 ulimit -n "$(( connections * 2 + 1024 > $(ulimit -Hn) ? $(ulimit -Hn) : connections * 2 + 1024 ))"
 data="$(mktemp -d)"

@@ -43,15 +43,21 @@ fi
 python3 -m pip install --root-user-action=ignore "${pip_args[@]}" 2>/dev/null \
     || python3 -m pip install "${pip_args[@]}"
 
-# One profile for everything, so dependencies compile once: the end-to-end tests run the
-# release binary, and the unit tests reuse the same compiled dependencies.
-step "cargo build --release -p shardlog -p shardlog-bench"
-cargo build --release -p shardlog -p shardlog-bench
+# One build for both suites, so dependencies compile once. The unit tests need the
+# dev-dependencies (proptest, tempfile, criterion for the benches crate), and cargo turns on
+# the features those ask of shared dependencies (serde's `alloc`, more of syn, ...) only in
+# a build that includes test targets: a plain `cargo build -p shardlog -p shardlog-bench`
+# resolved other features, so `cargo test` compiled about 80 dependencies (and the broker)
+# a second time. Building the libraries, binaries and every test target of the workspace in
+# one go resolves features as `cargo test --workspace` does: the test step below compiles
+# nothing more, and the broker the end-to-end tests run comes from the same build.
+step "cargo build --release --workspace --lib --bins --tests"
+cargo build --release --workspace --lib --bins --tests
 
-# Both suites run the release broker: pytest, and shardlog-bench's end-to-end tests (which
-# would otherwise look for target/debug/shardlog and fail when it is missing).
-target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
-export SHARDLOG_BIN="$target_dir/release/shardlog"
+# Both suites run this release broker: pytest, and shardlog-bench's end-to-end tests
+# (SHARDLOG_BIN, else the release build under CARGO_TARGET_DIR: see scripts/binaries.sh).
+source scripts/binaries.sh
+export SHARDLOG_BIN="$TARGET_DIR/release/shardlog"
 
 # Run both suites even when the first fails, so one run shows every failure.
 failed=()

@@ -1,88 +1,54 @@
-"""Fixtures that run the real `shardlog` binary for each test.
+"""The fixtures every end-to-end suite uses (tests/ and tests/reliability/): the real
+`shardlog` binary, started through `broker_process.Fleet`.
 
-The binary comes from $SHARDLOG_BIN (scripts/test.sh sets it), else target/release, else
-target/debug of this checkout. Each broker gets a free port and its own temporary data dir;
-its stderr goes to a file that is attached to the report of a failing test.
+- `shardlog_bin`: the binary (`$SHARDLOG_BIN`, else `<CARGO_TARGET_DIR or target>/release/
+  shardlog`); a missing binary fails the test with how to build it.
+- `start_broker(...)`: a factory, callable many times in one test; each broker has its own
+  name, free port and data dir under the test's tmp_path. Arguments: `name`, `cores`, `args`
+  (extra flags), `env` (extra environment), `data_dir`, `port`, `preallocate_bytes` (1 MiB
+  unless given; None keeps the broker's 64 MiB default), `open_files_max`. The returned
+  `Broker` restarts (`restart()`, `kill()` + `start()`) on the same port and data dir, and
+  can be paused (`pause()` / `resume()`: SIGSTOP / SIGCONT).
+- `broker`, `broker2`: one broker with one shard, or with two.
+- `start_module_broker(...)`: the same factory for a broker that the tests of one module
+  share (started once, stopped after the module's last test).
+
+Teardown rule, for every broker: one the test did not kill (SIGKILL) or expect to fail must
+exit 0 on SIGTERM; a crash, a non-zero exit or a hang fails the test. A failing test's report
+holds the logs of every broker it used; its tmp_path (data dirs and logs) is kept under
+/tmp/pytest-of-$USER/, those of passing tests are removed (pytest.ini).
 """
 
-import os
-import pathlib
 import shutil
 
 import pytest
 
-from broker_process import Broker
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _binary():
-    explicit = os.environ.get("SHARDLOG_BIN")
-    if explicit:
-        return pathlib.Path(explicit)
-    for profile in ("release", "debug"):
-        path = ROOT / "target" / profile / "shardlog"
-        if path.exists():
-            return path
-    return None
+from broker_process import Fleet, shardlog_binary
 
 
 @pytest.fixture(scope="session")
 def shardlog_bin():
-    path = _binary()
-    if path is None or not path.exists():
+    path = shardlog_binary()
+    if not path.is_file():
         pytest.fail(
-            "shardlog binary not found: build it (cargo build --release -p shardlog) "
-            "or set SHARDLOG_BIN"
+            f"shardlog binary not found at {path}: build it (cargo build --release -p shardlog, "
+            "honouring CARGO_TARGET_DIR) or set SHARDLOG_BIN"
         )
     return path
 
 
+def _fail_on_problems(problems):
+    if problems:
+        pytest.fail("teardown rule: " + "; ".join(problems), pytrace=False)
+
+
 @pytest.fixture
 def start_broker(shardlog_bin, tmp_path, request):
-    """Factory: start_broker(cores=1, args=[...], data_dir=None) -> a running Broker.
-
-    Log files grow in 1 MiB steps (`--preallocate-bytes`) instead of the default 64 MiB, so
-    a run needs little disk and the growth path is exercised; preallocate_bytes=None keeps
-    the broker's default.
-
-    At teardown each broker must still be running (a crash fails the test) and must stop
-    cleanly with SIGTERM (exit 0), unless the test stopped or killed it itself.
-    """
-    brokers = []
-    request.node.shardlog_brokers = brokers
-
-    def start(cores=1, args=(), data_dir=None, preallocate_bytes=1 << 20, env=None):
-        n = len(brokers)
-        data_dir = data_dir or tmp_path / f"data{n}"
-        if preallocate_bytes is not None:
-            args = ["--preallocate-bytes", str(preallocate_bytes), *args]
-        broker = Broker(shardlog_bin, data_dir, tmp_path, cores=cores, extra_args=args, env=env)
-        brokers.append(broker)
-        return broker.start()
-
-    yield start
-    problems = []
-    for broker in brokers:
-        if broker.proc is None:
-            continue
-        if broker.proc.poll() is not None:
-            if broker.proc.returncode not in (0, -9):
-                problems.append(f"broker on {broker.bootstrap} exited {broker.proc.returncode}")
-            continue
-        try:
-            broker.stop()
-        except AssertionError as e:
-            problems.append(str(e))
-    if problems:
-        pytest.fail("; ".join(problems))
-    # Every partition preallocates disk space (64 MiB each): drop the data of a test that
-    # passed now, so a full run never holds more than one test's data. A failed test keeps
-    # its data dir for a look.
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.passed:
-        for broker in brokers:
-            shutil.rmtree(broker.data_dir, ignore_errors=True)
+    """Factory: start_broker(name=None, cores=1, args=(), env=None, ...) -> a running Broker."""
+    fleet = Fleet(shardlog_bin, tmp_path)
+    request.node.shardlog_fleets = getattr(request.node, "shardlog_fleets", []) + [fleet]
+    yield fleet.start
+    _fail_on_problems(fleet.close())
 
 
 @pytest.fixture
@@ -97,15 +63,35 @@ def broker2(start_broker):
     return start_broker(cores=2)
 
 
+@pytest.fixture(scope="module")
+def start_module_broker(shardlog_bin, tmp_path_factory, request):
+    """Factory for brokers shared by the tests of one module; the teardown rule applies at
+    the end of the module (a problem is reported as an error of its last test)."""
+    base = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    fleet = Fleet(shardlog_bin, base)
+    request.node.shardlog_fleets = getattr(request.node, "shardlog_fleets", []) + [fleet]
+    failed_before = request.session.testsfailed
+    yield fleet.start
+    problems = fleet.close()
+    if not problems and request.session.testsfailed == failed_before:
+        # Brokers preallocate their logs: keep the data of a module only when it failed.
+        for broker in fleet.brokers:
+            shutil.rmtree(broker.data_dir, ignore_errors=True)
+    _fail_on_problems(problems)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    setattr(item, f"rep_{report.when}", report)
-    brokers = getattr(item, "shardlog_brokers", None)
-    if report.failed and brokers and report.when in ("call", "teardown"):
-        for broker in brokers:
+    if not report.failed or report.when not in ("call", "teardown"):
+        return
+    fleets = list(getattr(item, "shardlog_fleets", []))
+    module = item.getparent(pytest.Module)
+    fleets += getattr(module, "shardlog_fleets", []) if module is not None else []
+    for fleet in fleets:
+        for broker in fleet.brokers:
             text = broker.log_text()
             if len(text) > 20000:
                 text = "... (cut) ...\n" + text[-20000:]
-            report.sections.append((f"shardlog log {broker.bootstrap}", text))
+            report.sections.append((f"shardlog log {broker.name} {broker.bootstrap}", text))

@@ -9,7 +9,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 import wire
-from broker_process import Broker, free_port, wait_until
+from broker_process import free_port, wait_until
 from clients import ck_create_topic
 from test_confluent_kafka import describe_topic
 
@@ -39,28 +39,24 @@ def test_invalid_setting_is_refused_at_start_naming_the_setting(shardlog_bin, tm
 
 def test_second_broker_on_the_same_data_dir_is_refused(broker, shardlog_bin):
     port = free_port()
-    proc = run_briefly(shardlog_bin, "--data-dir", broker.data_dir, "--cores", "1",
+    proc = run_briefly(shardlog_bin, "--data-dir", str(broker.data_dir), "--cores", "1",
                        "--listen", f"127.0.0.1:{port}")
     assert proc.returncode != 0
     assert "in use" in proc.stderr.decode(), proc.stderr.decode()
     assert broker.is_running()
 
 
-def test_settings_come_from_flags_then_environment_then_toml_file(shardlog_bin, tmp_path):
+def test_settings_come_from_flags_then_environment_then_toml_file(start_broker, tmp_path):
     config = tmp_path / "shardlog.toml"
     config.write_text('num_partitions = 3\nmax_message_bytes = 50000\n')
-    broker = Broker(shardlog_bin, tmp_path / "data", tmp_path, cores=1,
-                    extra_args=["--config", str(config)], env={"SHARDLOG_NUM_PARTITIONS": "2"})
-    broker.start()
-    try:
-        with wire.Conn(broker.address) as conn:
-            # Metadata for an unknown topic auto-creates it with the default partition count.
-            wire.metadata(conn, ["auto"])
-            answer = wire.metadata(conn, ["auto"])
-        ck_create_topic(broker, "explicit")
-        max_message_bytes = describe_topic(broker, "explicit")["max.message.bytes"].value
-    finally:
-        broker.stop()
+    broker = start_broker(args=["--config", str(config)],
+                          env={"SHARDLOG_NUM_PARTITIONS": "2"})
+    with wire.Conn(broker.address) as conn:
+        # Metadata for an unknown topic auto-creates it with the default partition count.
+        wire.metadata(conn, ["auto"])
+        answer = wire.metadata(conn, ["auto"])
+    ck_create_topic(broker, "explicit")
+    max_message_bytes = describe_topic(broker, "explicit")["max.message.bytes"].value
     assert answer["auto"][0] == wire.NONE
     assert sorted(answer["auto"][1]) == [0, 1], "the environment wins over the file"
     assert max_message_bytes == "50000"
@@ -88,10 +84,9 @@ def test_a_panic_on_a_shard_ends_the_process_at_once_with_the_panic_logged(start
             wire.metadata(conn, ["boom"])  # auto-creates the topic: its owner shard panics
         except (OSError, AssertionError):
             pass  # the connection may die with the process
-    code = wait_until(lambda: broker.proc.poll(), 20, "the broker to exit after the panic")
+    code = broker.wait_exit(timeout_s=20)  # the test owns the exit code from here
     assert code == 101, f"exit status {code}"
-    assert "panicked" in broker.log_text() and "boom" in broker.log_text()
-    broker.proc = None  # how it ended is checked here, not at teardown
+    assert "panicked" in broker.run_log() and "boom" in broker.run_log()
 
 
 def test_a_commit_with_metadata_past_the_limit_is_refused_and_the_broker_stays_up(broker):

@@ -1,12 +1,11 @@
 """Consumer groups and committed offsets, end to end: the real broker binary driven by real
 clients (confluent-kafka / librdkafka, kafka-python, kcat -G).
 
-Run: cargo build && python3 -m pytest tests/test_groups.py -v
+Run: python3 -m pytest tests/test_groups.py -v (against the release build, see README.md)
 Group joins take a while: every wait is on a condition with a generous deadline.
 """
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,18 +16,32 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from groups_fixture import Broker, broker, shardlog_binary, wait_until  # noqa: F401
+from broker_process import wait_until
 
 HERE = Path(__file__).resolve().parent
 JOIN_DEADLINE_S = 60
+# Short group timings so rebalances take well under a second.
+GROUP_MIN_SESSION_TIMEOUT_MS = 1000
+GROUP_INITIAL_REBALANCE_DELAY_MS = 300
 
 
-@pytest.fixture(autouse=True)
-def remove_broker_data(tmp_path):
-    """Log segments are preallocated (tens of MiB each): drop the data dirs after each test,
-    keeping the broker and consumer logs next to them for reading."""
-    yield
-    shutil.rmtree(tmp_path / "data", ignore_errors=True)
+def group_broker_args(initial_rebalance_delay_ms=GROUP_INITIAL_REBALANCE_DELAY_MS):
+    return ["--num-partitions", "1",
+            "--group-min-session-timeout-ms", str(GROUP_MIN_SESSION_TIMEOUT_MS),
+            "--group-initial-rebalance-delay-ms", str(initial_rebalance_delay_ms)]
+
+
+@pytest.fixture
+def start_group_broker(start_broker):
+    """start_broker with the group tests' settings: two shards, short group timings."""
+    def start(cores=2, args=(), **kwargs):
+        return start_broker(cores=cores, args=[*group_broker_args(), *args], **kwargs)
+    return start
+
+
+@pytest.fixture
+def broker(start_group_broker):
+    return start_group_broker()
 
 
 def create_topic(bootstrap, name, partitions):
@@ -208,21 +221,17 @@ def test_admin_clients_list_describe_and_delete_groups_and_offsets(broker, tmp_p
     assert group not in {g.group_id for g in listed.valid}
 
 
-def test_offsets_of_an_empty_group_expire_after_the_retention(tmp_path):
+def test_offsets_of_an_empty_group_expire_after_the_retention(start_group_broker):
     topic, group = "expiring", "forgetful"
-    b = Broker(tmp_path / "data", extra_args=[
-        "--offsets-retention-ms", "1000", "--offsets-retention-check-interval-ms", "200",
-    ]).start()
-    try:
-        create_topic(b.bootstrap, topic, 1)
-        produce(b.bootstrap, topic, ["x"] * 10, 1)
-        commit_with_metadata(b.bootstrap, group, topic, [(0, 7)])
-        assert [tp.offset for tp in committed(b.bootstrap, group, topic, 1)] == [7]
-        wait_until(lambda: [tp.offset for tp in committed(b.bootstrap, group, topic, 1)] == [-1001],
-                   30, "the committed offset to expire")
-        wait_until(lambda: group not in groups_cli(b, "list"), 30, "the group to be forgotten")
-    finally:
-        b.kill9()
+    b = start_group_broker(args=[
+        "--offsets-retention-ms", "1000", "--offsets-retention-check-interval-ms", "200"])
+    create_topic(b.bootstrap, topic, 1)
+    produce(b.bootstrap, topic, ["x"] * 10, 1)
+    commit_with_metadata(b.bootstrap, group, topic, [(0, 7)])
+    assert [tp.offset for tp in committed(b.bootstrap, group, topic, 1)] == [7]
+    wait_until(lambda: [tp.offset for tp in committed(b.bootstrap, group, topic, 1)] == [-1001],
+               30, "the committed offset to expire")
+    wait_until(lambda: group not in groups_cli(b, "list"), 30, "the group to be forgotten")
 
 
 def test_a_restarted_static_member_gets_its_partitions_back_without_a_rebalance(broker, tmp_path):
@@ -243,22 +252,18 @@ def test_a_restarted_static_member_gets_its_partitions_back_without_a_rebalance(
         c.terminate()
 
 
-def test_a_clean_shutdown_does_not_wait_for_a_parked_join(tmp_path):
+def test_a_clean_shutdown_does_not_wait_for_a_parked_join(start_broker, tmp_path):
     topic, group = "parked", "parked-group"
-    b = Broker(tmp_path / "data")
-    # The join phase of a new group now lasts a minute: the JoinGroup stays parked.
-    b.GROUP_ARGS = ["--group-min-session-timeout-ms", "1000", "--group-initial-rebalance-delay-ms", "60000"]
-    b.start()
+    # The join phase of a new group lasts a minute: the JoinGroup stays parked.
+    b = start_broker(cores=2, args=group_broker_args(initial_rebalance_delay_ms=60000))
+    create_topic(b.bootstrap, topic, 1)
+    member = ConsumerProcess("confluent", b.bootstrap, group, topic, tmp_path, "parked")
     try:
-        create_topic(b.bootstrap, topic, 1)
-        member = ConsumerProcess("confluent", b.bootstrap, group, topic, tmp_path, "parked")
         wait_until(lambda: "PreparingRebalance" in groups_cli(b, "describe", group), 30, "a parked join")
-        stopped_at = time.monotonic()
-        b.stop()
-        assert time.monotonic() - stopped_at < 3, "shutdown waited for the join phase"
-        member.kill9()
+        stop_s = b.stop()
+        assert stop_s < 3, "shutdown waited for the join phase"
     finally:
-        b.kill9()
+        member.kill9()
 
 
 def test_cooperative_sticky_members_share_partitions_through_incremental_rebalances(broker, tmp_path):
@@ -322,7 +327,7 @@ def committed(bootstrap, group, topic, partitions):
 
 def groups_cli(broker, *args):
     result = subprocess.run(
-        [shardlog_binary(), "groups", "--bootstrap", broker.bootstrap, *args],
+        [str(broker.binary), "groups", "--bootstrap", broker.bootstrap, *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -331,14 +336,21 @@ def groups_cli(broker, *args):
     return result.stdout
 
 
+def now_ms():
+    return int(time.time() * 1000)
+
+
 def test_replay_by_resetting_offsets_to_earliest_and_to_a_timestamp(broker):
     topic, group = "history", "replayers"
     create_topic(broker.bootstrap, topic, 2)
     old = [f"old{i}" for i in range(500)]
     produce(broker.bootstrap, topic, old, 2)
-    time.sleep(0.05)  # timestamps are ms: make "between the two halves" a distinct instant
-    middle_ms = int(time.time() * 1000)
-    time.sleep(0.05)
+    # Timestamps are milliseconds: "between the two halves" must be an instant of its own,
+    # later than every old record's and earlier than every new one's.
+    last_old_ms = now_ms()
+    middle_ms = wait_until(lambda: now_ms() > last_old_ms and now_ms(), 1, "the next millisecond",
+                           interval_s=0.0005)
+    wait_until(lambda: now_ms() > middle_ms, 1, "the next millisecond", interval_s=0.0005)
     new = [f"new{i}" for i in range(500)]
     produce(broker.bootstrap, topic, new, 2)
     assert len(consume_all(broker.bootstrap, group, topic, 1_000)) == 1_000
@@ -373,7 +385,7 @@ def test_reset_offsets_is_refused_while_the_group_has_members(broker, tmp_path):
     member = ConsumerProcess("confluent", broker.bootstrap, group, topic, tmp_path, "m")
     wait_assigned([member], 1, "the member joining")
     result = subprocess.run(
-        [shardlog_binary(), "groups", "--bootstrap", broker.bootstrap, "reset-offsets", group,
+        [str(broker.binary), "groups", "--bootstrap", broker.bootstrap, "reset-offsets", group,
          "--topic", topic, "--to-earliest"],
         capture_output=True, text=True, timeout=60,
     )
@@ -459,61 +471,55 @@ def test_committed_offsets_with_metadata_survive_a_restart_and_a_kill_9(broker):
 
 
 @pytest.mark.skipif(not storage_is_durable(), reason="storage engine not merged yet: logs are in memory")
-def test_offsets_move_with_their_groups_when_the_shard_count_changes(tmp_path):
+def test_offsets_move_with_their_groups_when_the_shard_count_changes(start_group_broker):
     topic, groups = "reshard", [f"g{i}" for i in range(8)]
-    b = Broker(tmp_path / "data", cores=2).start()
-    try:
-        create_topic(b.bootstrap, topic, 2)
-        produce(b.bootstrap, topic, [str(i) for i in range(100)], 2)
-        for i, g in enumerate(groups):
-            commit_with_metadata(b.bootstrap, g, topic, [(0, i), (1, 10 + i)])
+    b = start_group_broker(cores=2)
+    create_topic(b.bootstrap, topic, 2)
+    produce(b.bootstrap, topic, [str(i) for i in range(100)], 2)
+    for i, g in enumerate(groups):
+        commit_with_metadata(b.bootstrap, g, topic, [(0, i), (1, 10 + i)])
 
-        def check(offset_of):
-            for i, g in enumerate(groups):
-                got = [(tp.offset, tp.metadata) for tp in committed(b.bootstrap, g, topic, 2)]
-                assert got == [(offset_of(i, 0), "meta-0"), (offset_of(i, 1), "meta-1")], g
-
-        b.stop()
-        b.cores = 1
-        b.start()
-        check(lambda i, p: 10 * p + i)
-        assert not (b.data_dir / "__consumer_offsets" / "1").exists(), "shard 1's log was folded in"
+    def check(offset_of):
         for i, g in enumerate(groups):
-            commit_with_metadata(b.bootstrap, g, topic, [(0, 20 + i), (1, 30 + i)])
-        b.stop()
-        b.cores = 2
-        b.start()
-        check(lambda i, p: 20 + 10 * p + i)
-        b.restart()
-        check(lambda i, p: 20 + 10 * p + i)
-    finally:
-        b.kill9()
+            got = [(tp.offset, tp.metadata) for tp in committed(b.bootstrap, g, topic, 2)]
+            assert got == [(offset_of(i, 0), "meta-0"), (offset_of(i, 1), "meta-1")], g
+
+    b.stop()
+    b.cores = 1
+    b.start()
+    check(lambda i, p: 10 * p + i)
+    assert not (b.data_dir / "__consumer_offsets" / "1").exists(), "shard 1's log was folded in"
+    for i, g in enumerate(groups):
+        commit_with_metadata(b.bootstrap, g, topic, [(0, 20 + i), (1, 30 + i)])
+    b.stop()
+    b.cores = 2
+    b.start()
+    check(lambda i, p: 20 + 10 * p + i)
+    b.restart()
+    check(lambda i, p: 20 + 10 * p + i)
 
 
 @pytest.mark.skipif(not storage_is_durable(), reason="storage engine not merged yet: logs are in memory")
-def test_the_offsets_log_is_compacted_and_still_restores_every_offset(tmp_path):
+def test_the_offsets_log_is_compacted_and_still_restores_every_offset(start_group_broker):
     topic, group = "compacted", "busy-committer"
-    b = Broker(tmp_path / "data", cores=1, extra_args=["--offsets-compact-min-records", "50"]).start()
-    try:
-        create_topic(b.bootstrap, topic, 2)
-        produce(b.bootstrap, topic, [str(i) for i in range(500)], 2)
-        for n in range(100):
-            commit_with_metadata(b.bootstrap, group, topic, [(0, n), (1, 2 * n)])
-        current = b.data_dir / "__consumer_offsets" / "0" / "CURRENT"
-        wait_until(lambda: current.exists() and int(current.read_text()) >= 1, 30, "a compaction")
+    b = start_group_broker(cores=1, args=["--offsets-compact-min-records", "50"])
+    create_topic(b.bootstrap, topic, 2)
+    produce(b.bootstrap, topic, [str(i) for i in range(500)], 2)
+    for n in range(100):
+        commit_with_metadata(b.bootstrap, group, topic, [(0, n), (1, 2 * n)])
+    current = b.data_dir / "__consumer_offsets" / "0" / "CURRENT"
+    wait_until(lambda: current.exists() and int(current.read_text()) >= 1, 30, "a compaction")
 
-        def only_the_current_generation_left():
-            generations = [p.name for p in current.parent.iterdir() if p.is_dir()]
-            return generations == [current.read_text().strip()]
+    def only_the_current_generation_left():
+        generations = [p.name for p in current.parent.iterdir() if p.is_dir()]
+        return generations == [current.read_text().strip()]
 
-        wait_until(only_the_current_generation_left, 30, "old generations deleted")
-        commit_with_metadata(b.bootstrap, group, topic, [(0, 100), (1, 200)])
-        for restart_hard in (False, True):
-            b.restart(hard=restart_hard)
-            got = [(tp.offset, tp.metadata) for tp in committed(b.bootstrap, group, topic, 2)]
-            assert got == [(100, "meta-0"), (200, "meta-1")]
-    finally:
-        b.kill9()
+    wait_until(only_the_current_generation_left, 30, "old generations deleted")
+    commit_with_metadata(b.bootstrap, group, topic, [(0, 100), (1, 200)])
+    for restart_hard in (False, True):
+        b.restart(hard=restart_hard)
+        got = [(tp.offset, tp.metadata) for tp in committed(b.bootstrap, group, topic, 2)]
+        assert got == [(100, "meta-0"), (200, "meta-1")]
 
 
 @pytest.mark.skipif(not storage_is_durable(), reason="storage engine not merged yet: logs are in memory")

@@ -1,5 +1,7 @@
 """Restart on the same data dir: after a clean stop (SIGTERM) and after a crash (SIGKILL),
-every topic, config and acknowledged message is back, at the same offsets."""
+every topic, config and acknowledged message is back, at the same offsets. (SIGTERM under
+load and with requests in flight: reliability/test_rel_sigterm.py; SIGKILL cycles under
+load: reliability/test_rel_crash.py.)"""
 
 import time
 
@@ -7,7 +9,6 @@ from confluent_kafka import OFFSET_BEGINNING
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions
 
 import wire
-from broker_process import wait_until
 from clients import (ck_admin, ck_create_topic, ck_offsets, ck_partition_count, ck_produce, ck_producer,
                      ck_read)
 from test_confluent_kafka import describe_topic
@@ -144,51 +145,6 @@ def test_restart_takes_little_time_with_a_few_topics(start_broker):
     assert ck_offsets(broker, "topic-0", 0) == (0, 1000)
 
 
-def test_restart_after_sigterm_needs_no_recovery_scan(start_broker):
-    broker = start_broker(cores=2)
-    ck_create_topic(broker, "clean", partitions=4)
-    for p in range(4):
-        ck_produce(ck_producer(broker, acks="1"), "clean", sent_for(p, 50), partition=p)
-
-    broker.restart()
-
-    second_start = broker.log_text(last_only=True)
-    assert "unclean" not in second_start and "recovered log" not in second_start, second_start
-    for p in range(4):
-        assert ck_offsets(broker, "clean", p) == (0, 50)
-
-
-def test_sigterm_under_load_exits_0_and_keeps_every_acknowledged_message(start_broker):
-    broker = start_broker(cores=2)
-    ck_create_topic(broker, "busy", partitions=2)
-    producer = ck_producer(broker, acks="1", linger_ms=2, message_timeout_ms=5000)
-    delivered = []
-
-    def on_delivery(err, msg):
-        if err is None:
-            delivered.append((msg.partition(), msg.offset(), msg.value()))
-
-    n = 0
-    deadline = time.monotonic() + 0.5
-    while time.monotonic() < deadline or not delivered:
-        producer.produce("busy", f"b{n}".encode(), partition=n % 2, on_delivery=on_delivery)
-        n += 1
-        producer.poll(0.001 if n % 20 == 0 else 0)
-
-    broker.stop()  # while the producer still sends; asserts exit code 0
-    producer.purge()
-    producer.flush(5)
-    broker.start()
-
-    for p in range(2):
-        mine = sorted((o, v) for part, o, v in delivered if part == p)
-        high_watermark = ck_offsets(broker, "busy", p)[1]
-        assert high_watermark >= len(mine)
-        got = dict((o, v) for o, _, v, _ in ck_read(broker, "busy", p, OFFSET_BEGINNING,
-                                                      high_watermark))
-        assert [(o, got.get(o)) for o, _ in mine] == mine
-
-
 def test_sigkill_keeps_acknowledged_admin_changes(start_broker):
     broker = start_broker(cores=2)
     ck_create_topic(broker, "grown", partitions=2)
@@ -210,30 +166,3 @@ def test_sigkill_keeps_acknowledged_admin_changes(start_broker):
     assert describe_topic(broker, "altered")["retention.ms"].value == "1234567"
     assert "deleted" not in ck_admin(broker).list_topics(timeout=20).topics
     assert_partition_holds(broker, "grown", 4, [b"p4"])
-
-
-def fetch_body(topic, max_wait_ms):
-    return (wire.i32(-1) + wire.i32(max_wait_ms) + wire.i32(1) + wire.i32(1 << 20) + wire.i8(0)
-            + wire.array([wire.string(topic) + wire.array(
-                [wire.i32(0) + wire.i64(0) + wire.i32(1 << 20)])]))
-
-
-def test_sigterm_stops_promptly_after_a_client_left_with_requests_in_flight(broker):
-    ck_create_topic(broker, "quiet")
-    with wire.Conn(broker.address) as conn:
-        # Pipelined long polls on an empty partition, ending one after the other.
-        for max_wait_ms in (100, 300, 3000):
-            conn.send(wire.API_FETCH, 4, fetch_body("quiet", max_wait_ms))
-        sent_at = time.monotonic()
-    # The first answers reach a closed connection while the last long poll still waits.
-    wait_until(lambda: "closing connection" in broker.log_text(), 10,
-               "the broker to notice the client left")
-    # Once the longest max wait has passed, no request of that client can still be running.
-    time.sleep(max(0.0, sent_at + 3.2 - time.monotonic()))
-
-    started = time.monotonic()
-    broker.stop()
-    stop_s = time.monotonic() - started
-
-    assert "requests still running" not in broker.log_text(), broker.log_text()
-    assert stop_s < 2.0, f"SIGTERM took {stop_s:.1f}s with no client connected"

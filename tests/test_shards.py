@@ -166,21 +166,22 @@ def test_long_poll_fetch_on_one_shard_wakes_when_another_shard_appends(broker2):
     ck_create_topic(broker2, "waiting", partitions=2)
     by_shard = connections_by_shard(broker2)
     waiter, writer = by_shard[0][0], by_shard[1][0]
-    outcome = {}
-
-    def long_poll(p):
-        started = time.monotonic()
-        outcome[p] = (wire.fetch(waiter, "waiting", p, 0, max_wait_ms=10_000, min_bytes=1),
-                      time.monotonic() - started)
 
     for p in range(2):  # one partition owned by each shard
-        thread = threading.Thread(target=long_poll, args=(p,))
-        thread.start()
-        time.sleep(0.3)
-        assert thread.is_alive(), "the fetch returned before there was data"
+        # One write: an ApiVersions request, then the long poll. The broker hands every
+        # complete frame of a read to its handler before it writes any answer, so the
+        # ApiVersions answer means the poll is under way.
+        waiter.send_raw(wire.api_versions_request(correlation_id=100 + p)
+                        + wire.fetch_request("waiting", p, 0, max_wait_ms=10_000, min_bytes=1,
+                                             correlation_id=200 + p))
+        assert wire.correlation_id(waiter.recv_frame()) == 100 + p
+        assert not waiter.readable(), "the fetch returned before there was data"
+        appended_at = time.monotonic()
         wire.produce(writer, "waiting", {p: wire.record_batch([b"wake up"])})
-        thread.join(timeout=15)
-        (error, high_watermark, batches), waited_s = outcome[p]
+        answer = waiter.recv_frame(timeout_s=15)
+        waited_s = time.monotonic() - appended_at
+        assert wire.correlation_id(answer) == 200 + p
+        error, high_watermark, batches = wire.fetch_answer(answer)
         assert (error, high_watermark) == (wire.NONE, 1)
         assert [v for b in batches for v in b["values"]] == [b"wake up"]
         assert waited_s < 5.0, f"the fetch waited {waited_s:.1f}s after the append"

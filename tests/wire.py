@@ -1,10 +1,16 @@
-"""A deliberately small Kafka wire client for tests that need exact control of the bytes:
-request framing, a few non-flexible request versions, RecordBatch v2 with CRC-32C.
+"""The one raw Kafka wire client of the tests and scripts, for exact control of the bytes:
+request framing, a few non-flexible request versions, RecordBatch v2 with CRC-32C, request
+frames to pipeline, and what the kernel says about a connection's socket (/proc/net/tcp).
 
 It is independent of the broker's Rust code (written from the Kafka protocol guide), so a
 test that uses it checks the broker against the protocol, not against itself.
+
+    with wire.Conn(broker.address) as conn:
+        wire.produce(conn, "t", {0: wire.record_batch([b"v"])}, acks=-1)
+        error, high_watermark, batches = wire.fetch(conn, "t", 0, 0)
 """
 
+import select
 import socket
 import struct
 import time
@@ -191,7 +197,8 @@ def parse_batches(data):
             "raw": data[pos:pos + 12 + length],
         }
         b["compression"] = b["attributes"] & 0x7
-        if b["compression"] == 0:
+        # Records of a batch failing its CRC are not decoded: its bytes may be anything.
+        if b["compression"] == 0 and b["crc_ok"]:
             values = []
             for _ in range(b["record_count"]):
                 r.varint()  # record length
@@ -235,11 +242,18 @@ def frame(api_key, version, correlation_id, body, client_id="wire-test"):
 
 
 class Conn:
-    """One TCP connection speaking raw Kafka frames."""
+    """One TCP connection speaking raw Kafka frames; `address` is (host, port) or a port on
+    127.0.0.1."""
 
     def __init__(self, address, timeout_s=10.0):
+        if isinstance(address, int):
+            address = ("127.0.0.1", address)
         self.sock = socket.create_connection(address, timeout=timeout_s)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.timeout_s = timeout_s
+        # Kept past close(): the kernel may hold the broker's end of the socket longer.
+        self.local_port = self.sock.getsockname()[1]
+        self.broker_port = self.sock.getpeername()[1]
         self.next_correlation_id = 1
 
     def close(self):
@@ -269,14 +283,24 @@ class Conn:
             buf += chunk
         return bytes(buf)
 
-    def recv_frame(self):
-        """One response frame without its size prefix; None when the broker closed."""
-        head = self._recv_exact(4)
+    def recv_frame(self, timeout_s=None):
+        """One response frame without its size prefix; None when the broker closed. With
+        `timeout_s`, socket.timeout if no frame starts arriving within it."""
+        if timeout_s is not None:
+            self.sock.settimeout(timeout_s)
+        try:
+            head = self._recv_exact(4)
+        finally:
+            self.sock.settimeout(self.timeout_s)
         if head is None:
             return None
         size = struct.unpack(">i", head)[0]
         assert 0 <= size < 64 << 20, f"response frame size {size}"
         return self._recv_exact(size)
+
+    def readable(self, timeout_s=0.0):
+        """True when an answer (or the broker's close) is waiting to be read."""
+        return bool(select.select([self.sock], [], [], timeout_s)[0])
 
     def request(self, api_key, version, body):
         """Send, then return (Reader over the body after the v0 response header)."""
@@ -287,18 +311,79 @@ class Conn:
         assert r.i32() == cid, "correlation id of the response does not match the request"
         return r
 
-    def closed_by_peer(self, timeout_s=10.0):
+    def closed_by_peer(self, timeout_s=10.0, drop_data=False):
         """True when the broker closes the connection (EOF or reset) within the timeout,
-        False when it stays open without sending anything; data received is an error."""
-        self.sock.settimeout(timeout_s)
+        False when it stays open. Data received first is an error, unless `drop_data` (for
+        random bytes, which may happen to hold a request the broker answers)."""
+        deadline = time.monotonic() + timeout_s
         try:
-            data = self.sock.recv(65536)
+            while True:
+                self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+                data = self.sock.recv(65536)
+                if not data:
+                    return True
+                assert drop_data, f"expected the broker to close the connection, got {data[:64]!r}"
         except socket.timeout:
             return False
         except ConnectionResetError:
             return True
-        assert data == b"", f"expected the broker to close the connection, got {data[:64]!r}"
-        return True
+        finally:
+            self.sock.settimeout(self.timeout_s)
+
+    # --- The kernel's view of this connection (/proc/net/tcp) -----------------------------
+    def my_end(self):
+        """(state, tx_queue, rx_queue) of this side's socket, or None once it is gone."""
+        return tcp_socket(self.local_port, self.broker_port)
+
+    def broker_end(self):
+        """(state, tx_queue, rx_queue) of the broker's socket of this connection, or None
+        once the broker closed it and the kernel let go of it."""
+        return tcp_socket(self.broker_port, self.local_port)
+
+    def broker_read_everything_sent(self):
+        """True once every byte sent on this connection reached the broker's socket and the
+        broker read it from there (it is in the broker's own buffers now)."""
+        mine, theirs = self.my_end(), self.broker_end()
+        return mine is not None and theirs is not None and mine[1] == 0 and theirs[2] == 0
+
+    def broker_closed_its_end(self):
+        """True once the broker closed (or never held) its socket of this connection: it is
+        done with the connection and with every request it took from it."""
+        theirs = self.broker_end()
+        return theirs is None or theirs[0] not in ("ESTABLISHED", "CLOSE_WAIT")
+
+
+TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
+              6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
+              11: "CLOSING"}
+
+
+def tcp_socket(local_port, remote_port):
+    """(state, tx_queue bytes, rx_queue bytes) of the loopback IPv4 TCP socket from
+    `local_port` to `remote_port`, as /proc/net/tcp shows it; None if there is none.
+    tx_queue counts bytes sent and not yet acknowledged by the peer's kernel, rx_queue bytes
+    received that the owning process has not read yet."""
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            local, remote, state, queues = fields[1], fields[2], fields[3], fields[4]
+            if int(local.split(":")[1], 16) != local_port:
+                continue
+            if int(remote.split(":")[1], 16) != remote_port:
+                continue
+            tx, rx = (int(q, 16) for q in queues.split(":"))
+            return TCP_STATES.get(int(state, 16), state), tx, rx
+    return None
+
+
+def first_to_answer(conns, timeout_s):
+    """The first of `conns` to have an answer (or a close) to read, or None after timeout_s."""
+    ready = select.select([c.sock for c in conns], [], [], timeout_s)[0]
+    if not ready:
+        return None
+    # Several may be ready when the first is noticed late: take them in the order given.
+    return next(c for c in conns if c.sock in ready)
 
 
 def api_versions(conn, version=0):
@@ -331,7 +416,10 @@ def produce_body(topic, partitions, acks=1, timeout_ms=10000):
 
 def produce(conn, topic, partitions, acks=1):
     """Produce v3: {partition: (error_code, base_offset)}."""
-    r = conn.request(API_PRODUCE, 3, produce_body(topic, partitions, acks))
+    return _produce_answer(conn.request(API_PRODUCE, 3, produce_body(topic, partitions, acks)))
+
+
+def _produce_answer(r):
     out = {}
     for _name, parts in r.array(lambda r: (r.string(), r.array(
             lambda r: (r.i32(), r.i16(), r.i64(), r.i64())))):
@@ -381,12 +469,88 @@ def fetch_many(conn, topic, offsets, max_bytes=1 << 20, partition_max_bytes=1 <<
     """Fetch v4 of several partitions of one topic, `offsets` in request order
     ({partition: offset}, ordered): [(partition, error_code, high_watermark, batches)] in
     the order the broker answered."""
+    body = fetch_v4_body(topic, offsets, max_bytes, partition_max_bytes, max_wait_ms)
+    return _fetch_v4_answer(conn.request(API_FETCH, 4, body))
+
+
+def fetch_v4_body(topic, offsets, max_bytes=1 << 20, partition_max_bytes=1 << 20,
+                  max_wait_ms=0, min_bytes=0):
+    """Fetch v4 body of the partitions of one topic in `offsets` ({partition: offset})."""
     parts = [i32(p) + i64(o) + i32(partition_max_bytes) for p, o in offsets.items()]
-    body = (i32(-1) + i32(max_wait_ms) + i32(0) + i32(max_bytes) + i8(0)
+    return (i32(-1) + i32(max_wait_ms) + i32(min_bytes) + i32(max_bytes) + i8(0)
             + array([string(topic) + array(parts)]))
-    r = conn.request(API_FETCH, 4, body)
+
+
+def _fetch_v4_answer(r, parse=True):
     r.i32()  # throttle
     topics = r.array(lambda r: (r.string(), r.array(lambda r: (
         r.i32(), r.i16(), r.i64(), r.i64(), r.array(lambda r: (r.i64(), r.i64())), r.nbytes()))))
-    return [(p, error, hw, parse_batches(records or b""))
+    return [(p, error, hw, parse_batches(records or b"") if parse else records or b"")
             for _name, parts in topics for p, error, hw, _lso, _ab, records in parts]
+
+
+# --- Request frames to pipeline (send many, read the answers later) and their answers. -----
+# Every function here builds or reads one whole frame, so a test or a script (soak.py,
+# fill.py) can put several requests in one write and match answers by correlation id.
+def api_versions_request(correlation_id=1, version=0):
+    return frame(API_API_VERSIONS, version, correlation_id, b"")
+
+
+def metadata_request(topics, correlation_id=1):
+    """Metadata v1 of `topics` (with auto-creation on, this creates them)."""
+    return frame(API_METADATA, 1, correlation_id, array([string(t) for t in topics]))
+
+
+def produce_request(topic, partition, records, acks=-1, correlation_id=1, timeout_ms=10000):
+    """Produce v3 of one partition's records."""
+    return frame(API_PRODUCE, 3, correlation_id,
+                 produce_body(topic, {partition: records}, acks, timeout_ms))
+
+
+def fetch_request(topic, partition, offset, max_bytes=1 << 20, max_wait_ms=0, min_bytes=0,
+                  correlation_id=1):
+    """Fetch v4 of one partition."""
+    return frame(API_FETCH, 4, correlation_id, fetch_v4_body(
+        topic, {partition: offset}, max_bytes, max_bytes, max_wait_ms, min_bytes))
+
+
+def correlation_id(answer):
+    """The correlation id of a response frame (its first field in every header version)."""
+    return struct.unpack_from(">i", answer)[0]
+
+
+def produce_answer(answer):
+    """The Produce v3 response frame `answer`: {partition: (error_code, base_offset)}."""
+    r = Reader(answer)
+    r.i32()  # correlation id
+    return _produce_answer(r)
+
+
+def fetch_answer(answer, parse=True):
+    """The Fetch v4 response frame `answer` of one partition: (error, high_watermark,
+    batches), or the records as bytes instead of batches when not `parse`."""
+    r = Reader(answer)
+    r.i32()  # correlation id
+    [(_, error, high_watermark, batches)] = _fetch_v4_answer(r, parse)
+    return error, high_watermark, batches
+
+
+def auto_create(address, *topics, timeout_s=30.0):
+    """Create `topics` through Metadata (the broker's auto-creation); returns once Metadata
+    answers every one without error (the first answer may say LEADER_NOT_AVAILABLE)."""
+    deadline = time.monotonic() + timeout_s
+    with Conn(address) as conn:
+        while True:
+            answer = metadata(conn, list(topics))
+            if all(answer[t][0] == NONE for t in topics):
+                return
+            assert time.monotonic() < deadline, f"topics not created: {answer}"
+            time.sleep(0.02)
+
+
+def high_watermark(address, topic, partition=0):
+    """The partition's high watermark, read with a Fetch on a connection of its own."""
+    with Conn(address) as conn:
+        error, hw, _ = fetch(conn, topic, partition, 0, max_bytes=1)
+    assert error == NONE, f"fetch of {topic}/{partition}: error {error}"
+    return hw

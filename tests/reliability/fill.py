@@ -6,15 +6,14 @@ Usage: python3 fill.py --port P --gib 10 [--partitions 4]
 
 import argparse
 import os
-import struct
 import sys
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for wire.py
 
-from rel_harness import RawConnection, metadata_v1, produce_v3, record_batch  # noqa: E402
+import wire  # noqa: E402
 
 WINDOW = 8
 
@@ -25,24 +24,20 @@ def main():
     parser.add_argument("--gib", type=float, required=True)
     parser.add_argument("--partitions", type=int, default=4)
     args = parser.parse_args()
-    conn = RawConnection(args.port)
-    conn.send(metadata_v1(["fill"]))
-    conn.recv_frame()
-    conn.close()
-    batch = record_batch([os.urandom(250_000) for _ in range(4)])
+    wire.auto_create(args.port, "fill")
+    batch = wire.record_batch([os.urandom(250_000) for _ in range(4)])
     per_partition = int(args.gib * (1 << 30) / args.partitions / len(batch)) + 1
     errors = []
 
     def run(partition):
-        c = RawConnection(args.port, timeout_s=60)
-        request = produce_v3("fill", partition, batch, acks=1)
+        c = wire.Conn(args.port, timeout_s=60)
+        request = wire.produce_request("fill", partition, batch, acks=1)
         sent = received = 0
         while received < per_partition:
             while sent < per_partition and sent - received < WINDOW:
-                c.send(request)
+                c.send_raw(request)
                 sent += 1
-            answer = c.recv_frame()
-            error = struct.unpack_from(">h", answer, 4 + 4 + 2 + 4 + 4 + 4)[0]
+            [(error, _)] = wire.produce_answer(c.recv_frame()).values()
             if error:
                 errors.append(error)
                 return

@@ -10,13 +10,11 @@ and checks every CRC itself.
 """
 
 import os
-import signal
 import struct
 
 import pytest
 
-from rel_harness import (RawConnection, auto_create, fetch_v4, fetch_v4_response, parse_batches,
-                         produce_v3, record_batch)
+import wire
 
 TOPIC = "c"
 BATCHES = 240
@@ -29,42 +27,31 @@ def values(batch: int):
 
 
 def produce_batches(broker, first, count):
-    conn = RawConnection(broker.port)
-    try:
+    with wire.Conn(broker.address) as conn:
         for i in range(first, first + count):
-            conn.send(produce_v3(TOPIC, 0, record_batch(values(i)), acks=-1, correlation_id=i))
-            answer = conn.recv_frame()
-            # v3 response: correlation, [topic [partition error base_offset ...]]
-            error, base = struct.unpack_from(">hq", answer, 4 + 4 + 2 + len(TOPIC) + 4 + 4)
-            assert error == 0, f"produce of batch {i} failed with error {error}"
-            assert base == i * RECORDS_PER_BATCH, (i, base)
-    finally:
-        conn.close()
+            answer = wire.produce(conn, TOPIC, {0: wire.record_batch(values(i))}, acks=-1)
+            assert answer == {0: (wire.NONE, i * RECORDS_PER_BATCH)}, f"batch {i}: {answer}"
 
 
 def read_all(broker):
     """(batches [(base, count, crc_ok)], error code that stopped the read, high watermark)."""
-    conn = RawConnection(broker.port)
     out = []
     offset = 0
-    try:
+    with wire.Conn(broker.address) as conn:
         while True:
-            conn.send(fetch_v4(TOPIC, 0, offset, max_bytes=256 << 10, correlation_id=offset))
-            error, hw, records = fetch_v4_response(conn.recv_frame())
-            if error != 0:
+            error, hw, batches = wire.fetch(conn, TOPIC, 0, offset, max_bytes=256 << 10)
+            if error != wire.NONE:
                 return out, error, hw
-            batches = parse_batches(records)
             if not batches:
                 assert offset >= hw, f"empty answer at {offset} below the high watermark {hw}"
-                return out, 0, hw
-            for base, count, crc_ok in batches:
+                return out, wire.NONE, hw
+            for b in batches:
+                base, count = b["base_offset"], b["record_count"]
                 if base + count <= offset:
                     continue
                 assert base == offset, f"expected a batch at {offset}, got one at {base}"
-                out.append((base, count, crc_ok))
+                out.append((base, count, b["crc_ok"]))
                 offset = base + count
-    finally:
-        conn.close()
 
 
 def partition_dir(broker):
@@ -94,10 +81,10 @@ def data_end(path):
 
 
 @pytest.fixture
-def filled(rel_broker_factory):
-    broker = rel_broker_factory(cores=1, extra_args=["--segment-bytes", str(SEGMENT_BYTES)])
-    broker.start()
-    auto_create(broker.port, TOPIC)
+def filled(start_broker):
+    # The broker's own preallocation (not the suite's 1 MiB): the on-disk layout it recovers.
+    broker = start_broker(args=["--segment-bytes", str(SEGMENT_BYTES)], preallocate_bytes=None)
+    wire.auto_create(broker.address, TOPIC)
     produce_batches(broker, 0, BATCHES)
     return broker
 
@@ -110,9 +97,9 @@ def assert_all_crcs_ok_and_prefix(batches, expect_count=None):
 
 
 def test_clean_restart_serves_everything_without_a_scan(filled):
-    assert filled.kill(signal.SIGTERM) == 0
+    filled.stop()
     filled.start()
-    log = filled.this_run_log()
+    log = filled.run_log()
     assert "opened log" in log and "clean shutdown" in log, log
     assert "recovered log" not in log, log
     batches, error, hw = read_all(filled)
@@ -122,13 +109,13 @@ def test_clean_restart_serves_everything_without_a_scan(filled):
 
 
 def test_truncated_active_segment_is_cut_to_the_last_whole_batch(filled):
-    filled.kill(signal.SIGKILL)
+    filled.kill()
     last = segments(filled)[-1]
     positions = batch_positions(last, last.stat().st_size)
     cut_pos, cut_base, cut_size = positions[-3]
     os.truncate(last, cut_pos + cut_size // 2)
     filled.start()
-    log = filled.this_run_log()
+    log = filled.run_log()
     assert "recovered log" in log and "torn" in log, log
     batches, error, hw = read_all(filled)
     assert error == 0
@@ -145,13 +132,13 @@ def test_truncated_active_segment_is_cut_to_the_last_whole_batch(filled):
 def test_truncated_active_segment_after_clean_stop_is_noticed(filled):
     """The clean-shutdown marker records the active segment's size; a shorter file than
     that must not be trusted."""
-    assert filled.kill(signal.SIGTERM) == 0
+    filled.stop()
     last = segments(filled)[-1]
     positions = batch_positions(last, last.stat().st_size)
     cut_pos, cut_base, cut_size = positions[-2]
     os.truncate(last, cut_pos + cut_size // 2)
     filled.start()
-    log = filled.this_run_log()
+    log = filled.run_log()
     assert "torn" in log, log
     batches, error, hw = read_all(filled)
     assert error == 0
@@ -164,7 +151,7 @@ def test_truncated_active_segment_after_clean_stop_is_noticed(filled):
 
 
 def test_flipped_byte_in_active_segment_truncates_at_that_batch(filled):
-    filled.kill(signal.SIGKILL)
+    filled.kill()
     last = segments(filled)[-1]
     positions = batch_positions(last, last.stat().st_size)
     pos, base, size = positions[len(positions) // 2]
@@ -174,7 +161,7 @@ def test_flipped_byte_in_active_segment_truncates_at_that_batch(filled):
         f.seek(pos + size - 10)
         f.write(bytes([byte[0] ^ 0x5A]))
     filled.start()
-    log = filled.this_run_log()
+    log = filled.run_log()
     assert "fails its CRC-32C" in log and "truncat" in log, log
     batches, error, hw = read_all(filled)
     assert error == 0
@@ -185,7 +172,7 @@ def test_flipped_byte_in_active_segment_truncates_at_that_batch(filled):
 def test_flipped_byte_in_older_segment_is_never_served(filled):
     """An old segment is not scanned at start (that would cost a read of the whole log);
     its damage is found by the CRC check on read, and the fetch fails instead of serving it."""
-    assert filled.kill(signal.SIGTERM) == 0
+    filled.stop()
     first = segments(filled)[0]
     positions = batch_positions(first, first.stat().st_size)
     pos, base, size = positions[len(positions) // 2]
@@ -200,17 +187,15 @@ def test_flipped_byte_in_older_segment_is_never_served(filled):
     assert hw == BATCHES * RECORDS_PER_BATCH
     assert_all_crcs_ok_and_prefix(batches, base // RECORDS_PER_BATCH)
     # Reads past the damaged batch still work.
-    conn = RawConnection(filled.port)
-    conn.send(fetch_v4(TOPIC, 0, base + RECORDS_PER_BATCH))
-    error, _, records = fetch_v4_response(conn.recv_frame())
-    conn.close()
-    assert error == 0 and parse_batches(records)[0][0] == base + RECORDS_PER_BATCH
-    assert all(ok for _, _, ok in parse_batches(records))
+    with wire.Conn(filled.address) as conn:
+        error, _, batches = wire.fetch(conn, TOPIC, 0, base + RECORDS_PER_BATCH)
+    assert error == wire.NONE and batches[0]["base_offset"] == base + RECORDS_PER_BATCH
+    assert all(b["crc_ok"] for b in batches)
 
 
 @pytest.mark.parametrize("damage", ["missing", "garbage", "shuffled"])
 def test_damaged_index_is_rebuilt(filled, damage):
-    assert filled.kill(signal.SIGTERM) == 0
+    filled.stop()
     target = segments(filled)[1].with_suffix(".index")
     raw = target.read_bytes()
     assert len(raw) >= 16, "the test needs an index with several entries"
@@ -222,7 +207,7 @@ def test_damaged_index_is_rebuilt(filled, damage):
         entries = [raw[i:i + 8] for i in range(0, len(raw), 8)]
         target.write_bytes(b"".join(reversed(entries)))
     filled.start()
-    log = filled.this_run_log()
+    log = filled.run_log()
     assert "rebuilt" in log, log
     batches, error, _ = read_all(filled)
     assert error == 0
@@ -232,7 +217,7 @@ def test_damaged_index_is_rebuilt(filled, damage):
 def test_index_pointing_at_wrong_positions_is_never_trusted_blindly(filled):
     """An index that is well-formed but wrong (a flipped position byte): reads must not
     serve garbage, and every batch must stay readable."""
-    assert filled.kill(signal.SIGTERM) == 0
+    filled.stop()
     target = segments(filled)[1].with_suffix(".index")
     raw = bytearray(target.read_bytes())
     entries = len(raw) // 8
@@ -250,7 +235,7 @@ def test_index_pointing_at_wrong_positions_is_never_trusted_blindly(filled):
 
 @pytest.mark.parametrize("damage", ["flipped", "truncated", "empty"])
 def test_damaged_catalog_is_refused(filled, damage):
-    assert filled.kill(signal.SIGTERM) == 0
+    filled.stop()
     catalog = filled.data_dir / "catalog.bin"
     raw = bytearray(catalog.read_bytes())
     if damage == "flipped":
@@ -260,10 +245,7 @@ def test_damaged_catalog_is_refused(filled, damage):
     else:
         raw = bytearray()
     catalog.write_bytes(bytes(raw))
-    proc = filled.spawn()
-    code = proc.wait(timeout=30)
-    filled.log_file.close()
-    log = filled.this_run_log()
-    assert code != 0
+    filled.expect_refused_start()  # a non-zero exit, never `listening on`
+    log = filled.run_log()
     assert "catalog" in log and "damaged" in log and "refusing to start" in log, log
     assert catalog.read_bytes() == bytes(raw), "the damaged catalog must be left as it was"
