@@ -11,7 +11,12 @@ use clap::Parser;
 use serde::Deserialize;
 
 /// Command line of `shardlog`. Every flag can also come from `SHARDLOG_<NAME>` or the TOML file.
-#[derive(Parser, Debug, Default)]
+///
+/// Each setting is declared once, here: the TOML file deserializes into this same struct
+/// (same names; the group settings in a `[groups]` table), and defaults come from the
+/// config structs of the layers that own them (`LogConfig`, `GroupsConfig`).
+#[derive(Parser, Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
 #[command(
     name = "shardlog",
     version,
@@ -20,6 +25,7 @@ use serde::Deserialize;
 pub struct Cli {
     /// Optional TOML file with any of the settings below (same names, snake_case).
     #[arg(long, env = "SHARDLOG_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Directory holding topics, logs and the catalog.
     #[arg(long, env = "SHARDLOG_DATA_DIR")]
@@ -110,43 +116,8 @@ pub struct Cli {
     #[arg(long, env = "SHARDLOG_LOG")]
     pub log: Option<String>,
     #[command(flatten)]
+    #[serde(default)]
     pub groups: crate::groups::GroupsArgs,
-}
-
-/// The same settings as [`Cli`], read from the optional TOML file.
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    data_dir: Option<PathBuf>,
-    listen: Option<String>,
-    advertise: Option<String>,
-    cores: Option<usize>,
-    first_cpu: Option<usize>,
-    node_id: Option<i32>,
-    auto_create_topics: Option<bool>,
-    num_partitions: Option<i32>,
-    max_frame_bytes: Option<usize>,
-    max_inflight_requests: Option<usize>,
-    max_buffered_bytes_per_shard: Option<usize>,
-    max_connections_per_shard: Option<usize>,
-    max_partitions: Option<usize>,
-    idle_timeout_ms: Option<u64>,
-    segment_bytes: Option<u64>,
-    segment_ms: Option<u64>,
-    index_interval_bytes: Option<u32>,
-    retention_ms: Option<i64>,
-    retention_bytes: Option<i64>,
-    max_message_bytes: Option<u32>,
-    tail_cache_bytes: Option<usize>,
-    preallocate_bytes: Option<u64>,
-    write_buffer_bytes: Option<usize>,
-    max_writes_in_flight: Option<usize>,
-    flush_interval_ms: Option<u64>,
-    flush_bytes: Option<u64>,
-    retention_check_interval_ms: Option<u64>,
-    log: Option<String>,
-    /// `[groups]` table: the group coordinator's settings.
-    groups: Option<crate::groups::GroupsArgs>,
 }
 
 /// Validated configuration of a running broker.
@@ -191,11 +162,12 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("config: cannot read {}: {e}", path.display()))?;
-                toml::from_str::<FileConfig>(&text)
+                toml::from_str::<Cli>(&text)
                     .map_err(|e| format!("config: {}: {e}", path.display()))?
             }
-            None => FileConfig::default(),
+            None => Cli::default(),
         };
+        let storage = crate::log::LogConfig::default();
         macro_rules! pick {
             ($name:ident, $default:expr) => {
                 cli.$name.or(file.$name).unwrap_or_else(|| $default)
@@ -225,21 +197,24 @@ impl Config {
             max_connections_per_shard: pick!(max_connections_per_shard, 10_000),
             max_partitions: pick!(max_partitions, 10_000),
             idle_timeout_ms: pick!(idle_timeout_ms, 600_000),
-            segment_bytes: pick!(segment_bytes, 1 << 30),
-            segment_ms: pick!(segment_ms, 7 * 24 * 3600 * 1000),
-            index_interval_bytes: pick!(index_interval_bytes, 4096),
-            retention_ms: pick!(retention_ms, 7 * 24 * 3600 * 1000),
-            retention_bytes: pick!(retention_bytes, -1),
-            max_message_bytes: pick!(max_message_bytes, 1_048_588),
-            tail_cache_bytes: pick!(tail_cache_bytes, 8 << 20),
-            preallocate_bytes: pick!(preallocate_bytes, 64 << 20),
-            write_buffer_bytes: pick!(write_buffer_bytes, 1 << 20),
-            max_writes_in_flight: pick!(max_writes_in_flight, 4),
+            segment_bytes: pick!(segment_bytes, storage.segment_bytes),
+            segment_ms: pick!(segment_ms, storage.segment_ms),
+            index_interval_bytes: pick!(index_interval_bytes, storage.index_interval_bytes),
+            retention_ms: pick!(retention_ms, storage.retention_ms),
+            retention_bytes: pick!(retention_bytes, storage.retention_bytes),
+            max_message_bytes: pick!(max_message_bytes, storage.max_batch_bytes),
+            tail_cache_bytes: pick!(tail_cache_bytes, storage.tail_cache_bytes),
+            preallocate_bytes: pick!(preallocate_bytes, storage.preallocate_bytes),
+            write_buffer_bytes: pick!(write_buffer_bytes, storage.write_buffer_bytes),
+            max_writes_in_flight: pick!(max_writes_in_flight, storage.max_writes_in_flight),
             flush_interval_ms: pick!(flush_interval_ms, 1000),
             flush_bytes: pick!(flush_bytes, 64 << 20),
-            retention_check_interval_ms: pick!(retention_check_interval_ms, 300_000),
+            retention_check_interval_ms: pick!(
+                retention_check_interval_ms,
+                crate::log::RETENTION_CHECK_INTERVAL_MS_DEFAULT
+            ),
             log: pick!(log, "info".to_string()),
-            groups: crate::groups::GroupsConfig::load(&cli.groups, file.groups.as_ref())?,
+            groups: crate::groups::GroupsConfig::load(&cli.groups, Some(&file.groups))?,
         };
         config.validate(cores_available)?;
         Ok(config)
