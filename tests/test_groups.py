@@ -396,7 +396,7 @@ def test_reset_offsets_is_refused_while_the_group_has_members(broker, tmp_path):
 def groups_cli_failing(broker, *args):
     """Run `shardlog groups ARGS`, expect a non-zero exit, return stderr."""
     result = subprocess.run(
-        [shardlog_binary(), "groups", "--bootstrap", broker.bootstrap, *args],
+        [str(broker.binary), "groups", "--bootstrap", broker.bootstrap, *args],
         capture_output=True,
         text=True,
         timeout=60,
