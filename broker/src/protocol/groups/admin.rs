@@ -22,9 +22,8 @@ use crate::protocol::{decode_body, encode_response, Reply, Request};
 use crate::shard::Shard;
 
 /// FindCoordinator key types.
-pub(super) const KEY_TYPE_GROUP: i8 = 0;
-
-pub(super) const KEY_TYPE_TRANSACTION: i8 = 1;
+const KEY_TYPE_GROUP: i8 = 0;
+const KEY_TYPE_TRANSACTION: i8 = 1;
 
 pub async fn handle_find_coordinator(
     shard: &Rc<Shard>,
