@@ -1,6 +1,6 @@
 //! The durable offsets store of one shard's group coordinator: its offsets log, written,
 //! replayed, compacted, handed over and expired. Never answers a request itself (the
-//! coordinator in `mod.rs` does) and never acknowledges a write before it is durable.
+//! coordinator in `coordinator.rs` does) and never acknowledges a write before it is durable.
 //!
 //! A commit is appended to the offsets log as one batch (split at 256 KiB) and acknowledged
 //! only once the log is durable (`ShardStorage::wait_durable`, shared with every other sync

@@ -1,6 +1,6 @@
 //! The write queue of one partition: the aligned staging buffer being filled, sealed
 //! buffers waiting for their write, writes on the device, and which of them count as
-//! written. Never decides offsets or producer state (the append front in `mod.rs` does),
+//! written. Never decides offsets or producer state (the append front in `partition.rs` does),
 //! and never reports anything written before every earlier write completed.
 //!
 //! Write path: a batch is validated, its base offset stamped into an 8-byte chunk, and its
