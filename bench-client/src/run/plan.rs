@@ -105,58 +105,11 @@ pub(super) fn plan(args: &WorkloadArgs, mode: Mode) -> Result<Plan> {
     };
     let workers = cores.len();
 
-    // Producer connections: partitions split over producers, then over each producer's
-    // connections, never mixing leaders on one connection.
-    let mut producer_plans: Vec<Vec<ProducerPlan>> = (0..workers).map(|_| Vec::new()).collect();
-    let mut producer_conns = 0usize;
-    if produce {
-        let mut plans = Vec::new();
-        for p in 0..args.producers.max(1) {
-            let mine: Vec<i32> = if partitions.len() >= args.producers {
-                partitions
-                    .iter()
-                    .copied()
-                    .filter(|q| *q as usize % args.producers == p)
-                    .collect()
-            } else {
-                vec![partitions[p % partitions.len()]]
-            };
-            let mut by_leader: HashMap<&str, Vec<i32>> = HashMap::new();
-            for q in mine {
-                by_leader
-                    .entry(layout.leaders[q as usize].as_str())
-                    .or_default()
-                    .push(q);
-            }
-            for (leader, qs) in by_leader {
-                let conns = args.connections.max(1).min(qs.len());
-                for c in 0..conns {
-                    let subset: Vec<i32> = qs
-                        .iter()
-                        .copied()
-                        .enumerate()
-                        .filter(|(i, _)| i % conns == c)
-                        .map(|(_, q)| q)
-                        .collect();
-                    plans.push((leader.to_string(), subset));
-                }
-            }
-        }
-        producer_conns = plans.len();
-        let pid_base = (now_ns() as u32 ^ (std::process::id() << 20)) & !0xfff;
-        for (i, (address, subset)) in plans.into_iter().enumerate() {
-            let messages_max = args.messages.map(|m| {
-                m / producer_conns as u64 + u64::from((i as u64) < m % producer_conns as u64)
-            });
-            producer_plans[i % workers].push(ProducerPlan {
-                address,
-                producer_id: pid_base.wrapping_add(i as u32),
-                partitions: subset,
-                rate_per_s: args.rate.map(|r| r / producer_conns as f64),
-                messages_max,
-            });
-        }
-    }
+    let (producer_plans, producer_conns) = if produce {
+        assign_producers(args, &partitions, &layout.leaders, workers)
+    } else {
+        ((0..workers).map(|_| Vec::new()).collect(), 0)
+    };
 
     // Consumers start at the log start (consume) or at the end (e2e: only this run's messages).
     let start_offsets = if consume {
@@ -184,40 +137,19 @@ pub(super) fn plan(args: &WorkloadArgs, mode: Mode) -> Result<Plan> {
             args.topic
         );
     }
-    let mut consumer_plans: Vec<Vec<ConsumerPlan>> = (0..workers).map(|_| Vec::new()).collect();
-    if consume {
-        let n = args.consumers.max(1).min(partitions.len());
-        let mut plans = Vec::new();
-        for c in 0..n {
-            let mut by_leader: HashMap<&str, Vec<(i32, i64, bool)>> = HashMap::new();
-            for &q in partitions.iter().filter(|q| **q as usize % n == c) {
-                let start = start_offsets[q as usize];
-                // From offset 0 every producer must start at sequence 0; mid-log, anywhere.
-                let strict = start == 0 || mode == Mode::EndToEnd;
-                by_leader
-                    .entry(layout.leaders[q as usize].as_str())
-                    .or_default()
-                    .push((q, start, strict));
-            }
-            for (leader, qs) in by_leader {
-                plans.push((leader.to_string(), qs));
-            }
-        }
-        let consumer_conns = plans.len() as u64;
-        for (i, (address, parts)) in plans.into_iter().enumerate() {
-            let messages_max = if mode == Mode::Consume {
-                args.messages.map(|m| m.div_ceil(consumer_conns))
-            } else {
-                None
-            };
-            // Spread consumers away from the producers' workers when there are several.
-            consumer_plans[(i + producer_conns) % workers].push(ConsumerPlan {
-                address,
-                partitions: parts,
-                messages_max,
-            });
-        }
-    }
+    let consumer_plans = if consume {
+        assign_consumers(
+            args,
+            mode,
+            &partitions,
+            &layout.leaders,
+            &start_offsets,
+            workers,
+            producer_conns,
+        )
+    } else {
+        (0..workers).map(|_| Vec::new()).collect()
+    };
 
     let workload = Arc::new(Workload {
         topic: args.topic.clone(),
@@ -251,4 +183,109 @@ pub(super) fn plan(args: &WorkloadArgs, mode: Mode) -> Result<Plan> {
         workload,
         batch_records,
     })
+}
+
+/// Producer connections: partitions split over producers, then over each producer's
+/// connections, never mixing leaders on one connection. Returns the plans of each worker
+/// and the number of connections.
+fn assign_producers(
+    args: &WorkloadArgs,
+    partitions: &[i32],
+    leaders: &[String],
+    workers: usize,
+) -> (Vec<Vec<ProducerPlan>>, usize) {
+    let mut producer_plans: Vec<Vec<ProducerPlan>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut plans = Vec::new();
+    for p in 0..args.producers.max(1) {
+        let mine: Vec<i32> = if partitions.len() >= args.producers {
+            partitions
+                .iter()
+                .copied()
+                .filter(|q| *q as usize % args.producers == p)
+                .collect()
+        } else {
+            vec![partitions[p % partitions.len()]]
+        };
+        let mut by_leader: HashMap<&str, Vec<i32>> = HashMap::new();
+        for q in mine {
+            by_leader
+                .entry(leaders[q as usize].as_str())
+                .or_default()
+                .push(q);
+        }
+        for (leader, qs) in by_leader {
+            let conns = args.connections.max(1).min(qs.len());
+            for c in 0..conns {
+                let subset: Vec<i32> = qs
+                    .iter()
+                    .copied()
+                    .enumerate()
+                    .filter(|(i, _)| i % conns == c)
+                    .map(|(_, q)| q)
+                    .collect();
+                plans.push((leader.to_string(), subset));
+            }
+        }
+    }
+    let producer_conns = plans.len();
+    let pid_base = (now_ns() as u32 ^ (std::process::id() << 20)) & !0xfff;
+    for (i, (address, subset)) in plans.into_iter().enumerate() {
+        let messages_max = args
+            .messages
+            .map(|m| m / producer_conns as u64 + u64::from((i as u64) < m % producer_conns as u64));
+        producer_plans[i % workers].push(ProducerPlan {
+            address,
+            producer_id: pid_base.wrapping_add(i as u32),
+            partitions: subset,
+            rate_per_s: args.rate.map(|r| r / producer_conns as f64),
+            messages_max,
+        });
+    }
+    (producer_plans, producer_conns)
+}
+
+/// Consumer connections: partitions split over consumers, one connection per consumer and
+/// leader, spread over the workers after the producers' connections.
+fn assign_consumers(
+    args: &WorkloadArgs,
+    mode: Mode,
+    partitions: &[i32],
+    leaders: &[String],
+    start_offsets: &[i64],
+    workers: usize,
+    producer_conns: usize,
+) -> Vec<Vec<ConsumerPlan>> {
+    let mut consumer_plans: Vec<Vec<ConsumerPlan>> = (0..workers).map(|_| Vec::new()).collect();
+    let n = args.consumers.max(1).min(partitions.len());
+    let mut plans = Vec::new();
+    for c in 0..n {
+        let mut by_leader: HashMap<&str, Vec<(i32, i64, bool)>> = HashMap::new();
+        for &q in partitions.iter().filter(|q| **q as usize % n == c) {
+            let start = start_offsets[q as usize];
+            // From offset 0 every producer must start at sequence 0; mid-log, anywhere.
+            let strict = start == 0 || mode == Mode::EndToEnd;
+            by_leader
+                .entry(leaders[q as usize].as_str())
+                .or_default()
+                .push((q, start, strict));
+        }
+        for (leader, qs) in by_leader {
+            plans.push((leader.to_string(), qs));
+        }
+    }
+    let consumer_conns = plans.len() as u64;
+    for (i, (address, parts)) in plans.into_iter().enumerate() {
+        let messages_max = if mode == Mode::Consume {
+            args.messages.map(|m| m.div_ceil(consumer_conns))
+        } else {
+            None
+        };
+        // Spread consumers away from the producers' workers when there are several.
+        consumer_plans[(i + producer_conns) % workers].push(ConsumerPlan {
+            address,
+            partitions: parts,
+            messages_max,
+        });
+    }
+    consumer_plans
 }
