@@ -9,8 +9,9 @@
 //!   memory). Pure: no I/O, time is passed in, so it is unit-tested directly.
 //! - [`offsets_log`]: how commits are written to the coordinator shard's internal offsets log
 //!   (`<data_dir>/__consumer_offsets/<shard>`), one RecordBatch v2 per commit, and read back.
-//! - [`coordinator`]: the per-shard coordinator: groups by id, the offsets log (append, wait
-//!   durable, replay at start), the timer tick (session expiry, join deadlines, offset expiry).
+//! - [`coordinator`]: the per-shard coordinator: groups by id and the timer tick (session
+//!   expiry, join deadlines); its `offsets_store` owns the offsets log (append, wait durable,
+//!   replay at start, compaction, hand-over after a change of `cores`, offset expiry).
 //!
 //! What this module must never do: touch a partition log of a user topic, or keep state for a
 //! group it does not coordinate.

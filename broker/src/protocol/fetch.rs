@@ -146,6 +146,10 @@ fn error_result(error: i16) -> FetchResult {
     }
 }
 
+/// One owner's share of a long-poll pass: the result slots it answers for, and each
+/// partition with the offset to wait past.
+type OwnerWork = (Vec<usize>, Vec<(FetchPartition, i64)>);
+
 /// One pass of the long poll: each owner waits until one of its partitions has data past
 /// what `results` already holds (or the deadline) and reads its partitions again, in one
 /// call. The first owner to answer updates its partitions' results; the other calls are
@@ -157,7 +161,7 @@ async fn wait_and_reread(
     results: &mut [FetchResult],
     deadline: Instant,
 ) {
-    let mut per_owner: BTreeMap<usize, (Vec<usize>, Vec<(FetchPartition, i64)>)> = BTreeMap::new();
+    let mut per_owner: BTreeMap<usize, OwnerWork> = BTreeMap::new();
     for (i, (p, owner)) in wanted.iter().zip(owners).enumerate() {
         if let Some(owner) = owner {
             // Wake only on data beyond what is already there.

@@ -1,0 +1,195 @@
+//! The read path of a partition: whole batches from the tail cache (slices of the appended
+//! `Bytes`, no copy) or from the device (CRC-checked, copied to heap `Bytes`), the time
+//! index lookup, and the long-poll wait for new data. Must never return a batch whose CRC
+//! failed, never change the log, and never hand out shard-local memory.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::PartitionLog;
+use crate::log::batch::BatchHeader;
+use crate::log::segment::read_batches_at;
+use crate::log::{LogError, ReadResult};
+
+/// Bytes read per step while searching batches for a timestamp.
+const TIME_LOOKUP_READ_BYTES: usize = 64 << 10;
+
+impl PartitionLog {
+    /// Whole batches from the one containing `offset`, up to `max_bytes` but at least one
+    /// batch (KIP-74). `offset == log_end_offset` gives no chunks.
+    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, LogError> {
+        let batches = self.read_batches(offset, max_bytes).await?;
+        let mut out = ReadResult {
+            chunks: Vec::with_capacity(batches.len() * 2),
+            bytes: 0,
+            log_start_offset: self.log_start_offset.get(),
+            log_end_offset: self.log_end_offset.get(),
+        };
+        for (_, chunks) in batches {
+            for c in chunks {
+                out.bytes += c.len();
+                out.chunks.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn read_batches(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<(BatchHeader, Vec<Bytes>)>, LogError> {
+        if self.closed.get() {
+            return Err(LogError::Closed);
+        }
+        let (start, end) = (self.log_start_offset.get(), self.log_end_offset.get());
+        if offset < start || offset > end {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                start,
+                end,
+            });
+        }
+        if offset == end {
+            return Ok(Vec::new());
+        }
+        if let Some(hit) = self.read_cache(offset, max_bytes) {
+            return Ok(hit);
+        }
+        self.read_disk(offset, max_bytes).await
+    }
+
+    pub(super) fn read_cache(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Option<Vec<(BatchHeader, Vec<Bytes>)>> {
+        let st = self.state.borrow();
+        if st
+            .cache
+            .front()
+            .is_none_or(|b| b.header.base_offset() > offset)
+        {
+            return None;
+        }
+        let first = st
+            .cache
+            .partition_point(|b| b.header.last_offset() < offset);
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for b in st.cache.range(first..) {
+            let size = b.header.total_bytes();
+            if !out.is_empty() && bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
+            out.push((b.header, vec![b.offset_chunk.clone(), b.body.clone()]));
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Some(out)
+    }
+
+    /// Reads whole batches of one segment from the device, checking each CRC so that a
+    /// batch damaged at rest is never returned. Copies into heap `Bytes` because glommio's
+    /// read buffers are shard-local.
+    pub(super) async fn read_disk(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<(BatchHeader, Vec<Bytes>)>, LogError> {
+        let (file, segment_base, entry_offset, position, disk_end) = {
+            let st = self.state.borrow();
+            let i = st.segments.partition_point(|s| s.base_offset <= offset);
+            let Some(i) = i.checked_sub(1) else {
+                return Ok(Vec::new());
+            };
+            let seg = &st.segments[i];
+            let (entry_offset, position) = seg.lookup(offset);
+            // A rolled segment may still be finishing its last writes.
+            let disk_end = seg.written_bytes.min(seg.size_bytes);
+            (
+                seg.file.clone(),
+                seg.base_offset,
+                entry_offset,
+                position,
+                disk_end,
+            )
+        };
+        let found =
+            read_batches_at(&file, offset, max_bytes, entry_offset, position, disk_end).await;
+        match found {
+            Err(LogError::CorruptBatch(reason)) if position > 0 => {
+                // A damaged index entry looks like damaged data: retry from the segment
+                // start, which costs a longer read only when something is wrong.
+                tracing::warn!(dir = %self.dir.display(), segment_base, %reason, "reading from the segment start");
+                read_batches_at(&file, offset, max_bytes, segment_base, 0, disk_end).await
+            }
+            other => other,
+        }
+    }
+
+    /// First batch whose max timestamp is at or after `ts_ms`, as (base offset, max
+    /// timestamp), found through the time index.
+    pub async fn offset_for_timestamp(&self, ts_ms: i64) -> Result<Option<(i64, i64)>, LogError> {
+        let mut offset = {
+            let st = self.state.borrow();
+            let Some(seg) = st
+                .segments
+                .iter()
+                .find(|s| s.size_bytes > 0 && s.max_timestamp >= ts_ms)
+            else {
+                return Ok(None);
+            };
+            let at = seg.time_index.partition_point(|t| t.timestamp < ts_ms);
+            match at.checked_sub(1) {
+                Some(i) => seg.base_offset + seg.time_index[i].relative_offset as i64,
+                None => seg.base_offset,
+            }
+        };
+        loop {
+            offset = offset.max(self.log_start_offset.get());
+            if offset >= self.log_end_offset.get() {
+                return Ok(None);
+            }
+            let batches = self.read_batches(offset, TIME_LOOKUP_READ_BYTES).await?;
+            let Some(last) = batches.last() else {
+                return Ok(None);
+            };
+            if let Some((h, _)) = batches.iter().find(|(h, _)| h.max_timestamp() >= ts_ms) {
+                return Ok(Some((h.base_offset(), h.max_timestamp())));
+            }
+            offset = last.0.last_offset() + 1;
+        }
+    }
+
+    /// Resolves true once `log_end_offset > offset`, false at the deadline or on close.
+    pub async fn wait_for_data(&self, offset: i64, deadline: Instant) -> bool {
+        loop {
+            if self.log_end_offset.get() > offset {
+                return true;
+            }
+            let now = Instant::now();
+            if self.closed.get() || now >= deadline {
+                return false;
+            }
+            let listen = self.data_event.listen();
+            let timed_out = futures_lite::future::or(
+                async {
+                    listen.await;
+                    false
+                },
+                async {
+                    glommio::timer::sleep(deadline - now).await;
+                    true
+                },
+            )
+            .await;
+            if timed_out {
+                return self.log_end_offset.get() > offset;
+            }
+        }
+    }
+}
