@@ -26,7 +26,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::net::TcpStream;
 use glommio::sync::{Semaphore, StaticPermit};
-use glommio::Task;
+use glommio::task::JoinHandle;
 
 use crate::protocol::{self, Reply};
 use crate::shard::Shard;
@@ -46,7 +46,9 @@ const IOVECS_PER_SEND_MAX: usize = 256;
 
 /// A request being handled, with the share of the shard's buffer budget it holds.
 struct Pending {
-    task: Task<Reply>,
+    /// Detached: a handler runs to its end even if its connection goes away first, so no
+    /// request is ever stopped halfway (an append between the copies of one batch).
+    task: JoinHandle<Reply>,
     _budget: Vec<StaticPermit>,
 }
 
@@ -137,11 +139,11 @@ async fn read_loop(
             // Produce requests take their turn here, in the order they arrived.
             let turn = protocol::is_produce(&frame).then(|| produce_turns.take());
             let task = glommio::spawn_local(async move {
-                // Held by the task: uncounted when it ends or is dropped unfinished (a
-                // client that leaves mid-request drops its queued handlers).
+                // Held by the task: uncounted when it ends (shutdown waits for that).
                 let _counted = counted;
                 protocol::handle(&handler, frame, turn).await
-            });
+            })
+            .detach();
             if queue
                 .send(Pending {
                     task,
@@ -300,7 +302,7 @@ async fn write_loop(mut writer: TcpStream, handlers: LocalReceiver<Pending>) -> 
         let mut out: Vec<Bytes> = Vec::new();
         let mut done = vec![];
         let mut close: Option<String> = None;
-        let reply = first.task.await;
+        let reply = handled(first.task.await);
         done.push(first._budget);
         collect(reply, &mut out, &mut close);
         // Coalesce responses that are already finished into the same send.
@@ -312,7 +314,7 @@ async fn write_loop(mut writer: TcpStream, handlers: LocalReceiver<Pending>) -> 
             match futures_lite::future::poll_once(&mut pending.task).await {
                 Some(reply) => {
                     done.push(pending._budget);
-                    collect(reply, &mut out, &mut close);
+                    collect(handled(reply), &mut out, &mut close);
                 }
                 None => {
                     next = Some(pending);
@@ -331,6 +333,11 @@ async fn write_loop(mut writer: TcpStream, handlers: LocalReceiver<Pending>) -> 
             return Err(why);
         }
     }
+}
+
+/// A handler's reply; none only when the executor cancelled it (shutdown).
+fn handled(reply: Option<Reply>) -> Reply {
+    reply.unwrap_or_else(|| Reply::Close("request handler cancelled".into()))
 }
 
 fn collect(reply: Reply, out: &mut Vec<Bytes>, close: &mut Option<String>) {

@@ -205,6 +205,25 @@ impl Shard {
         Fut: Future<Output = Vec<R>> + 'static,
     {
         let count = items.len();
+        // The common case, every item on one owner: one call, no regrouping.
+        if let Some(&(owner, _)) = items.first() {
+            if items.iter().all(|(o, _)| *o == owner) {
+                if let Some(turn) = &turn {
+                    turn.wait().await;
+                }
+                let work: Vec<T> = items.into_iter().map(|(_, item)| item).collect();
+                let answer = self.submit(owner, move |s| f(s, work)).await;
+                drop(turn);
+                let values = match answer {
+                    Ok(pending) => pending.await,
+                    Err(gone) => Err(gone),
+                };
+                return match values {
+                    Ok(values) if values.len() == count => values.into_iter().map(Ok).collect(),
+                    _ => (0..count).map(|_| Err(ShardGone)).collect(),
+                };
+            }
+        }
         let mut per_owner: BTreeMap<usize, (Vec<usize>, Vec<T>)> = BTreeMap::new();
         for (at, (owner, item)) in items.into_iter().enumerate() {
             let work = per_owner.entry(owner).or_default();

@@ -94,11 +94,9 @@ impl Shard {
             })
             .collect();
         let shard = self.clone();
-        let partition_ids: Vec<i32> = placed.iter().map(|(_, p, _, _)| *p).collect();
-        // The appends run as a task of their own, to the end, even if the request that asked
-        // for them goes away (its connection closed): an append stopped between the copies
-        // of one batch would leave a torn batch in the staging buffer.
-        let appending = glommio::spawn_local(async move {
+        // Never dropped halfway: request handlers are detached tasks (`net`) and mesh jobs
+        // run to their end, so an append is never stopped between the copies of one batch.
+        async move {
             let appends = placed
                 .into_iter()
                 .map(|(topic, partition, records, place)| {
@@ -134,24 +132,6 @@ impl Shard {
                 }
             }
             appended.into_iter().map(|(result, _)| result).collect()
-        })
-        .detach();
-        async move {
-            match appending.await {
-                Some(results) => results,
-                // Only when the executor stops under it (shutdown).
-                None => partition_ids
-                    .into_iter()
-                    .map(|partition| ProduceResult {
-                        partition,
-                        error: codes::KAFKA_STORAGE_ERROR,
-                        message: Some("broker is shutting down".into()),
-                        base_offset: -1,
-                        log_append_time_ms: -1,
-                        log_start_offset: -1,
-                    })
-                    .collect(),
-            }
         }
     }
 
