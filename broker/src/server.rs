@@ -196,7 +196,7 @@ async fn run_shard(
     // responses go out (bounded: a response holds its budget share until written), then,
     // once every shard got there, flush and sync every log so the next start needs no
     // recovery scan.
-    shard.shutting_down.set(true);
+    shard.begin_shutdown();
     drop(acceptor.cancel());
     shard.quiesce_groups();
     let budget_bytes = config.max_buffered_bytes_per_shard as u64;

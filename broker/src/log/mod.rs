@@ -30,7 +30,7 @@
 //! ```
 
 pub mod batch;
-mod event;
+pub(crate) mod event;
 mod files;
 mod partition;
 mod producer;

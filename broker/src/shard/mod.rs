@@ -76,6 +76,8 @@ pub struct Shard {
     /// Serialises catalog changes on the controller (shard 0).
     pub(crate) controller_lock: glommio::sync::Semaphore,
     pub(crate) shutting_down: Cell<bool>,
+    /// Notified when the shutdown begins (wakes long polls).
+    pub(crate) shutdown_event: crate::log::event::Event,
     /// Coordinator of the consumer groups that hash to this shard (set once at start).
     pub groups: std::cell::OnceCell<Rc<GroupCoordinator>>,
     /// Requests being handled on this shard right now (for a clean shutdown).
@@ -97,6 +99,7 @@ impl Shard {
             senders,
             controller_lock: glommio::sync::Semaphore::new(1),
             shutting_down: Cell::new(false),
+            shutdown_event: Default::default(),
             groups: std::cell::OnceCell::new(),
             requests_in_flight: Cell::new(0),
             last_reopen: Cell::new(None),
@@ -496,6 +499,13 @@ impl Shard {
         if let Some(coordinator) = self.groups.get() {
             coordinator.close().await;
         }
+    }
+
+    /// Begins a shutdown: connections take no new requests, and long polls waiting on this
+    /// shard's partitions answer now.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.set(true);
+        self.shutdown_event.notify();
     }
 
     /// Whether a shutdown has begun: connections take no new requests.

@@ -241,7 +241,12 @@ impl Shard {
     }
 
     /// Resolve as soon as any partition has data past its offset, or at the deadline.
+    /// A shutdown ends the wait at once: the requests a shard took must finish promptly.
     pub async fn wait_any_local(&self, partitions: Vec<(String, i32, i64)>, deadline: Instant) {
+        if self.is_shutting_down() {
+            return;
+        }
+        let shutdown = std::pin::pin!(self.shutdown_event.listen());
         let waits: Vec<_> = partitions
             .into_iter()
             .filter_map(|(topic, partition, offset)| {
@@ -251,11 +256,15 @@ impl Shard {
                 }))
             })
             .collect();
-        if waits.is_empty() {
-            let _ = glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
-            return;
-        }
-        futures_util::future::select_all(waits).await;
+        let any = async {
+            if waits.is_empty() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = glommio::timer::sleep(left).await;
+            } else {
+                futures_util::future::select_all(waits).await;
+            }
+        };
+        futures_util::future::select(shutdown, std::pin::pin!(any)).await;
     }
 
     /// ListOffsets for one partition: -1 latest, -2 earliest, -3 max timestamp, else a time.
