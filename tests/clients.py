@@ -87,9 +87,11 @@ def ck_consumer(broker, **config):
     return Consumer(conf)
 
 
-def ck_read(broker, topic, partition, offset, count, timeout_s=CLIENT_TIMEOUT_S, **config):
+def ck_read(broker, topic, partition, offset, count, timeout_s=CLIENT_TIMEOUT_S, fields=None,
+            **config):
     """Assign (topic, partition) at `offset` (a number or OFFSET_BEGINNING/END) and return the
-    first `count` messages as (offset, key, value, timestamp_ms). Fails on any error."""
+    first `count` messages as (offset, key, value, timestamp_ms), or as `fields(message)`
+    when given. Fails on any error."""
     consumer = ck_consumer(broker, **config)
     try:
         consumer.assign([TopicPartition(topic, partition, offset)])
@@ -105,7 +107,10 @@ def ck_read(broker, topic, partition, offset, count, timeout_s=CLIENT_TIMEOUT_S,
                 if msg.error().code() == KafkaError._PARTITION_EOF:
                     continue
                 raise AssertionError(f"consumer error: {msg.error()}")
-            out.append((msg.offset(), msg.key(), msg.value(), msg.timestamp()[1]))
+            if fields is None:
+                out.append((msg.offset(), msg.key(), msg.value(), msg.timestamp()[1]))
+            else:
+                out.append(fields(msg))
         return out
     finally:
         consumer.close()

@@ -325,13 +325,18 @@ def committed(bootstrap, group, topic, partitions):
         consumer.close()
 
 
-def groups_cli(broker, *args):
-    result = subprocess.run(
+def run_groups_cli(broker, *args):
+    """Run `shardlog groups ARGS` against the broker; the finished process."""
+    return subprocess.run(
         [str(broker.binary), "groups", "--bootstrap", broker.bootstrap, *args],
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def groups_cli(broker, *args):
+    result = run_groups_cli(broker, *args)
     assert result.returncode == 0, f"shardlog groups {args}: {result.stderr}"
     return result.stdout
 
@@ -395,12 +400,7 @@ def test_reset_offsets_is_refused_while_the_group_has_members(broker, tmp_path):
 
 def groups_cli_failing(broker, *args):
     """Run `shardlog groups ARGS`, expect a non-zero exit, return stderr."""
-    result = subprocess.run(
-        [str(broker.binary), "groups", "--bootstrap", broker.bootstrap, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_groups_cli(broker, *args)
     assert result.returncode != 0, f"shardlog groups {args} succeeded: {result.stdout}"
     assert "panicked" not in result.stderr, result.stderr
     return result.stderr

@@ -8,11 +8,11 @@ import time
 
 import pytest
 from confluent_kafka import (TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME, KafkaError,
-                             KafkaException, TopicPartition)
+                             KafkaException)
 from confluent_kafka.admin import (AlterConfigOpType, ConfigEntry, ConfigResource,
                                    ConfigSource, NewTopic)
 
-from clients import (CLIENT_TIMEOUT_S, ck_admin, ck_consumer, ck_create_topic,
+from clients import (CLIENT_TIMEOUT_S, ck_admin, ck_create_topic,
                      ck_partition_count, ck_produce, ck_producer, ck_read)
 
 # Kafka 3.9's topic configs and their defaults (its LogConfig), which a broker started with
@@ -129,25 +129,8 @@ def now_ms():
 
 def read_timestamps(broker, topic, count, timeout_s=CLIENT_TIMEOUT_S):
     """The first `count` messages of partition 0 as (value, (timestamp type, timestamp))."""
-    consumer = ck_consumer(broker)
-    try:
-        consumer.assign([TopicPartition(topic, 0, 0)])
-        out = []
-        deadline = time.monotonic() + timeout_s
-        while len(out) < count:
-            left = deadline - time.monotonic()
-            assert left > 0, f"read {len(out)} of {count} messages from {topic}"
-            msg = consumer.poll(min(left, 1.0))
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise AssertionError(f"consumer error: {msg.error()}")
-            out.append((msg.value(), msg.timestamp()))
-        return out
-    finally:
-        consumer.close()
+    return ck_read(broker, topic, 0, 0, count, timeout_s=timeout_s,
+                   fields=lambda msg: (msg.value(), msg.timestamp()))
 
 
 # --- 1. every Kafka 3.9 topic config ---------------------------------------------------------
