@@ -26,6 +26,7 @@ Usage outside pytest (a script, a REPL):
     assert fleet.close() == []  # every broker still running exits 0 on SIGTERM
 """
 
+import ctypes
 import os
 import random
 import re
@@ -99,6 +100,21 @@ def wait_until(condition, timeout_s, what, interval_s=0.02):
         time.sleep(interval_s)
 
 
+try:
+    _LIBC = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _LIBC = None
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    """In the child before exec: SIGKILL it when the test process dies (a client library
+    that aborts the interpreter must not leave brokers holding their ports). Linux only;
+    the teardown rule still stops every broker of a test that ends normally."""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 def _describe_exit(code):
     return f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
 
@@ -125,6 +141,8 @@ class Broker:
         # Whether the current process's end is accounted for by the test (SIGKILL, a start
         # that had to fail, or an exit code the test looked at).
         self._exit_expected = False
+        # When SIGTERM was sent to the current process (`terminate`), else None.
+        self._terminated_at = None
 
     # --- identity -------------------------------------------------------------------------
     @property
@@ -167,16 +185,18 @@ class Broker:
         env.update(self.env)
         limit = self.open_files_max
 
-        def limit_open_files():
+        def before_exec():
             if limit is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+            _die_with_parent()
 
         with open(path, "wb") as log:
             self.proc = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, preexec_fn=limit_open_files,
+                env=env, preexec_fn=before_exec,
             )
         self._exit_expected = False
+        self._terminated_at = None
         return self.proc
 
     def start(self, timeout_s=READY_DEADLINE_S):
@@ -226,16 +246,26 @@ class Broker:
     def is_running(self):
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, timeout_s=STOP_DEADLINE_S):
-        """SIGTERM; the process must exit 0 within the deadline. Returns the seconds it took."""
+    def terminate(self):
+        """Send SIGTERM (resuming a paused process first) and return at once; `stop` then
+        waits for the exit without signalling again. Several brokers stop together this
+        way (a cluster shutting down)."""
         assert self.is_running(), f"{self.name} died before stop: {self._exit_text()}"
         if self.is_paused():
             self.resume()
-        started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
+        if self._terminated_at is None:
+            self._terminated_at = time.monotonic()
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout_s=STOP_DEADLINE_S):
+        """SIGTERM; the process must exit 0 within the deadline. Returns the seconds it took
+        (since the SIGTERM, when `terminate` sent it earlier)."""
+        if self._terminated_at is None:  # else `terminate` sent SIGTERM: it may be gone
+            assert self.is_running(), f"{self.name} died before stop: {self._exit_text()}"
+            self.terminate()
         code = self.wait_exit(timeout_s)
         assert code == 0, f"{self.name} {_describe_exit(code)} after SIGTERM:\n{self.run_log()}"
-        return time.monotonic() - started
+        return time.monotonic() - self._terminated_at
 
     def kill(self, timeout_s=STOP_DEADLINE_S):
         """SIGKILL: the process gets no chance to flush anything (a crash)."""
@@ -306,6 +336,8 @@ class Broker:
             return None
         if self._exit_expected or self.proc.returncode == 0:
             return None
+        if self._terminated_at is not None:  # `terminate` sent SIGTERM and it exited since
+            return f"{self.name} {self._exit_text()} after SIGTERM"
         return f"{self.name} {self._exit_text()} before the end of the test"
 
     def _exit_text(self):
@@ -391,17 +423,18 @@ class Fleet:
         self.brokers = []
 
     def new(self, name=None, cores=1, args=(), env=None, data_dir=None, port=None,
-            preallocate_bytes=FLEET_DEFAULT, open_files_max=None):
-        """A broker that is not started yet (see `start`)."""
+            preallocate_bytes=FLEET_DEFAULT, open_files_max=None, broker_class=None, **extra):
+        """A broker that is not started yet (see `start`). `broker_class` (a subclass of
+        Broker, e.g. cluster.Node) is built with the `extra` keyword arguments too."""
         name = name or f"broker{len(self.brokers)}"
         assert all(b.name != name for b in self.brokers), f"two brokers named {name}"
         if preallocate_bytes is FLEET_DEFAULT:
             preallocate_bytes = self.preallocate_bytes
         if preallocate_bytes is not None:
             args = ["--preallocate-bytes", str(preallocate_bytes), *args]
-        broker = Broker(self.binary, data_dir or self.base_dir / name, self.base_dir, name=name,
-                        cores=cores, args=args, env=env, port=port,
-                        open_files_max=open_files_max)
+        broker = (broker_class or Broker)(
+            self.binary, data_dir or self.base_dir / name, self.base_dir, name=name,
+            cores=cores, args=args, env=env, port=port, open_files_max=open_files_max, **extra)
         self.brokers.append(broker)
         return broker
 
@@ -409,8 +442,14 @@ class Fleet:
         """A new broker, started and listening. Keyword arguments as for `new`."""
         return self.new(**kwargs).start()
 
-    def close(self):
-        """Apply the teardown rule to every broker; returns the problems found (none: [])."""
+    def close(self, together=False):
+        """Apply the teardown rule to every broker; returns the problems found (none: []).
+        `together`: SIGTERM every running broker first, then wait for each (the nodes of a
+        cluster stop at once, none waits for the others to go)."""
+        if together:
+            for broker in self.brokers:
+                if broker.is_running():
+                    broker.terminate()
         problems = []
         for broker in self.brokers:
             problem = broker.close()

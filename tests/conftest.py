@@ -12,6 +12,12 @@
 - `broker`, `broker2`: one broker with one shard, or with two.
 - `start_module_broker(...)`: the same factory for a broker that the tests of one module
   share (started once, stopped after the module's last test).
+- `start_cluster(voters=3, extra_args=(), name="", ...)`: a factory of serving clusters
+  (cluster.py): all voters spawned, then waited for; `add_broker()` adds a broker-only node.
+  Nodes are named n1, n2, ... (`name`-n1, ... for a second cluster of the same test); each
+  keeps its two ports and data dir across restarts. At the end every node still running
+  gets SIGTERM at once and must exit 0. `start_module_cluster(...)`: the same, shared by
+  the tests of one module.
 
 Teardown rule, for every broker: one the test did not kill (SIGKILL) or expect to fail must
 exit 0 on SIGTERM; a crash, a non-zero exit or a hang fails the test. A failing test's report
@@ -24,6 +30,7 @@ import shutil
 import pytest
 
 from broker_process import Fleet, shardlog_binary
+from cluster import Cluster
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +82,39 @@ def start_module_broker(shardlog_bin, tmp_path_factory, request):
     problems = fleet.close()
     if not problems and request.session.testsfailed == failed_before:
         # Brokers preallocate their logs: keep the data of a module only when it failed.
+        for broker in fleet.brokers:
+            shutil.rmtree(broker.data_dir, ignore_errors=True)
+    _fail_on_problems(problems)
+
+
+def _cluster_factory(fleet):
+    def start(voters=3, extra_args=(), name="", **kwargs):
+        """Start a cluster of `voters` voters with `extra_args` on every node; keyword
+        arguments as for cluster.Cluster (cores, env, session_timeout_ms, ...)."""
+        return Cluster(fleet, voters=voters, name=name, args=extra_args, **kwargs).start()
+    return start
+
+
+@pytest.fixture
+def start_cluster(shardlog_bin, tmp_path, request):
+    """Factory: start_cluster(voters=3, extra_args=(), name="", ...) -> a serving Cluster."""
+    fleet = Fleet(shardlog_bin, tmp_path)
+    request.node.shardlog_fleets = getattr(request.node, "shardlog_fleets", []) + [fleet]
+    yield _cluster_factory(fleet)
+    _fail_on_problems(fleet.close(together=True))
+
+
+@pytest.fixture(scope="module")
+def start_module_cluster(shardlog_bin, tmp_path_factory, request):
+    """start_cluster for a cluster shared by the tests of one module (stopped after the
+    module's last test; a teardown problem is reported as an error of that test)."""
+    base = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1] + "-cluster")
+    fleet = Fleet(shardlog_bin, base)
+    request.node.shardlog_fleets = getattr(request.node, "shardlog_fleets", []) + [fleet]
+    failed_before = request.session.testsfailed
+    yield _cluster_factory(fleet)
+    problems = fleet.close(together=True)
+    if not problems and request.session.testsfailed == failed_before:
         for broker in fleet.brokers:
             shutil.rmtree(broker.data_dir, ignore_errors=True)
     _fail_on_problems(problems)

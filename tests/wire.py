@@ -79,6 +79,18 @@ def varint(v):
             return bytes(out)
 
 
+def uvarint(v):
+    """Unsigned varint, as in flexible versions (compact lengths, tagged fields)."""
+    out = bytearray()
+    while True:
+        if v & ~0x7F:
+            out.append((v & 0x7F) | 0x80)
+            v >>= 7
+        else:
+            out.append(v)
+            return bytes(out)
+
+
 class Reader:
     """Decode primitives from a response body; running past the end raises."""
 
@@ -130,6 +142,29 @@ class Reader:
                 break
             shift += 7
         return (z >> 1) ^ -(z & 1)
+
+    def uvarint(self):
+        shift = 0
+        v = 0
+        while True:
+            b = self.take(1)[0]
+            v |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return v
+            shift += 7
+
+    def compact_string(self):
+        n = self.uvarint() - 1
+        return None if n < 0 else self.take(n).decode()
+
+    def compact_array(self, item):
+        n = self.uvarint() - 1
+        return None if n < 0 else [item(self) for _ in range(n)]
+
+    def tagged_fields(self):
+        for _ in range(self.uvarint()):
+            self.uvarint()  # tag
+            self.take(self.uvarint())
 
     def done(self):
         return self.pos == len(self.data)
@@ -223,13 +258,23 @@ API_PRODUCE = 0
 API_FETCH = 1
 API_LIST_OFFSETS = 2
 API_METADATA = 3
+API_FIND_COORDINATOR = 10
+API_HEARTBEAT = 12
 API_API_VERSIONS = 18
+API_CREATE_TOPICS = 19
 API_INIT_PRODUCER_ID = 22
+API_DESCRIBE_CLUSTER = 60
 
 NONE = 0
 CORRUPT_MESSAGE = 2
 UNKNOWN_TOPIC_OR_PARTITION = 3
+NOT_LEADER_OR_FOLLOWER = 6
+REQUEST_TIMED_OUT = 7
 MESSAGE_TOO_LARGE = 10
+NOT_COORDINATOR = 16
+TOPIC_ALREADY_EXISTS = 36
+INVALID_REPLICATION_FACTOR = 38
+NOT_CONTROLLER = 41
 UNSUPPORTED_VERSION = 35
 OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 DUPLICATE_SEQUENCE_NUMBER = 46
@@ -238,6 +283,14 @@ DUPLICATE_SEQUENCE_NUMBER = 46
 def frame(api_key, version, correlation_id, body, client_id="wire-test"):
     """A request frame with header v1 (every non-flexible request version uses it)."""
     payload = i16(api_key) + i16(version) + i32(correlation_id) + string(client_id) + body
+    return i32(len(payload)) + payload
+
+
+def flexible_frame(api_key, version, correlation_id, body, client_id="wire-test"):
+    """A request frame with header v2 (flexible versions): header v1 plus no tagged fields.
+    `body` must end with its own (empty) tagged fields."""
+    payload = (i16(api_key) + i16(version) + i32(correlation_id) + string(client_id)
+               + uvarint(0) + body)
     return i32(len(payload)) + payload
 
 
@@ -309,6 +362,19 @@ class Conn:
         assert data is not None, f"broker closed the connection instead of answering api {api_key} v{version}"
         r = Reader(data)
         assert r.i32() == cid, "correlation id of the response does not match the request"
+        return r
+
+    def flexible_request(self, api_key, version, body):
+        """A flexible-version request (header v2; `body` ends with its tagged fields); returns
+        a Reader over the body after the v1 response header."""
+        cid = self.next_correlation_id
+        self.next_correlation_id += 1
+        self.send_raw(flexible_frame(api_key, version, cid, body))
+        data = self.recv_frame()
+        assert data is not None, f"broker closed the connection instead of answering api {api_key} v{version}"
+        r = Reader(data)
+        assert r.i32() == cid, "correlation id of the response does not match the request"
+        r.tagged_fields()
         return r
 
     def closed_by_peer(self, timeout_s=10.0, drop_data=False):
@@ -406,6 +472,89 @@ def metadata(conn, topics):
             lambda r: (r.i16(), r.i32(), r.i32(), r.array(Reader.i32), r.array(Reader.i32))))):
         out[name] = (error, {p[1]: p[0] for p in parts})
     return out
+
+
+def metadata_v7(conn, topics=None):
+    """Metadata v7 (the first version with leader epochs), auto-creation off; `topics` None
+    asks for every topic. Returns a dict:
+    {"brokers": {node id: (host, port)}, "cluster_id": str or None, "controller_id": int,
+     "topics": {name: {"error": code, "partitions": {index: {"error", "leader",
+                "leader_epoch", "replicas", "isr", "offline"}}}}}"""
+    body = (i32(-1) if topics is None else array([string(t) for t in topics])) + i8(0)
+    r = conn.request(API_METADATA, 7, body)
+    r.i32()  # throttle
+    brokers = {node: (host, port) for node, host, port, _rack in r.array(
+        lambda r: (r.i32(), r.string(), r.i32(), r.string()))}
+    cluster_id = r.string()
+    controller_id = r.i32()
+
+    def partition(r):
+        return {"error": r.i16(), "index": r.i32(), "leader": r.i32(), "leader_epoch": r.i32(),
+                "replicas": r.array(Reader.i32), "isr": r.array(Reader.i32),
+                "offline": r.array(Reader.i32)}
+
+    out = {}
+    for error, name, _internal, parts in r.array(
+            lambda r: (r.i16(), r.string(), r.i8(), r.array(partition))):
+        out[name] = {"error": error, "partitions": {p.pop("index"): p for p in parts}}
+    return {"brokers": brokers, "cluster_id": cluster_id, "controller_id": controller_id,
+            "topics": out}
+
+
+def create_topics(conn, topics, timeout_ms=10000, validate_only=False):
+    """CreateTopics v2. `topics` is a list of (name, partitions, replication factor) or
+    (name, partitions, replication factor, {partition: [broker ids]}); with an assignment,
+    partitions and replication factor are sent as -1 as Kafka requires. Returns
+    {name: (error_code, error_message)}."""
+    items = []
+    for t in topics:
+        name, partitions, replication = t[:3]
+        assignment = t[3] if len(t) > 3 else None
+        if assignment:
+            partitions, replication = -1, -1
+            assigned = array([i32(p) + array([i32(b) for b in brokers])
+                              for p, brokers in sorted(assignment.items())])
+        else:
+            assigned = array([])
+        items.append(string(name) + i32(partitions) + i16(replication) + assigned
+                     + array([]))  # no configs
+    body = array(items) + i32(timeout_ms) + i8(1 if validate_only else 0)
+    r = conn.request(API_CREATE_TOPICS, 2, body)
+    r.i32()  # throttle
+    return {name: (error, message) for name, error, message in r.array(
+        lambda r: (r.string(), r.i16(), r.string()))}
+
+
+def describe_cluster(conn):
+    """DescribeCluster v0 (flexible): {"error", "error_message", "cluster_id",
+    "controller_id", "brokers": {broker id: (host, port)}}."""
+    r = conn.flexible_request(API_DESCRIBE_CLUSTER, 0, i8(0) + uvarint(0))
+    r.i32()  # throttle
+    out = {"error": r.i16(), "error_message": r.compact_string(),
+           "cluster_id": r.compact_string(), "controller_id": r.i32()}
+
+    def broker(r):
+        b = (r.i32(), r.compact_string(), r.i32(), r.compact_string())
+        r.tagged_fields()
+        return b
+    out["brokers"] = {b: (host, port) for b, host, port, _rack in r.compact_array(broker)}
+    return out
+
+
+def find_coordinator(conn, key, key_type=0):
+    """FindCoordinator v1 (key_type 0: a group): (error_code, node_id, host, port)."""
+    r = conn.request(API_FIND_COORDINATOR, 1, string(key) + i8(key_type))
+    r.i32()  # throttle
+    error = r.i16()
+    r.string()  # error message
+    return error, r.i32(), r.string(), r.i32()
+
+
+def heartbeat(conn, group, generation_id=1, member_id="nobody"):
+    """Heartbeat v0: the error code (NOT_COORDINATOR from a broker that does not
+    coordinate the group)."""
+    r = conn.request(API_HEARTBEAT, 0, string(group) + i32(generation_id) + string(member_id))
+    return r.i16()
 
 
 def produce_body(topic, partitions, acks=1, timeout_ms=10000):
