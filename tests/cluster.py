@@ -307,9 +307,11 @@ class Cluster:
         leader per partition. `assignment`: {partition: [broker ids]} instead of a count
         and a replication factor. Returns the first node's view {partition: {...}}."""
         if assignment:
-            topic = NewTopic(name, replica_assignment=[assignment[p] for p in sorted(assignment)],
-                             config=config or {})
             partitions = len(assignment)
+            # The Python client wants the count too; librdkafka sends -1 with the assignment.
+            topic = NewTopic(name, num_partitions=partitions,
+                             replica_assignment=[assignment[p] for p in sorted(assignment)],
+                             config=config or {})
         else:
             topic = NewTopic(name, num_partitions=partitions,
                              replication_factor=replication_factor, config=config or {})
