@@ -251,10 +251,14 @@ def test_describe_cluster_lists_the_three_brokers_and_the_controller(cluster):
         with wire.Conn(node.address) as conn:
             _, versions = wire.api_versions(conn)
             assert wire.API_DESCRIBE_CLUSTER in versions, "ApiVersions lacks DescribeCluster"
-            described = wire.describe_cluster(conn)
-        assert described == {"error": wire.NONE, "error_message": None,
-                             "cluster_id": md["cluster_id"],
-                             "controller_id": md["controller_id"], "brokers": expected}
+            low, high = versions[wire.API_DESCRIBE_CLUSTER]
+            for version in range(low, min(high, 2) + 1):  # every version it has, up to v2
+                described = wire.describe_cluster(conn, version)
+                assert described.pop("fenced", []) == [], (version, described)
+                assert described == {"error": wire.NONE, "error_message": None,
+                                     "cluster_id": md["cluster_id"],
+                                     "controller_id": md["controller_id"],
+                                     "brokers": expected}, version
         admin = ck_admin(node.bootstrap)
         result = admin.describe_cluster(request_timeout=10).result(timeout=CLIENT_TIMEOUT_S)
         assert {n.id: (n.host, n.port) for n in result.nodes} == expected

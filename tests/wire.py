@@ -525,19 +525,32 @@ def create_topics(conn, topics, timeout_ms=10000, validate_only=False):
         lambda r: (r.string(), r.i16(), r.string()))}
 
 
-def describe_cluster(conn):
-    """DescribeCluster v0 (flexible): {"error", "error_message", "cluster_id",
-    "controller_id", "brokers": {broker id: (host, port)}}."""
-    r = conn.flexible_request(API_DESCRIBE_CLUSTER, 0, i8(0) + uvarint(0))
+def describe_cluster(conn, version=0):
+    """DescribeCluster v0-v2 (flexible), brokers only (endpoint type 1), fenced ones too
+    (v2): {"error", "error_message", "cluster_id", "controller_id", "brokers": {broker id:
+    (host, port)}, "fenced": [broker ids] (v2)}."""
+    body = i8(0)  # no authorized operations
+    if version >= 1:
+        body += i8(1)  # endpoint type: brokers
+    if version >= 2:
+        body += i8(1)  # include fenced brokers
+    r = conn.flexible_request(API_DESCRIBE_CLUSTER, version, body + uvarint(0))
     r.i32()  # throttle
-    out = {"error": r.i16(), "error_message": r.compact_string(),
-           "cluster_id": r.compact_string(), "controller_id": r.i32()}
+    out = {"error": r.i16(), "error_message": r.compact_string()}
+    if version >= 1:
+        r.i8()  # endpoint type
+    out["cluster_id"] = r.compact_string()
+    out["controller_id"] = r.i32()
 
     def broker(r):
-        b = (r.i32(), r.compact_string(), r.i32(), r.compact_string())
+        b = (r.i32(), r.compact_string(), r.i32(), r.compact_string(),
+             r.i8() if version >= 2 else 0)
         r.tagged_fields()
         return b
-    out["brokers"] = {b: (host, port) for b, host, port, _rack in r.compact_array(broker)}
+    brokers = r.compact_array(broker)
+    out["brokers"] = {b: (host, port) for b, host, port, _rack, _fenced in brokers}
+    if version >= 2:
+        out["fenced"] = sorted(b for b, _h, _p, _r, fenced in brokers if fenced)
     return out
 
 
