@@ -382,9 +382,10 @@ def test_a_broker_only_node_registers_and_gets_replicas(start_cluster):
     assert all(sorted(info["replicas"]) == [1, 2, 3, 4] for info in wide.values()), wide
     assert collections.Counter(leaders(wide).values()) == {1: 2, 2: 2, 3: 2, 4: 2}
 
-    placed = cluster.create_topic("placed", assignment={0: [4], 1: [4, 1]})
-    assert placed[0]["replicas"] == [4] and placed[0]["leader"] == 4, placed
-    assert sorted(placed[1]["replicas"]) == [1, 4], placed
+    # Kafka's rule: every partition of a manual assignment has as many replicas.
+    placed = cluster.create_topic("placed", assignment={0: [4, 2], 1: [1, 4]})
+    assert placed[0]["replicas"] == [4, 2] and placed[0]["leader"] == 4, placed
+    assert placed[1]["replicas"] == [1, 4] and placed[1]["leader"] == 1, placed
     # A client bootstrapped at node 1 produces to node 4's partition; read through node 2.
     producer = ck_producer(cluster.nodes[0])
     [(err, _, offset)] = ck_produce(producer, "placed", [b"on four"], partition=0)

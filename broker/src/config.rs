@@ -45,6 +45,27 @@ pub struct Cli {
     /// Broker id reported in Metadata.
     #[arg(long, env = "SHARDLOG_NODE_ID")]
     pub node_id: Option<i32>,
+    /// Controller port, HOST:PORT: raft traffic of the metadata quorum and broker
+    /// registrations (Kafka: the CONTROLLER listener). Required on a voter; a broker-only
+    /// node without it listens on an ephemeral port of its listen host.
+    #[arg(long, env = "SHARDLOG_CONTROLLER_LISTEN")]
+    pub controller_listen: Option<String>,
+    /// The metadata quorum's voters, `id@host:port,...` (Kafka: controller.quorum.voters).
+    /// A node whose id is listed is a voter and a broker; others are brokers only. Without
+    /// it, the node is a one-node cluster.
+    #[arg(long, env = "SHARDLOG_CONTROLLER_QUORUM_VOTERS")]
+    pub controller_quorum_voters: Option<String>,
+    /// Replication factor of topics created without one, auto-created topics included
+    /// (Kafka: default.replication.factor).
+    #[arg(long, env = "SHARDLOG_DEFAULT_REPLICATION_FACTOR")]
+    pub default_replication_factor: Option<i32>,
+    /// A broker whose heartbeats stop for this long is fenced: it leads nothing and clients
+    /// are not told of it (Kafka: broker.session.timeout.ms).
+    #[arg(long, env = "SHARDLOG_BROKER_SESSION_TIMEOUT_MS")]
+    pub broker_session_timeout_ms: Option<u64>,
+    /// How often a broker heartbeats the quorum leader (Kafka: broker.heartbeat.interval.ms).
+    #[arg(long, env = "SHARDLOG_BROKER_HEARTBEAT_INTERVAL_MS")]
+    pub broker_heartbeat_interval_ms: Option<u64>,
     /// Create a topic when a client asks Metadata or Produce for an unknown one.
     #[arg(long, env = "SHARDLOG_AUTO_CREATE_TOPICS")]
     pub auto_create_topics: Option<bool>,
@@ -130,6 +151,13 @@ pub struct Config {
     pub cores: usize,
     pub first_cpu: usize,
     pub node_id: i32,
+    /// Where this node listens for controller traffic (None: a one-node cluster).
+    pub controller_listen: Option<String>,
+    /// Voters by id with their controller addresses; `{node_id: ""}` for a one-node cluster.
+    pub voters: std::collections::BTreeMap<i32, String>,
+    pub default_replication_factor: i32,
+    pub broker_session_timeout_ms: u64,
+    pub broker_heartbeat_interval_ms: u64,
     pub auto_create_topics: bool,
     pub num_partitions: i32,
     pub max_frame_bytes: usize,
@@ -181,14 +209,72 @@ impl Config {
         let advertise_text = pick!(advertise, listen_text.clone());
         let (advertise_host, advertise_port) = split_host_port(&advertise_text)
             .ok_or_else(|| format!("advertise: '{advertise_text}' is not HOST:PORT"))?;
+        let node_id = pick!(node_id, 0);
+        let voters_text = cli
+            .controller_quorum_voters
+            .clone()
+            .or(file.controller_quorum_voters.clone());
+        let controller_listen = cli
+            .controller_listen
+            .clone()
+            .or(file.controller_listen.clone());
+        let (voters, controller_listen) = match voters_text {
+            None => {
+                if let Some(addr) = controller_listen {
+                    return Err(format!(
+                        "controller-listen: '{addr}' given without controller-quorum-voters \
+                         (a one-node cluster needs neither)"
+                    ));
+                }
+                (
+                    std::collections::BTreeMap::from([(node_id, String::new())]),
+                    None,
+                )
+            }
+            Some(text) => {
+                let voters = parse_voters(&text)?;
+                let listen = match controller_listen {
+                    Some(addr) => {
+                        let (_, port) = split_host_port(&addr).ok_or_else(|| {
+                            format!("controller-listen: '{addr}' is not HOST:PORT")
+                        })?;
+                        if let Some(entry) = voters.get(&node_id) {
+                            let voter_port = split_host_port(entry).map(|(_, p)| p);
+                            if voter_port != Some(port) {
+                                return Err(format!(
+                                    "controller-listen: '{addr}' is not the port of this node's \
+                                     entry {node_id}@{entry} in controller-quorum-voters"
+                                ));
+                            }
+                        }
+                        addr
+                    }
+                    None if voters.contains_key(&node_id) => {
+                        return Err(format!(
+                            "controller-listen: node {node_id} is a voter in \
+                             controller-quorum-voters, so it needs --controller-listen (its \
+                             entry there says {})",
+                            voters[&node_id]
+                        ))
+                    }
+                    None => format!("{}:0", listen.ip()),
+                };
+                (voters, Some(listen))
+            }
+        };
         let config = Config {
             data_dir: pick!(data_dir, PathBuf::from("./data")),
+            controller_listen,
+            voters,
+            default_replication_factor: pick!(default_replication_factor, 1),
+            broker_session_timeout_ms: pick!(broker_session_timeout_ms, 1500),
+            broker_heartbeat_interval_ms: pick!(broker_heartbeat_interval_ms, 250),
             listen,
             advertise_host,
             advertise_port,
             cores: pick!(cores, cores_available),
             first_cpu: pick!(first_cpu, 0),
-            node_id: pick!(node_id, 0),
+            node_id,
             auto_create_topics: pick!(auto_create_topics, true),
             num_partitions: pick!(num_partitions, 1),
             max_frame_bytes: pick!(max_frame_bytes, 100 << 20),
@@ -222,6 +308,26 @@ impl Config {
 
     fn validate(&self, cores_available: usize) -> Result<(), String> {
         let check = |ok: bool, msg: String| if ok { Ok(()) } else { Err(msg) };
+        check(
+            self.node_id >= 0,
+            format!("node_id: must be 0 or more, got {}", self.node_id),
+        )?;
+        check(
+            self.default_replication_factor >= 1,
+            format!(
+                "default_replication_factor: must be at least 1, got {}",
+                self.default_replication_factor
+            ),
+        )?;
+        check(
+            self.broker_heartbeat_interval_ms >= 10
+                && self.broker_session_timeout_ms >= 2 * self.broker_heartbeat_interval_ms,
+            format!(
+                "broker_session_timeout_ms: {} must be at least twice \
+                 broker_heartbeat_interval_ms {} (itself at least 10)",
+                self.broker_session_timeout_ms, self.broker_heartbeat_interval_ms
+            ),
+        )?;
         check(
             self.cores >= 1 && self.first_cpu + self.cores <= cores_available,
             format!(
@@ -369,6 +475,38 @@ impl Config {
 }
 
 /// Split "host:port" (or "[v6]:port") into its parts.
+/// `id@host:port,...` (Kafka's controller.quorum.voters): 1 to 9 distinct non-negative ids,
+/// each with a HOST:PORT.
+fn parse_voters(text: &str) -> Result<std::collections::BTreeMap<i32, String>, String> {
+    let bad = |why: String| {
+        Err(format!(
+            "controller-quorum-voters: '{text}' is not id@host:port,... ({why})"
+        ))
+    };
+    let mut voters = std::collections::BTreeMap::new();
+    for entry in text.split(',').map(str::trim) {
+        let Some((id, addr)) = entry.split_once('@') else {
+            return bad(format!("'{entry}' has no '@'"));
+        };
+        let Ok(id) = id.trim().parse::<i32>() else {
+            return bad(format!("'{id}' is not a node id"));
+        };
+        if id < 0 {
+            return bad(format!("node id {id} is negative"));
+        }
+        if split_host_port(addr.trim()).is_none() {
+            return bad(format!("'{addr}' is not HOST:PORT"));
+        }
+        if voters.insert(id, addr.trim().to_string()).is_some() {
+            return bad(format!("node id {id} is listed twice"));
+        }
+    }
+    if voters.len() > 9 {
+        return bad(format!("{} voters; at most 9", voters.len()));
+    }
+    Ok(voters)
+}
+
 fn split_host_port(text: &str) -> Option<(String, u16)> {
     let (host, port) = text.rsplit_once(':')?;
     let port = port.parse().ok()?;

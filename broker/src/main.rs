@@ -77,11 +77,21 @@ fn main() {
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(log_filter(&config.log)))
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = shardlog::server::run(config) {
         eprintln!("shardlog: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// The log filter: the configured one, with openraft's own chatter (every vote and
+/// membership step at info) lowered to warnings unless the filter names openraft itself.
+fn log_filter(configured: &str) -> String {
+    if configured.contains("openraft") {
+        configured.to_string()
+    } else {
+        format!("{configured},openraft=warn")
     }
 }

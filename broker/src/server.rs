@@ -12,7 +12,10 @@ use glommio::net::TcpListener;
 use glommio::sync::Semaphore;
 use glommio::{LocalExecutorBuilder, Placement};
 
+use std::time::Duration;
+
 use crate::catalog::Catalog;
+use crate::cluster::{self, ClusterConfig, ControlHandle};
 use crate::config::Config;
 use crate::shard::{Job, Shard};
 
@@ -29,7 +32,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         anyhow::anyhow!("data_dir: cannot create {}: {e}", config.data_dir.display())
     })?;
     let _lock = lock_data_dir(&config)?;
-    let catalog = Catalog::load(&config.data_dir).map_err(anyhow::Error::msg)?;
     let listeners = bind_listeners(&config)?;
     let address = listeners.1;
     let mut config = config;
@@ -38,6 +40,25 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         // clients would be told to connect to port 0.
         config.advertise_port = address.port();
     }
+    let control = cluster::start(ClusterConfig {
+        node_id: config.node_id,
+        voters: config.voters.clone(),
+        controller_listen: config.controller_listen.clone(),
+        advertised_host: config.advertise_host.clone(),
+        advertised_port: config.advertise_port,
+        session_timeout: Duration::from_millis(config.broker_session_timeout_ms),
+        heartbeat_interval: Duration::from_millis(config.broker_heartbeat_interval_ms),
+        data_dir: config.data_dir.clone(),
+    })
+    .map_err(anyhow::Error::msg)?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    let Some(catalog) = wait_until_registered(&control, &mut signals) else {
+        tracing::info!("stopped before the metadata quorum registered this node");
+        return Ok(());
+    };
     let mesh = MeshBuilder::<Job, _>::full(config.cores, MESH_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let (drained_tx, drained_rx) = mpsc::channel::<usize>();
@@ -52,6 +73,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let drained = drained_tx.clone();
         let config = config.clone();
         let catalog = catalog.clone();
+        let control = control.clone();
         let mesh = mesh.clone();
         let ready = ready_tx.clone();
         let cpu = config.first_cpu + id;
@@ -65,7 +87,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     drained,
                     close: close_rx,
                 };
-                run_shard(id, config, catalog, mesh, listener, ready, stop).await
+                run_shard(id, config, catalog, control, mesh, listener, ready, stop).await
             })
             .map_err(|e| anyhow::anyhow!("cores: cannot start shard {id} on cpu {cpu}: {e}"))?;
         threads.push(handle);
@@ -81,10 +103,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(shards = config.cores, data_dir = %config.data_dir.display(), "listening on {address}");
     eprintln!("listening on {address}");
 
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])?;
     if let Some(signal) = signals.forever().next() {
         tracing::info!(signal, "shutting down: flushing and syncing every log");
     }
@@ -110,6 +128,35 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Block until the metadata quorum knows this node as a live broker (a voter needs a
+/// majority of the voters up; a broker-only node needs to reach the quorum), saying so
+/// in the log meanwhile. Returns the catalog to start the shards with.
+fn wait_until_registered(
+    control: &ControlHandle,
+    signals: &mut signal_hook::iterator::Signals,
+) -> Option<Catalog> {
+    let view = control.view();
+    let started = std::time::Instant::now();
+    let mut said = started;
+    loop {
+        let catalog = view.borrow().clone();
+        if control.is_serving(&catalog) {
+            return Some((*catalog).clone());
+        }
+        if signals.pending().next().is_some() {
+            return None;
+        }
+        if said.elapsed() >= Duration::from_secs(5) {
+            tracing::info!(
+                "waiting for the metadata quorum to register this node ({} s so far)",
+                started.elapsed().as_secs()
+            );
+            said = std::time::Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// How the main thread stops a shard: `stop` (stop taking requests and finish those taken),
 /// the shard answers on `drained`, then `close` (close and sync every log).
 struct Stop {
@@ -118,10 +165,12 @@ struct Stop {
     close: oneshot::Receiver<()>,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_shard(
     id: usize,
     config: Config,
     catalog: Catalog,
+    control: ControlHandle,
     mesh: MeshBuilder<Job, glommio::channels::channel_mesh::Full>,
     listener: TcpListener,
     ready: mpsc::Sender<Result<(), String>>,
@@ -135,11 +184,14 @@ async fn run_shard(
             return;
         }
     };
-    let shard = Shard::new(id, config.clone(), senders);
+    let shard = Shard::new(id, config.clone(), senders, control);
     shard.spawn_mesh_receivers(receivers);
     if let Err(e) = shard.apply_catalog(catalog).await {
         let _ = ready.send(Err(format!("shard {id}: {e}")));
         return;
+    }
+    if id == 0 {
+        shard.follow_control_plane();
     }
     if let Err(e) = shard.start_groups().await {
         let _ = ready.send(Err(format!("shard {id}: {e}")));

@@ -1,97 +1,113 @@
-//! The catalog: which topics exist, their partitions, which shard owns each partition, their
-//! configs, and the next producer id. Control plane only.
+//! The catalog: the cluster's metadata as every shard sees it: brokers, topics, their
+//! partitions (replicas, leader, leader epoch, ISR, owner shard on this node), configs, the
+//! next producer id. Control plane only.
 //!
-//! Shard 0 is the controller: it alone changes the catalog, persists it, then hands a copy to
-//! every shard. Each shard reads only its own copy, so the data path never shares it.
+//! The catalog is the state of the metadata quorum (`cluster/`): it changes only by applying
+//! committed metadata commands, in log order, on every node. Each node hands every shard an
+//! immutable copy; the data path reads only its shard's copy.
 //!
-//! On disk: `catalog.bin` = magic `SLCAT001`, CRC-32C (u32 LE) of the payload, payload (rkyv).
-//! It is replaced atomically (write temp, fsync, rename, fsync dir). A file that fails its
-//! magic, CRC or rkyv check is refused with an error: never silently replaced by an empty one.
+//! `legacy.rs` reads the `catalog.bin` file that single-node versions wrote, which becomes
+//! the first metadata record when such a data dir is opened.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use rkyv::{Archive, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
 
+mod legacy;
 mod topic_configs;
 
+pub use legacy::load_legacy;
 pub use topic_configs::{
     alter_list, topic_config, topic_log_config, validate_topic_config, validate_topic_configs,
     ConfigType, Effect, ListOp, TopicConfig, TOPIC_CONFIGS,
 };
 
-const MAGIC: &[u8; 8] = b"SLCAT001";
-const FILE_NAME: &str = "catalog.bin";
+/// Kafka's "no leader".
+pub const NO_LEADER: i32 = -1;
+
+/// Where one partition lives and who leads it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Brokers holding a replica, the preferred leader first.
+    pub replicas: Vec<i32>,
+    /// The current leader, or `NO_LEADER` when no replica is alive.
+    pub leader: i32,
+    /// Bumped on every leader change.
+    pub leader_epoch: i32,
+    /// In-sync replicas.
+    pub isr: Vec<i32>,
+}
 
 /// One topic.
-#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Topic {
     pub name: String,
     pub id: [u8; 16],
-    /// Owner shard of each partition, indexed by partition number.
+    /// Owner shard of each partition, indexed by partition number: a hint each node reduces
+    /// modulo its own shard count (nodes may have different core counts).
     pub owners: Vec<u32>,
+    /// Placement of each partition, indexed by partition number.
+    pub placement: Vec<Placement>,
     /// Topic-level config overrides (Kafka names), validated when set.
     pub configs: BTreeMap<String, String>,
 }
 
+impl Topic {
+    pub fn partition_count(&self) -> usize {
+        self.owners.len()
+    }
+}
+
+/// One registered broker.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Broker {
+    pub id: i32,
+    /// Identity of the broker's data dir (its `meta.properties`): a wiped or different data
+    /// dir under the same node id is another incarnation.
+    pub incarnation: String,
+    /// Kafka address clients are told.
+    pub host: String,
+    pub port: u16,
+    /// Address of its controller listener (the metadata log reaches it there).
+    pub controller_addr: String,
+    /// Bumped (to the registration's log index) on every registration.
+    pub epoch: u64,
+    /// A fenced broker missed its heartbeats: it leads nothing and clients are not told of it.
+    pub fenced: bool,
+}
+
 /// Everything the catalog holds.
-#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Catalog {
+    /// Set by the cluster's first record; empty until then.
+    pub cluster_id: String,
+    pub brokers: BTreeMap<i32, Broker>,
     pub topics: BTreeMap<String, Topic>,
     pub next_producer_id: i64,
-    /// Bumped on every change so shards can ignore stale copies.
+    /// Index of the last metadata record applied: shards ignore older copies.
     pub version: u64,
+    /// Not replicated: the quorum leader as this node last saw it (`NO_LEADER` if none),
+    /// filled in when the copy is handed to the shards.
+    #[serde(skip)]
+    pub controller_id: i32,
 }
 
 impl Catalog {
-    pub fn path(data_dir: &Path) -> PathBuf {
-        data_dir.join(FILE_NAME)
+    /// Brokers clients may use: registered and not fenced, by id.
+    pub fn live_brokers(&self) -> impl Iterator<Item = &Broker> {
+        self.brokers.values().filter(|b| !b.fenced)
     }
 
-    /// Load from the data dir: Ok(empty) if no file exists, Err if one exists but is damaged.
-    pub fn load(data_dir: &Path) -> Result<Catalog, String> {
-        let path = Self::path(data_dir);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Catalog::default()),
-            Err(e) => return Err(format!("catalog {}: cannot read: {e}", path.display())),
-        };
-        let damaged = |why: &str| {
-            format!(
-                "catalog {} is damaged ({why}); refusing to start rather than forget topics. \
-                 Restore it from a backup or move it away to start with an empty catalog",
-                path.display()
-            )
-        };
-        if bytes.len() < 12 || &bytes[..8] != MAGIC {
-            return Err(damaged("bad magic or too short"));
-        }
-        let crc = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-        let payload = &bytes[12..];
-        if crc32c::crc32c(payload) != crc {
-            return Err(damaged("checksum mismatch"));
-        }
-        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
-        aligned.extend_from_slice(payload);
-        rkyv::from_bytes::<Catalog, rkyv::rancor::Error>(&aligned)
-            .map_err(|e| damaged(&format!("undecodable: {e}")))
+    pub fn placement(&self, topic: &str, partition: i32) -> Option<&Placement> {
+        self.topics
+            .get(topic)?
+            .placement
+            .get(usize::try_from(partition).ok()?)
     }
 
-    /// Persist atomically and durably.
-    pub fn save(&self, data_dir: &Path) -> std::io::Result<()> {
-        let payload = rkyv::to_bytes::<rkyv::rancor::Error>(self)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let tmp = data_dir.join(format!("{FILE_NAME}.tmp"));
-        {
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(MAGIC)?;
-            file.write_all(&crc32c::crc32c(&payload).to_le_bytes())?;
-            file.write_all(&payload)?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&tmp, Self::path(data_dir))?;
-        std::fs::File::open(data_dir)?.sync_all()
+    pub fn partition_total(&self) -> usize {
+        self.topics.values().map(Topic::partition_count).sum()
     }
 }
 
@@ -125,55 +141,6 @@ pub fn new_topic_id() -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample() -> Catalog {
-        let mut catalog = Catalog {
-            next_producer_id: 7,
-            version: 3,
-            ..Default::default()
-        };
-        let mut configs = BTreeMap::new();
-        configs.insert("retention.ms".to_string(), "1000".to_string());
-        catalog.topics.insert(
-            "orders".into(),
-            Topic {
-                name: "orders".into(),
-                id: new_topic_id(),
-                owners: vec![0, 1, 0],
-                configs,
-            },
-        );
-        catalog
-    }
-
-    #[test]
-    fn save_then_load_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let catalog = sample();
-        catalog.save(dir.path()).unwrap();
-        assert_eq!(Catalog::load(dir.path()).unwrap(), catalog);
-    }
-
-    #[test]
-    fn missing_file_is_an_empty_catalog() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(Catalog::load(dir.path()).unwrap(), Catalog::default());
-    }
-
-    #[test]
-    fn damaged_file_is_refused_not_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        sample().save(dir.path()).unwrap();
-        let path = Catalog::path(dir.path());
-        let mut bytes = std::fs::read(&path).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0x40;
-        std::fs::write(&path, &bytes).unwrap();
-        let err = Catalog::load(dir.path()).unwrap_err();
-        assert!(err.contains("damaged"), "{err}");
-        std::fs::write(&path, &bytes[..5]).unwrap();
-        assert!(Catalog::load(dir.path()).unwrap_err().contains("damaged"));
-    }
 
     #[test]
     fn topic_names_follow_kafka_rules() {

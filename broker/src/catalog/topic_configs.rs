@@ -593,6 +593,7 @@ mod tests {
             name: "t".into(),
             id: [0; 16],
             owners: vec![0],
+            placement: vec![Default::default()],
             configs: configs
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -29,16 +29,37 @@ pub mod offsets_log;
 
 pub use coordinator::GroupCoordinator;
 
+use crate::catalog::Catalog;
+
 /// Coordinator shard of a group: FNV-1a of the id modulo the shard count. Stable across
 /// processes (unlike std's randomized hasher), so the offsets of a group are found in the
 /// same shard's log after a restart with the same `cores`.
 pub fn coordinator_shard(group_id: &str, nr_shards: usize) -> usize {
+    (fnv1a(group_id) % nr_shards.max(1) as u64) as usize
+}
+
+/// The broker that coordinates a group: the live brokers by id, picked by the group id's
+/// hash (a different mix of it than the shard's, so the two choices do not correlate).
+/// When the live brokers change, some groups move; their committed offsets stay on the old
+/// coordinator's disk (until the offsets move to a replicated topic) and come back with it.
+pub fn coordinator_node(group_id: &str, catalog: &Catalog) -> Option<i32> {
+    let live: Vec<i32> = catalog.live_brokers().map(|b| b.id).collect();
+    if live.is_empty() {
+        return None;
+    }
+    let mixed = fnv1a(group_id)
+        .rotate_right(17)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    Some(live[(mixed % live.len() as u64) as usize])
+}
+
+fn fnv1a(text: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in group_id.as_bytes() {
+    for byte in text.as_bytes() {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    (hash % nr_shards.max(1) as u64) as usize
+    hash
 }
 
 /// Limits and timings of the group coordinator (`--group-*`, `--offsets-*` flags, or a

@@ -1,6 +1,6 @@
 //! Admin APIs: CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs, AlterConfigs,
-//! IncrementalAlterConfigs, and InitProducerId. Every catalog change runs on the controller
-//! (shard 0), which persists it and pushes it to every shard before answering.
+//! IncrementalAlterConfigs, and InitProducerId. Every catalog change goes through the
+//! metadata quorum (`Shard::change_metadata`) and is answered once this shard holds it.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -68,20 +68,21 @@ pub async fn handle_create_topics(shard: &Rc<Shard>, request: &Request) -> Resul
                 configs.push((c.name.to_string(), v.to_string()));
             }
         }
+        let mut assignments = Vec::new();
         let refusal = if !topic.assignments.is_empty() {
-            match assigned_partitions(topic, shard.config.node_id) {
-                Ok(count) => {
-                    partitions = count;
+            match assigned_partitions(topic) {
+                Ok(lists) => {
+                    partitions = lists.len() as i32;
+                    assignments = lists;
                     None
                 }
                 Err(refusal) => Some(refusal),
             }
-        } else if topic.replication_factor != -1 && topic.replication_factor != 1 {
-            // One node: replication factor -1 (broker default) or 1 only.
+        } else if topic.replication_factor == 0 || topic.replication_factor < -1 {
             Some((
                 codes::INVALID_REPLICATION_FACTOR,
                 format!(
-                    "replication factor {} is larger than the 1 available broker",
+                    "replication factor must be at least 1, got {}",
                     topic.replication_factor
                 ),
             ))
@@ -98,16 +99,14 @@ pub async fn handle_create_topics(shard: &Rc<Shard>, request: &Request) -> Resul
             result.error_code = code;
             result.error_message = Some(str_bytes(message));
         }
-        if request.version >= 5 {
-            result.num_partitions = partitions;
-            result.replication_factor = 1;
-        }
         if result.error_code == codes::NONE {
             new_topics.push((
                 results.len(),
                 NewTopic {
                     name,
                     partitions,
+                    replication_factor: topic.replication_factor as i32,
+                    assignments,
                     configs,
                 },
             ));
@@ -117,22 +116,34 @@ pub async fn handle_create_topics(shard: &Rc<Shard>, request: &Request) -> Resul
     let validate_only = body.validate_only;
     let (indexes, topics): (Vec<usize>, Vec<NewTopic>) = new_topics.into_iter().unzip();
     if !topics.is_empty() {
-        let outcomes = shard
-            .call(0, move |c| async move {
-                c.create_topics(topics, validate_only).await
-            })
-            .await
-            .map_err(|_| "controller gone".to_string())?;
+        let outcomes = shard.create_topics(topics, validate_only).await;
         for (i, (code, message)) in indexes.into_iter().zip(outcomes) {
             results[i].error_code = code;
             results[i].error_message = message.map(str_bytes);
         }
     }
     let catalog = shard.catalog();
-    for result in &mut results {
-        if let Some(topic) = catalog.topics.get(result.name.0.as_str()) {
+    for (result, topic) in results.iter_mut().zip(&body.topics) {
+        if request.version >= 5 {
+            result.num_partitions = if topic.num_partitions == -1 && topic.assignments.is_empty() {
+                shard.config.num_partitions
+            } else if topic.assignments.is_empty() {
+                topic.num_partitions
+            } else {
+                topic.assignments.len() as i32
+            };
+            result.replication_factor =
+                if topic.replication_factor == -1 && topic.assignments.is_empty() {
+                    shard.config.default_replication_factor as i16
+                } else if topic.assignments.is_empty() {
+                    topic.replication_factor
+                } else {
+                    topic.assignments[0].broker_ids.len() as i16
+                };
+        }
+        if let Some(created) = catalog.topics.get(result.name.0.as_str()) {
             if result.error_code == codes::NONE && request.version >= 7 {
-                result.topic_id = Uuid::from_bytes(topic.id);
+                result.topic_id = Uuid::from_bytes(created.id);
             }
         }
         if result.error_code != codes::NONE && request.version >= 5 {
@@ -146,12 +157,12 @@ pub async fn handle_create_topics(shard: &Rc<Shard>, request: &Request) -> Resul
     ))
 }
 
-/// The partition count of a manual replica assignment, checked as Kafka's controller
-/// checks one (`ReplicationControlManager.createTopic`) on a cluster whose only broker is
-/// `node_id`: each partition once, numbered 0..n without gaps, each on a non-empty list of
-/// registered brokers without repeats, every partition with as many replicas as the first.
-/// Err holds Kafka's error code and a message.
-fn assigned_partitions(topic: &CreatableTopic, node_id: i32) -> Result<i32, Refusal> {
+/// The replica lists of a manual assignment, by partition number, checked as Kafka's
+/// controller checks one (`ReplicationControlManager.createTopic`): each partition once,
+/// numbered 0..n without gaps. Whether the brokers exist, appear once per list and every
+/// partition has as many replicas is checked by the metadata quorum, against the brokers it
+/// knows. Err holds Kafka's error code and a message.
+fn assigned_partitions(topic: &CreatableTopic) -> Result<Vec<Vec<i32>>, Refusal> {
     let invalid = |why: String| Err((codes::INVALID_REPLICA_ASSIGNMENT, why));
     if topic.replication_factor != -1 {
         return Err((
@@ -168,50 +179,25 @@ fn assigned_partitions(topic: &CreatableTopic, node_id: i32) -> Result<i32, Refu
                 .to_string(),
         ));
     }
-    let mut seen = std::collections::BTreeSet::new();
-    let mut replicas_per_partition = None;
+    let mut lists = BTreeMap::new();
     for CreatableReplicaAssignment {
         partition_index,
         broker_ids,
         ..
     } in &topic.assignments
     {
-        if !seen.insert(*partition_index) {
+        let brokers: Vec<i32> = broker_ids.iter().map(|b| b.0).collect();
+        if lists.insert(*partition_index, brokers).is_some() {
             return invalid(format!(
                 "found multiple manual partition assignments for partition {partition_index}"
             ));
         }
-        let mut brokers: Vec<i32> = broker_ids.iter().map(|b| b.0).collect();
-        brokers.sort_unstable();
-        if brokers.is_empty() {
-            return invalid(
-                "the manual partition assignment includes an empty replica list".into(),
-            );
-        }
-        if let Some(unknown) = brokers.iter().find(|b| **b != node_id) {
-            return invalid(format!(
-                "the manual partition assignment includes broker {unknown}, but no such \
-                 broker is registered (this node is broker {node_id})"
-            ));
-        }
-        if brokers.len() > 1 {
-            return invalid(format!(
-                "the manual partition assignment includes the broker {node_id} more than once"
-            ));
-        }
-        if replicas_per_partition.is_some_and(|n| n != brokers.len()) {
-            return invalid(format!(
-                "partition {partition_index} has {} replica(s), unlike the partitions before it",
-                brokers.len()
-            ));
-        }
-        replicas_per_partition = Some(brokers.len());
     }
-    let count = seen.len() as i32;
-    if !seen.iter().copied().eq(0..count) {
+    let count = lists.len() as i32;
+    if !lists.keys().copied().eq(0..count) {
         return invalid("partitions should be a consecutive 0-based integer sequence".into());
     }
-    Ok(count)
+    Ok(lists.into_values().collect())
 }
 
 pub async fn handle_delete_topics(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
@@ -237,10 +223,7 @@ pub async fn handle_delete_topics(shard: &Rc<Shard>, request: &Request) -> Resul
         ids.push(t.topic_id);
     }
     let known: Vec<String> = names.iter().flatten().cloned().collect();
-    let outcomes = shard
-        .call(0, move |c| async move { c.delete_topics(known).await })
-        .await
-        .map_err(|_| "controller gone".to_string())?;
+    let outcomes = shard.delete_topics(known).await;
     let mut outcomes = outcomes.into_iter();
     let responses = names
         .into_iter()
@@ -273,12 +256,7 @@ pub async fn handle_create_partitions(
         .map(|t| (t.name.0.to_string(), t.count))
         .collect();
     let validate_only = body.validate_only;
-    let outcomes = shard
-        .call(0, move |c| async move {
-            c.create_partitions(asks, validate_only).await
-        })
-        .await
-        .map_err(|_| "controller gone".to_string())?;
+    let outcomes = shard.create_partitions(asks, validate_only).await;
     let results = body
         .topics
         .into_iter()
@@ -555,12 +533,7 @@ async fn alter_topic(
             return Ok((codes::INVALID_CONFIG, Some(why)));
         }
     }
-    shard
-        .call(0, move |c| async move {
-            c.alter_topic_configs(topic, set, validate_only).await
-        })
-        .await
-        .map_err(|_| "controller gone".to_string())
+    Ok(shard.alter_topic_configs(topic, set, validate_only).await)
 }
 
 /// InitProducerId for idempotent producers. Transactions are not offered (their APIs are not
@@ -606,10 +579,7 @@ pub async fn handle_init_producer_id(
 }
 
 async fn allocate(shard: &Rc<Shard>) -> Result<i64, String> {
-    shard
-        .call(0, |c| async move { c.allocate_producer_id().await })
-        .await
-        .map_err(|_| "controller gone".to_string())?
+    shard.allocate_producer_id().await
 }
 
 #[cfg(test)]
@@ -635,33 +605,31 @@ mod tests {
     }
 
     #[test]
-    fn an_assignment_of_every_partition_to_this_node_gives_the_partition_count() {
-        assert_eq!(assigned_partitions(&assigned(&[(0, &[3])]), 3), Ok(1));
-        let out_of_order = assigned(&[(2, &[3]), (0, &[3]), (1, &[3])]);
-        assert_eq!(assigned_partitions(&out_of_order, 3), Ok(3));
+    fn an_assignment_gives_the_replica_lists_by_partition() {
+        assert_eq!(
+            assigned_partitions(&assigned(&[(0, &[3])])),
+            Ok(vec![vec![3]])
+        );
+        let out_of_order = assigned(&[(2, &[3, 1]), (0, &[3, 2]), (1, &[1, 3])]);
+        assert_eq!(
+            assigned_partitions(&out_of_order),
+            Ok(vec![vec![3, 2], vec![1, 3], vec![3, 1]])
+        );
     }
 
     #[test]
-    fn assignments_this_node_cannot_hold_are_invalid_replica_assignment() {
-        let cases: [&[(i32, &[i32])]; 7] = [
-            &[(0, &[4])],            // unknown broker
-            &[(0, &[3]), (1, &[4])], // unknown broker later on
-            &[(0, &[3, 4])],         // a second replica on a broker that does not exist
-            &[(0, &[3, 3])],         // the same broker twice
-            &[(0, &[])],             // no replica
+    fn badly_numbered_assignments_are_invalid_replica_assignment() {
+        // Broker checks (unknown, repeated, empty lists) are the quorum's: see
+        // cluster::metadata's tests.
+        let cases: [&[(i32, &[i32])]; 3] = [
             &[(0, &[3]), (0, &[3])], // a partition assigned twice
             &[(0, &[3]), (2, &[3])], // a gap in the numbering
+            &[(1, &[3])],            // numbering starts at 0
         ];
         for parts in cases {
-            let (code, _) = assigned_partitions(&assigned(parts), 3).unwrap_err();
+            let (code, _) = assigned_partitions(&assigned(parts)).unwrap_err();
             assert_eq!(code, codes::INVALID_REPLICA_ASSIGNMENT, "{parts:?}");
         }
-        let (code, _) = assigned_partitions(&assigned(&[(1, &[3])]), 3).unwrap_err();
-        assert_eq!(
-            code,
-            codes::INVALID_REPLICA_ASSIGNMENT,
-            "numbering starts at 0"
-        );
     }
 
     #[test]
@@ -669,7 +637,7 @@ mod tests {
         let with_count = assigned(&[(0, &[3])]).with_num_partitions(1);
         let with_factor = assigned(&[(0, &[3])]).with_replication_factor(1);
         for topic in [with_count, with_factor] {
-            let (code, _) = assigned_partitions(&topic, 3).unwrap_err();
+            let (code, _) = assigned_partitions(&topic).unwrap_err();
             assert_eq!(code, codes::INVALID_REQUEST);
         }
     }

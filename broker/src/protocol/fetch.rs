@@ -44,9 +44,9 @@ pub async fn handle(shard: &Rc<Shard>, request: &Request) -> Result<Reply, Strin
     }
     let deadline = fetch_deadline(body.max_wait_ms);
     let min_bytes = body.min_bytes.max(0) as usize;
-    let owners: Vec<Option<usize>> = wanted
+    let owners: Vec<Result<usize, i16>> = wanted
         .iter()
-        .map(|p| shard.owner_of(&p.topic, p.partition))
+        .map(|p| shard.route(&p.topic, p.partition))
         .collect();
     let mut results = read_all(shard, &wanted, &owners).await;
     loop {
@@ -115,17 +115,17 @@ fn holds_zstd(chunks: &[Bytes]) -> bool {
 async fn read_all(
     shard: &Rc<Shard>,
     wanted: &[FetchPartition],
-    owners: &[Option<usize>],
+    owners: &[Result<usize, i16>],
 ) -> Vec<FetchResult> {
     let mut results: Vec<FetchResult> = owners
         .iter()
-        .map(|_| error_result(codes::UNKNOWN_TOPIC_OR_PARTITION))
+        .map(|o| error_result(o.err().unwrap_or(codes::NONE)))
         .collect();
     let (slots, work): (Vec<usize>, Vec<(usize, FetchPartition)>) = wanted
         .iter()
         .zip(owners)
         .enumerate()
-        .filter_map(|(i, (p, owner))| Some((i, ((*owner)?, p.clone()))))
+        .filter_map(|(i, (p, owner))| Some((i, ((*owner).ok()?, p.clone()))))
         .unzip();
     let answers = shard
         .fan_out(work, None, |s, partitions| async move {
@@ -159,13 +159,13 @@ type OwnerWork = (Vec<usize>, Vec<(FetchPartition, i64)>);
 async fn wait_and_reread(
     shard: &Rc<Shard>,
     wanted: &[FetchPartition],
-    owners: &[Option<usize>],
+    owners: &[Result<usize, i16>],
     results: &mut [FetchResult],
     deadline: Instant,
 ) {
     let mut per_owner: BTreeMap<usize, OwnerWork> = BTreeMap::new();
     for (i, (p, owner)) in wanted.iter().zip(owners).enumerate() {
-        if let Some(owner) = owner {
+        if let Ok(owner) = owner {
             // Wake only on data beyond what is already there.
             let wait_at = p.offset.max(results[i].high_watermark);
             let work = per_owner.entry(*owner).or_default();
@@ -215,10 +215,14 @@ pub async fn handle_list_offsets(shard: &Rc<Shard>, request: &Request) -> Result
             let shard = shard.clone();
             let name = name.clone();
             let (partition, timestamp) = (p.partition_index, p.timestamp);
+            let leader_epoch = shard
+                .catalog()
+                .placement(&name, partition)
+                .map_or(-1, |p| p.leader_epoch);
             async move {
-                let answer = match shard.owner_of(&name, partition) {
-                    None => (codes::UNKNOWN_TOPIC_OR_PARTITION, -1, -1),
-                    Some(owner) => shard
+                let answer = match shard.route(&name, partition) {
+                    Err(code) => (code, -1, -1),
+                    Ok(owner) => shard
                         .call(owner, move |s| async move {
                             s.list_offset_local(&name, partition, timestamp).await
                         })
@@ -230,7 +234,7 @@ pub async fn handle_list_offsets(shard: &Rc<Shard>, request: &Request) -> Result
                     .with_error_code(answer.0)
                     .with_timestamp(answer.1)
                     .with_offset(answer.2)
-                    .with_leader_epoch(if version >= 4 { 0 } else { -1 })
+                    .with_leader_epoch(if version >= 4 { leader_epoch } else { -1 })
             }
         });
         let partitions = futures_util::future::join_all(lookups).await;

@@ -16,8 +16,9 @@ use std::rc::Rc;
 
 use kafka_protocol::protocol::StrBytes;
 
+use crate::codes;
 use crate::groups::group::GROUP_ID_MAX_BYTES;
-use crate::groups::{coordinator_shard, GroupCoordinator};
+use crate::groups::{coordinator_node, coordinator_shard, GroupCoordinator};
 use crate::shard::Shard;
 
 mod admin;
@@ -39,14 +40,18 @@ fn invalid_group_id(group_id: &str) -> bool {
     group_id.is_empty() || group_id.len() > GROUP_ID_MAX_BYTES
 }
 
-/// Run `f` with the group coordinator of `group_id`'s shard. None if that shard has no
-/// coordinator (still starting, or stopping) or is gone.
-async fn on_coordinator<R, F, Fut>(shard: &Rc<Shard>, group_id: &str, f: F) -> Option<R>
+/// Run `f` with the group coordinator of `group_id`'s shard. Err(NOT_COORDINATOR) if
+/// another broker coordinates the group; Err(COORDINATOR_NOT_AVAILABLE) if that shard has
+/// no coordinator (still starting, or stopping) or is gone.
+async fn on_coordinator<R, F, Fut>(shard: &Rc<Shard>, group_id: &str, f: F) -> Result<R, i16>
 where
     R: Send + 'static,
     F: FnOnce(Rc<Shard>, Rc<GroupCoordinator>) -> Fut + Send + 'static,
     Fut: Future<Output = R> + 'static,
 {
+    if coordinator_node(group_id, &shard.catalog()) != Some(shard.node_id()) {
+        return Err(codes::NOT_COORDINATOR);
+    }
     let target = coordinator_shard(group_id, shard.nr_shards);
     shard
         .call(target, move |s| async move {
@@ -56,6 +61,7 @@ where
         .await
         .ok()
         .flatten()
+        .ok_or(codes::COORDINATOR_NOT_AVAILABLE)
 }
 
 #[cfg(test)]
@@ -64,7 +70,6 @@ mod tests {
     use super::membership::{join_response, leave_response, sync_response};
     use super::offsets::{offset_fetch_group, offset_fetch_single};
     use super::*;
-    use crate::codes;
     use crate::groups::group::MemberDescription;
     use crate::groups::group::{GroupDescription, JoinOutcome, SyncOutcome};
     use bytes::{Bytes, BytesMut};
@@ -101,7 +106,8 @@ mod tests {
     fn every_group_response_encodes_at_every_advertised_version() {
         for v in versions(ApiKey::FindCoordinator) {
             let keys = vec![str_bytes("g1"), str_bytes("g2")];
-            let r = find_coordinator_response(v, keys, (0, None), (3, s("host"), 9092));
+            let coordinators = vec![(3, s("host"), 9092); keys.len()];
+            let r = find_coordinator_response(v, keys, (0, None), coordinators);
             let back = round_trip(ApiKey::FindCoordinator, v, &r);
             if v >= 4 {
                 assert_eq!(back.coordinators.len(), 2);
@@ -110,7 +116,8 @@ mod tests {
                 assert_eq!((back.node_id.0, back.port), (3, 9092));
             }
             let refused = (codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED, Some("no txn"));
-            let r = find_coordinator_response(v, vec![str_bytes("t")], refused, (-1, s(""), -1));
+            let r =
+                find_coordinator_response(v, vec![str_bytes("t")], refused, vec![(-1, s(""), -1)]);
             let back = round_trip(ApiKey::FindCoordinator, v, &r);
             let (code, message) = if v >= 4 {
                 let c = &back.coordinators[0];
@@ -194,7 +201,7 @@ mod tests {
                     assignment: Bytes::from_static(b"assigned"),
                 }],
             };
-            for answer in [Some(Some(description)), Some(None), None] {
+            for answer in [Ok(Some(description)), Ok(None), Err(codes::NOT_COORDINATOR)] {
                 let group = described_group(v, GroupId(str_bytes("g")), answer);
                 let r = DescribeGroupsResponse::default().with_groups(vec![group]);
                 round_trip(ApiKey::DescribeGroups, v, &r);

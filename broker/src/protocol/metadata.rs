@@ -1,22 +1,24 @@
-//! Metadata: the one broker (this node, at its advertised address), and each topic's
-//! partitions with this node as leader. Unknown topics may be created on the fly.
+//! Metadata: the live brokers, the quorum leader as controller, and each topic's partitions
+//! with their leader, leader epoch, replicas and ISR, all from this shard's copy of the
+//! catalog. Unknown topics may be created on the fly (through the metadata quorum).
 
 use std::rc::Rc;
 
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
-use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::messages::{
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse,
+    TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
 use super::{codes, decode_body, encode_response, Reply, Request};
-use crate::catalog::{self, Topic};
+use crate::catalog::{self, Catalog, Topic, NO_LEADER};
 use crate::shard::ops::NewTopic;
 use crate::shard::Shard;
-
-/// Cluster id reported to clients; one node, one cluster.
-pub const CLUSTER_ID: &str = "shardlog-cluster-0001";
 
 /// Kafka's "authorized operations not requested" marker (INT32_MIN); -1 crashes kafka-python.
 const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;
@@ -55,16 +57,14 @@ pub async fn handle(shard: &Rc<Shard>, request: &Request) -> Result<Reply, Strin
                 .map(|n| NewTopic {
                     name: n.clone(),
                     partitions: shard.config.num_partitions,
+                    replication_factor: -1,
+                    assignments: Vec::new(),
                     configs: Vec::new(),
                 })
                 .collect();
             if !missing.is_empty() {
                 // Losing a creation race to another client is fine: the topic exists then.
-                let _ = shard
-                    .call(0, move |controller| async move {
-                        controller.create_topics(missing, false).await
-                    })
-                    .await;
+                let _ = shard.create_topics(missing, false).await;
             }
         }
     }
@@ -73,12 +73,12 @@ pub async fn handle(shard: &Rc<Shard>, request: &Request) -> Result<Reply, Strin
         None => catalog
             .topics
             .values()
-            .map(|t| describe_topic(shard, t, request.version))
+            .map(|t| describe_topic(&catalog, t, request.version))
             .collect(),
         Some(names) => names
             .iter()
             .map(|name| match catalog.topics.get(name) {
-                Some(topic) => describe_topic(shard, topic, request.version),
+                Some(topic) => describe_topic(&catalog, topic, request.version),
                 None => {
                     let code = if catalog::valid_topic_name(name) {
                         codes::UNKNOWN_TOPIC_OR_PARTITION
@@ -101,30 +101,54 @@ pub async fn handle(shard: &Rc<Shard>, request: &Request) -> Result<Reply, Strin
                 .with_topic_authorized_operations(OPERATIONS_NOT_REQUESTED),
         );
     }
-    let node = shard.config.node_id;
-    let broker = MetadataResponseBroker::default()
-        .with_node_id(BrokerId(node))
-        .with_host(StrBytes::from_string(shard.config.advertise_host.clone()))
-        .with_port(shard.config.advertise_port as i32);
+    let brokers = catalog
+        .live_brokers()
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(StrBytes::from_string(b.host.clone()))
+                .with_port(b.port as i32)
+        })
+        .collect();
     let response = MetadataResponse::default()
-        .with_brokers(vec![broker])
-        .with_cluster_id(Some(StrBytes::from_static_str(CLUSTER_ID)))
-        .with_controller_id(BrokerId(node))
+        .with_brokers(brokers)
+        .with_cluster_id(Some(StrBytes::from_string(catalog.cluster_id.clone())))
+        .with_controller_id(BrokerId(catalog.controller_id))
         .with_topics(topics)
         .with_cluster_authorized_operations(OPERATIONS_NOT_REQUESTED);
     Ok(encode_response(request, &response))
 }
 
-fn describe_topic(shard: &Shard, topic: &Topic, version: i16) -> MetadataResponseTopic {
-    let node = BrokerId(shard.config.node_id);
-    let partitions = (0..topic.owners.len() as i32)
-        .map(|p| {
+fn describe_topic(catalog: &Catalog, topic: &Topic, version: i16) -> MetadataResponseTopic {
+    let ids = |list: &[i32]| list.iter().map(|b| BrokerId(*b)).collect::<Vec<_>>();
+    let partitions = topic
+        .placement
+        .iter()
+        .enumerate()
+        .map(|(p, placement)| {
+            let offline: Vec<i32> = placement
+                .replicas
+                .iter()
+                .copied()
+                .filter(|r| catalog.brokers.get(r).is_none_or(|b| b.fenced))
+                .collect();
+            let error = if placement.leader == NO_LEADER {
+                codes::LEADER_NOT_AVAILABLE
+            } else {
+                codes::NONE
+            };
             MetadataResponsePartition::default()
-                .with_partition_index(p)
-                .with_leader_id(node)
-                .with_leader_epoch(if version >= 7 { 0 } else { -1 })
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+                .with_error_code(error)
+                .with_partition_index(p as i32)
+                .with_leader_id(BrokerId(placement.leader))
+                .with_leader_epoch(if version >= 7 {
+                    placement.leader_epoch
+                } else {
+                    -1
+                })
+                .with_replica_nodes(ids(&placement.replicas))
+                .with_isr_nodes(ids(&placement.isr))
+                .with_offline_replicas(if version >= 5 { ids(&offline) } else { vec![] })
         })
         .collect();
     MetadataResponseTopic::default()
@@ -136,4 +160,52 @@ fn describe_topic(shard: &Shard, topic: &Topic, version: i16) -> MetadataRespons
         })
         .with_partitions(partitions)
         .with_topic_authorized_operations(OPERATIONS_NOT_REQUESTED)
+}
+
+/// Kafka's UNSUPPORTED_ENDPOINT_TYPE: a broker describes brokers, not controllers.
+const UNSUPPORTED_ENDPOINT_TYPE: i16 = 119;
+const ENDPOINT_TYPE_BROKER: i8 = 1;
+
+/// DescribeCluster (KIP-700, KIP-919, KIP-1073): the live brokers (and the fenced ones when
+/// asked, v2), the controller (the quorum leader) and the cluster id, from this shard's
+/// catalog, as Metadata gives them.
+pub async fn handle_describe_cluster(
+    shard: &Rc<Shard>,
+    request: &Request,
+) -> Result<Reply, String> {
+    let body: DescribeClusterRequest = decode_body(request)?;
+    let catalog = shard.catalog();
+    let mut response = DescribeClusterResponse::default()
+        .with_cluster_id(StrBytes::from_string(catalog.cluster_id.clone()))
+        .with_controller_id(BrokerId(catalog.controller_id))
+        .with_cluster_authorized_operations(OPERATIONS_NOT_REQUESTED);
+    if request.version >= 1 {
+        response.endpoint_type = ENDPOINT_TYPE_BROKER;
+        if body.endpoint_type != ENDPOINT_TYPE_BROKER {
+            response.error_code = UNSUPPORTED_ENDPOINT_TYPE;
+            response.error_message = Some(StrBytes::from_static_str(
+                "shardlog brokers describe brokers; the controllers are the voters of \
+                 controller-quorum-voters",
+            ));
+            response.controller_id = BrokerId(-1);
+            return Ok(encode_response(request, &response));
+        }
+    }
+    let with_fenced = request.version >= 2 && body.include_fenced_brokers;
+    response.brokers = catalog
+        .brokers
+        .values()
+        .filter(|b| with_fenced || !b.fenced)
+        .map(|b| {
+            let mut broker = DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(b.id))
+                .with_host(StrBytes::from_string(b.host.clone()))
+                .with_port(b.port as i32);
+            if request.version >= 2 {
+                broker.is_fenced = b.fenced;
+            }
+            broker
+        })
+        .collect();
+    Ok(encode_response(request, &response))
 }

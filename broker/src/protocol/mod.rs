@@ -137,6 +137,7 @@ pub async fn handle(shard: &Rc<Shard>, frame: Bytes, turn: Option<Turn>) -> Repl
     let outcome = match request.api_key {
         ApiKey::ApiVersions => Ok(versions::handle(&request)),
         ApiKey::Metadata => metadata::handle(shard, &request).await,
+        ApiKey::DescribeCluster => metadata::handle_describe_cluster(shard, &request).await,
         ApiKey::Produce => produce::handle(shard, &request, turn).await,
         ApiKey::Fetch => fetch::handle(shard, &request).await,
         ApiKey::ListOffsets => fetch::handle_list_offsets(shard, &request).await,

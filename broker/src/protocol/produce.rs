@@ -56,14 +56,13 @@ pub async fn handle(
                     continue;
                 }
             }
-            match shard.owner_of(&name, data.index) {
-                Some(owner) => {
+            match shard.route(&name, data.index) {
+                Ok(owner) => {
                     work.push((owner, (name.clone(), data.index, data.records)));
                     work_slots.push(slot);
                 }
-                None => {
-                    results[t].last_mut().expect("just pushed").error_code =
-                        codes::UNKNOWN_TOPIC_OR_PARTITION;
+                Err(code) => {
+                    results[t].last_mut().expect("just pushed").error_code = code;
                 }
             }
         }

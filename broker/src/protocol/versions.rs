@@ -16,6 +16,7 @@ const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::Fetch, 4, 12, 4),
     (ApiKey::ListOffsets, 1, 6, 1),
     (ApiKey::Metadata, 1, 12, 1),
+    (ApiKey::DescribeCluster, 0, 2, 0),
     (ApiKey::ApiVersions, 0, 3, 0),
     (ApiKey::CreateTopics, 2, 7, 2),
     (ApiKey::DeleteTopics, 1, 6, 1),

@@ -28,6 +28,7 @@ use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 
 use crate::catalog::{self, Catalog};
+use crate::cluster::ControlHandle;
 use crate::config::Config;
 use crate::groups::GroupCoordinator;
 use crate::log::{PartitionLog, ShardStorage};
@@ -73,8 +74,15 @@ pub struct Shard {
     logs: RefCell<HashMap<String, Vec<Option<Rc<PartitionLog>>>>>,
     pub storage: Rc<ShardStorage>,
     senders: Senders<Job>,
-    /// Serialises catalog changes on the controller (shard 0).
+    /// This node's control plane (the metadata quorum): proposals go there, catalogs come
+    /// from there.
+    pub control: ControlHandle,
+    /// Notified whenever this shard adopts a new catalog.
+    pub(crate) catalog_event: crate::log::event::Event,
+    /// Serialises taking producer-id blocks.
     pub(crate) controller_lock: glommio::sync::Semaphore,
+    /// This shard's block of producer ids: (next, end).
+    pub(crate) producer_ids: Cell<(i64, i64)>,
     pub(crate) shutting_down: Cell<bool>,
     /// Notified when the shutdown begins (wakes long polls).
     pub(crate) shutdown_event: crate::log::event::Event,
@@ -87,7 +95,12 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn new(id: usize, config: Rc<Config>, senders: Senders<Job>) -> Rc<Shard> {
+    pub fn new(
+        id: usize,
+        config: Rc<Config>,
+        senders: Senders<Job>,
+        control: ControlHandle,
+    ) -> Rc<Shard> {
         let storage = ShardStorage::new(config.flush_interval_ms, config.flush_bytes);
         Rc::new(Shard {
             id,
@@ -97,7 +110,10 @@ impl Shard {
             logs: RefCell::new(HashMap::new()),
             storage,
             senders,
+            control,
+            catalog_event: Default::default(),
             controller_lock: glommio::sync::Semaphore::new(1),
+            producer_ids: Cell::new((0, 0)),
             shutting_down: Cell::new(false),
             shutdown_event: Default::default(),
             groups: std::cell::OnceCell::new(),
@@ -292,6 +308,34 @@ impl Shard {
         self.catalog.borrow().clone()
     }
 
+    /// This node's broker id.
+    pub fn node_id(&self) -> i32 {
+        self.config.node_id
+    }
+
+    /// Leader of a partition as this shard's catalog says (`NO_LEADER` if it has none),
+    /// None if topic or partition do not exist.
+    pub fn leader_of(&self, topic: &str, partition: i32) -> Option<i32> {
+        Some(self.catalog.borrow().placement(topic, partition)?.leader)
+    }
+
+    /// Where a Produce, Fetch or ListOffsets for a partition goes: its owner shard if this
+    /// node leads it; else the Kafka error to answer (UNKNOWN_TOPIC_OR_PARTITION,
+    /// NOT_LEADER_OR_FOLLOWER, or LEADER_NOT_AVAILABLE when it has no leader).
+    pub fn route(&self, topic: &str, partition: i32) -> Result<usize, i16> {
+        let Some(leader) = self.leader_of(topic, partition) else {
+            return Err(crate::codes::UNKNOWN_TOPIC_OR_PARTITION);
+        };
+        if leader == catalog::NO_LEADER {
+            return Err(crate::codes::LEADER_NOT_AVAILABLE);
+        }
+        if leader != self.config.node_id {
+            return Err(crate::codes::NOT_LEADER_OR_FOLLOWER);
+        }
+        self.owner_of(topic, partition)
+            .ok_or(crate::codes::UNKNOWN_TOPIC_OR_PARTITION)
+    }
+
     /// Owner shard of a partition, if topic and partition exist.
     pub fn owner_of(&self, topic: &str, partition: i32) -> Option<usize> {
         let catalog = self.catalog.borrow();
@@ -344,10 +388,19 @@ impl Shard {
                 }
             }
         }
+        let me = self.config.node_id;
         for (name, topic) in &catalog.topics {
             let log_config = catalog::topic_log_config(&base, topic);
             for (partition, owner) in topic.owners.iter().enumerate() {
                 if *owner as usize % self.nr_shards != self.id {
+                    continue;
+                }
+                // Only replicas on this node have a log here.
+                let replica = topic
+                    .placement
+                    .get(partition)
+                    .is_some_and(|p| p.replicas.contains(&me));
+                if !replica {
                     continue;
                 }
                 let partition = partition as i32;
@@ -372,7 +425,27 @@ impl Shard {
                 slots[partition as usize] = Some(log);
             }
         }
+        self.catalog_event.notify();
         Ok(())
+    }
+
+    /// Shard 0 only: follow the control plane, handing every new catalog to every shard in
+    /// order (a burst of changes is handed over as its latest state).
+    pub fn follow_control_plane(self: &Rc<Self>) {
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            let mut view = shard.control.view();
+            loop {
+                if view.changed().await.is_err() {
+                    return;
+                }
+                let catalog = (**view.borrow_and_update()).clone();
+                if let Err(e) = shard.broadcast_catalog(&catalog).await {
+                    tracing::error!("adopting metadata version {}: {e}", catalog.version);
+                }
+            }
+        })
+        .detach();
     }
 
     /// Push a catalog to every shard (including this one) and wait until all adopted it.

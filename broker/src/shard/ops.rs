@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::Shard;
-use crate::catalog::{self, Topic};
+use crate::catalog;
 use crate::clock::now_ms;
+use crate::cluster::{Command, NewTopicSpec, Reply};
 use crate::codes;
 use crate::log::{LogError, PartitionLog};
 use crate::sync::Place;
@@ -51,6 +52,10 @@ pub struct FetchResult {
 pub struct NewTopic {
     pub name: String,
     pub partitions: i32,
+    /// -1: the broker default (`default_replication_factor`).
+    pub replication_factor: i32,
+    /// A manual assignment, one replica list per partition (empty: automatic placement).
+    pub assignments: Vec<Vec<i32>>,
     pub configs: Vec<(String, String)>,
 }
 
@@ -299,42 +304,60 @@ impl Shard {
         }
     }
 
-    /// Controller: create topics, persist the catalog, hand it to every shard.
-    /// Returns one (error code, message) per topic, in order.
+    /// Create topics through the metadata quorum; answers once this node's shards hold the
+    /// result. Returns one (error code, message) per topic, in order.
     pub async fn create_topics(
         self: &Rc<Self>,
         topics: Vec<NewTopic>,
         validate_only: bool,
     ) -> Vec<(i16, Option<String>)> {
-        debug_assert_eq!(self.id, 0, "catalog changes run on the controller");
-        let _permit = self.controller_lock.acquire_permit(1).await;
-        let mut catalog = (*self.catalog()).clone();
-        let mut results = Vec::with_capacity(topics.len());
-        let mut changed = false;
-        for new in topics {
-            let outcome = self.check_new_topic(&catalog, &new);
-            if outcome.0 == codes::NONE && !validate_only {
-                let base = catalog.topics.len() + self.id;
-                let owners = (0..new.partitions)
-                    .map(|p| ((base + p as usize) % self.nr_shards) as u32)
-                    .collect();
-                let topic = Topic {
-                    name: new.name.clone(),
-                    id: catalog::new_topic_id(),
-                    owners,
-                    configs: new.configs.into_iter().collect(),
-                };
-                catalog.topics.insert(new.name, topic);
-                changed = true;
+        let mut results = vec![(codes::NONE, None); topics.len()];
+        let mut specs = Vec::new();
+        let mut indexes = Vec::new();
+        let mut more = 0usize;
+        for (i, new) in topics.into_iter().enumerate() {
+            let count = if new.assignments.is_empty() {
+                new.partitions.max(0) as usize
+            } else {
+                new.assignments.len()
+            };
+            if let Err(msg) = self.check_partition_room(more + count) {
+                results[i] = (codes::INVALID_PARTITIONS, Some(msg));
+                continue;
             }
-            results.push(outcome);
+            more += count;
+            indexes.push(i);
+            specs.push(NewTopicSpec {
+                name: new.name,
+                id: catalog::new_topic_id(),
+                partitions: new.partitions,
+                replication_factor: if new.replication_factor == -1 {
+                    self.config.default_replication_factor
+                } else {
+                    new.replication_factor
+                },
+                assignments: new.assignments,
+                configs: new.configs,
+            });
         }
-        if changed {
-            if let Err(e) = self.commit_catalog(catalog).await {
-                return results
-                    .into_iter()
-                    .map(|_| (codes::KAFKA_STORAGE_ERROR, Some(e.clone())))
-                    .collect();
+        if specs.is_empty() {
+            return results;
+        }
+        let command = Command::CreateTopics {
+            topics: specs,
+            validate_only,
+        };
+        match self.change_metadata(command).await {
+            Ok(Reply::Outcomes(outcomes)) => {
+                for (i, outcome) in indexes.into_iter().zip(outcomes) {
+                    results[i] = outcome;
+                }
+            }
+            Ok(other) => tracing::error!("create topics: unexpected reply {other:?}"),
+            Err((code, message)) => {
+                for i in indexes {
+                    results[i] = (code, Some(message.clone()));
+                }
             }
         }
         results
@@ -343,8 +366,8 @@ impl Shard {
     /// Every partition keeps files open and buffers allocated: one CreateTopics asking for
     /// 100,000 of them used up the broker's file descriptors, after which it could accept
     /// no connection and not even open its own catalog again at start.
-    fn check_partition_room(&self, catalog: &catalog::Catalog, more: usize) -> Result<(), String> {
-        let now: usize = catalog.topics.values().map(|t| t.owners.len()).sum();
+    fn check_partition_room(&self, more: usize) -> Result<(), String> {
+        let now = self.catalog().partition_total();
         let max = self.config.max_partitions;
         if now + more > max {
             return Err(format!(
@@ -354,174 +377,139 @@ impl Shard {
         Ok(())
     }
 
-    fn check_new_topic(&self, catalog: &catalog::Catalog, new: &NewTopic) -> (i16, Option<String>) {
-        if !catalog::valid_topic_name(&new.name) {
-            return (
-                codes::INVALID_TOPIC_EXCEPTION,
-                Some(format!("invalid topic name '{}'", new.name)),
-            );
-        }
-        if catalog.topics.contains_key(&new.name) {
-            return (
-                codes::TOPIC_ALREADY_EXISTS,
-                Some(format!("topic '{}' already exists", new.name)),
-            );
-        }
-        if !(1..=100_000).contains(&new.partitions) {
-            return (
-                codes::INVALID_PARTITIONS,
-                Some(format!("invalid partition count {}", new.partitions)),
-            );
-        }
-        if let Err(msg) = self.check_partition_room(catalog, new.partitions as usize) {
-            return (codes::INVALID_PARTITIONS, Some(msg));
-        }
-        for (name, value) in &new.configs {
-            if let Err(msg) = catalog::validate_topic_config(name, value) {
-                return (codes::INVALID_CONFIG, Some(msg));
-            }
-        }
-        (codes::NONE, None)
-    }
-
-    /// Controller: delete topics. One error code per name.
+    /// Delete topics through the metadata quorum. One error code per name.
     pub async fn delete_topics(self: &Rc<Self>, names: Vec<String>) -> Vec<i16> {
-        let _permit = self.controller_lock.acquire_permit(1).await;
-        let mut catalog = (*self.catalog()).clone();
-        let results: Vec<i16> = names
-            .iter()
-            .map(|name| match catalog.topics.remove(name) {
-                Some(_) => codes::NONE,
-                None => codes::UNKNOWN_TOPIC_OR_PARTITION,
-            })
-            .collect();
-        if results.contains(&codes::NONE) {
-            if let Err(e) = self.commit_catalog(catalog).await {
-                tracing::error!("delete topics: {e}");
-                return results.iter().map(|_| codes::KAFKA_STORAGE_ERROR).collect();
+        let count = names.len();
+        match self.change_metadata(Command::DeleteTopics { names }).await {
+            Ok(Reply::Outcomes(outcomes)) => outcomes.into_iter().map(|(code, _)| code).collect(),
+            Ok(other) => {
+                tracing::error!("delete topics: unexpected reply {other:?}");
+                vec![codes::UNKNOWN_SERVER_ERROR; count]
             }
+            Err((code, _)) => vec![code; count],
         }
-        results
     }
 
-    /// Controller: grow topics to a new partition count.
+    /// Grow topics to a new partition count, through the metadata quorum.
     pub async fn create_partitions(
         self: &Rc<Self>,
         requests: Vec<(String, i32)>,
         validate_only: bool,
     ) -> Vec<(i16, Option<String>)> {
-        let _permit = self.controller_lock.acquire_permit(1).await;
-        let mut catalog = (*self.catalog()).clone();
-        let mut changed = false;
-        let mut results = Vec::with_capacity(requests.len());
-        for (name, count) in requests {
+        let catalog = self.catalog();
+        let mut results = vec![(codes::NONE, None); requests.len()];
+        let mut asks = Vec::new();
+        let mut indexes = Vec::new();
+        let mut more = 0usize;
+        for (i, (name, count)) in requests.into_iter().enumerate() {
             let current = catalog
                 .topics
                 .get(&name)
-                .map_or(0, |t| t.owners.len() as i32);
+                .map_or(0, |t| t.partition_count() as i32);
             if (current + 1..=100_000).contains(&count) {
-                if let Err(msg) = self.check_partition_room(&catalog, (count - current) as usize) {
-                    results.push((codes::INVALID_PARTITIONS, Some(msg)));
+                let extra = (count - current) as usize;
+                if let Err(msg) = self.check_partition_room(more + extra) {
+                    results[i] = (codes::INVALID_PARTITIONS, Some(msg));
                     continue;
                 }
+                more += extra;
             }
-            let Some(topic) = catalog.topics.get_mut(&name) else {
-                results.push((
-                    codes::UNKNOWN_TOPIC_OR_PARTITION,
-                    Some(format!("no topic '{name}'")),
-                ));
-                continue;
-            };
-            if count <= current || count > 100_000 {
-                results.push((
-                    codes::INVALID_PARTITIONS,
-                    Some(format!(
-                        "topic '{name}' has {current} partitions; asked for {count}"
-                    )),
-                ));
-                continue;
-            }
-            if !validate_only {
-                let start = topic.owners.last().map_or(0, |o| *o as usize + 1);
-                for i in 0..(count - current) as usize {
-                    topic.owners.push(((start + i) % self.nr_shards) as u32);
-                }
-                changed = true;
-            }
-            results.push((codes::NONE, None));
+            indexes.push(i);
+            asks.push((name, count));
         }
-        if changed {
-            if let Err(e) = self.commit_catalog(catalog).await {
-                return results
-                    .into_iter()
-                    .map(|_| (codes::KAFKA_STORAGE_ERROR, Some(e.clone())))
-                    .collect();
+        if asks.is_empty() {
+            return results;
+        }
+        let command = Command::CreatePartitions {
+            topics: asks,
+            validate_only,
+        };
+        match self.change_metadata(command).await {
+            Ok(Reply::Outcomes(outcomes)) => {
+                for (i, outcome) in indexes.into_iter().zip(outcomes) {
+                    results[i] = outcome;
+                }
+            }
+            Ok(other) => tracing::error!("create partitions: unexpected reply {other:?}"),
+            Err((code, message)) => {
+                for i in indexes {
+                    results[i] = (code, Some(message.clone()));
+                }
             }
         }
         results
     }
 
-    /// Controller: set (replace) topic config values. Err(code, message) on invalid input.
+    /// Set (Some) or remove (None) topic config values, through the metadata quorum.
     pub async fn alter_topic_configs(
         self: &Rc<Self>,
         topic: String,
         set: Vec<(String, Option<String>)>,
         validate_only: bool,
     ) -> (i16, Option<String>) {
-        let _permit = self.controller_lock.acquire_permit(1).await;
-        let mut catalog = (*self.catalog()).clone();
-        let Some(entry) = catalog.topics.get_mut(&topic) else {
-            return (
-                codes::UNKNOWN_TOPIC_OR_PARTITION,
-                Some(format!("no topic '{topic}'")),
-            );
+        let command = Command::SetTopicConfigs {
+            topic,
+            set,
+            validate_only,
         };
-        for (name, value) in set {
-            match value {
-                Some(value) => {
-                    if let Err(msg) = catalog::validate_topic_config(&name, &value) {
-                        return (codes::INVALID_CONFIG, Some(msg));
-                    }
-                    entry.configs.insert(name, value);
-                }
-                None => {
-                    entry.configs.remove(&name);
-                }
-            }
-        }
-        if validate_only {
-            return (codes::NONE, None);
-        }
-        match self.commit_catalog(catalog).await {
-            Ok(()) => (codes::NONE, None),
-            Err(e) => (codes::KAFKA_STORAGE_ERROR, Some(e)),
+        match self.change_metadata(command).await {
+            Ok(Reply::Outcomes(mut outcomes)) if outcomes.len() == 1 => outcomes.remove(0),
+            Ok(other) => (
+                codes::UNKNOWN_SERVER_ERROR,
+                Some(format!("unexpected reply {other:?}")),
+            ),
+            Err((code, message)) => (code, Some(message)),
         }
     }
 
-    /// Controller: hand out a new producer id, persisted so ids are never reused.
+    /// Hand out a producer id: from this shard's block, taking a new block of
+    /// `PRODUCER_ID_BLOCK` from the quorum when it is used up, so ids are never reused
+    /// across brokers or restarts.
     pub async fn allocate_producer_id(self: &Rc<Self>) -> Result<i64, String> {
         let _permit = self.controller_lock.acquire_permit(1).await;
-        let mut catalog = (*self.catalog()).clone();
-        let id = catalog.next_producer_id.max(1000);
-        catalog.next_producer_id = id + 1;
-        self.commit_catalog(catalog).await?;
-        Ok(id)
+        let (next, end) = self.producer_ids.get();
+        if next < end {
+            self.producer_ids.set((next + 1, end));
+            return Ok(next);
+        }
+        let command = Command::AllocateProducerIds {
+            count: PRODUCER_ID_BLOCK,
+        };
+        match self.change_metadata(command).await {
+            Ok(Reply::ProducerIds { first }) => {
+                self.producer_ids
+                    .set((first + 1, first + PRODUCER_ID_BLOCK));
+                Ok(first)
+            }
+            Ok(other) => Err(format!("unexpected reply {other:?}")),
+            Err((_, message)) => Err(message),
+        }
     }
 
-    /// Persist a changed catalog (bumping its version) and adopt it on every shard.
-    async fn commit_catalog(self: &Rc<Self>, mut catalog: catalog::Catalog) -> Result<(), String> {
-        catalog.version += 1;
-        let data_dir = self.config.data_dir.clone();
-        let to_save = catalog.clone();
-        // A small file, written rarely (control plane); a blocking write on a helper thread
-        // keeps the executor free.
-        glommio::executor()
-            .spawn_blocking(move || to_save.save(&data_dir))
+    /// Commit a metadata change through the quorum, then wait (bounded) until this node's
+    /// shards hold a catalog that includes it, so the answer and what this broker serves
+    /// next agree. Err holds a Kafka error code and why.
+    async fn change_metadata(self: &Rc<Self>, command: Command) -> Result<Reply, (i16, String)> {
+        let applied = self
+            .control
+            .propose(command)
             .await
-            .map_err(|e| format!("saving catalog: {e}"))?;
-        self.broadcast_catalog(&catalog).await
+            .map_err(|e| (e.code, e.message))?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.catalog().version < applied.index && Instant::now() < deadline {
+            let wait = self.catalog_event.listen();
+            let _ = glommio::timer::timeout(Duration::from_millis(100), async {
+                wait.await;
+                Ok(())
+            })
+            .await;
+        }
+        Ok(applied.reply)
     }
 }
+
+/// Producer ids a shard takes from the quorum at once.
+const PRODUCER_ID_BLOCK: i64 = 1000;
 
 /// Deadline for a long poll: now + max_wait, capped so a hostile value cannot pin a task.
 pub fn fetch_deadline(max_wait_ms: i32) -> Instant {

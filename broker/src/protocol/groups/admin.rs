@@ -17,6 +17,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{on_coordinator, str_bytes};
 use crate::codes;
+use crate::groups::coordinator_node;
 use crate::groups::group::GroupDescription;
 use crate::protocol::{decode_body, encode_response, Reply, Request};
 use crate::shard::Shard;
@@ -30,13 +31,13 @@ pub async fn handle_find_coordinator(
     request: &Request,
 ) -> Result<Reply, String> {
     let body: FindCoordinatorRequest = decode_body(request)?;
-    let config = &shard.config;
-    // One node: it coordinates every group (the coordinator *shard* is internal). There is
-    // no transaction coordinator: TRANSACTIONAL_ID_AUTHORIZATION_FAILED is the answer that
-    // librdkafka and the Java client both take as fatal here, so `init_transactions` fails
-    // at once with this message; naming this node instead sent them into an InitProducerId
-    // retry loop until their timeout (see `admin::handle_init_producer_id`).
-    let (error, message) = match body.key_type {
+    // A group's coordinator is one of the live brokers, picked by the group id
+    // (`groups::coordinator_node`); every broker answers the same. There is no transaction
+    // coordinator: TRANSACTIONAL_ID_AUTHORIZATION_FAILED is the answer that librdkafka and
+    // the Java client both take as fatal here, so `init_transactions` fails at once with
+    // this message; naming a broker instead sent them into an InitProducerId retry loop
+    // until their timeout (see `admin::handle_init_producer_id`).
+    let (mut error, message) = match body.key_type {
         KEY_TYPE_GROUP => (codes::NONE, None),
         KEY_TYPE_TRANSACTION => (
             codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
@@ -44,21 +45,26 @@ pub async fn handle_find_coordinator(
         ),
         _ => (codes::INVALID_REQUEST, None),
     };
-    let (node, host, port) = if error == codes::NONE {
-        (
-            config.node_id,
-            config.advertise_host.clone(),
-            i32::from(config.advertise_port),
-        )
+    let keys = if request.version >= 4 {
+        body.coordinator_keys
     } else {
-        (-1, String::new(), -1)
+        vec![body.key]
     };
-    let response = find_coordinator_response(
-        request.version,
-        body.coordinator_keys,
-        (error, message),
-        (node, host, port),
-    );
+    let catalog = shard.catalog();
+    let coordinators: Vec<(i32, String, i32)> = keys
+        .iter()
+        .map(|key| {
+            let broker = coordinator_node(key, &catalog).and_then(|id| catalog.brokers.get(&id));
+            match broker {
+                Some(b) if error == codes::NONE => (b.id, b.host.clone(), i32::from(b.port)),
+                _ => (-1, String::new(), -1),
+            }
+        })
+        .collect();
+    if error == codes::NONE && coordinators.iter().any(|c| c.0 == -1) {
+        error = codes::COORDINATOR_NOT_AVAILABLE;
+    }
+    let response = find_coordinator_response(request.version, keys, (error, message), coordinators);
     Ok(encode_response(request, &response))
 }
 
@@ -68,13 +74,14 @@ pub(super) fn find_coordinator_response(
     version: i16,
     keys: Vec<StrBytes>,
     (error, message): (i16, Option<&str>),
-    (node, host, port): (i32, String, i32),
+    coordinators: Vec<(i32, String, i32)>,
 ) -> FindCoordinatorResponse {
     let mut response = FindCoordinatorResponse::default();
     if version >= 4 {
         response.coordinators = keys
             .into_iter()
-            .map(|key| {
+            .zip(coordinators)
+            .map(|(key, (node, host, port))| {
                 Coordinator::default()
                     .with_key(key)
                     .with_node_id(BrokerId(node))
@@ -85,6 +92,10 @@ pub(super) fn find_coordinator_response(
             })
             .collect();
     } else {
+        let (node, host, port) = coordinators
+            .into_iter()
+            .next()
+            .unwrap_or((-1, String::new(), -1));
         response.error_code = error;
         if version >= 1 {
             response.error_message = message.map(str_bytes);
@@ -174,19 +185,19 @@ pub async fn handle_describe_groups(shard: &Rc<Shard>, request: &Request) -> Res
     ))
 }
 
-/// One group of a DescribeGroups answer; `answer` is None if the coordinator is away and
-/// Some(None) if it does not know the group.
+/// One group of a DescribeGroups answer; `answer` is Err(code) if the coordinator cannot
+/// answer here and Ok(None) if it does not know the group.
 pub(super) fn described_group(
     version: i16,
     group_id: GroupId,
-    answer: Option<Option<GroupDescription>>,
+    answer: Result<Option<GroupDescription>, i16>,
 ) -> DescribedGroup {
     let mut out = DescribedGroup::default().with_group_id(group_id);
     match answer {
-        None => out.error_code = codes::COORDINATOR_NOT_AVAILABLE,
+        Err(code) => out.error_code = code,
         // Kafka describes an unknown group as Dead, without an error.
-        Some(None) => out.group_state = str_bytes("Dead"),
-        Some(Some(d)) => {
+        Ok(None) => out.group_state = str_bytes("Dead"),
+        Ok(Some(d)) => {
             out.group_state = str_bytes(d.state);
             out.protocol_type = str_bytes(d.protocol_type);
             out.protocol_data = str_bytes(d.protocol_name);
@@ -223,7 +234,7 @@ pub async fn handle_delete_groups(shard: &Rc<Shard>, request: &Request) -> Resul
             move |_, g| async move { g.delete_group(&id).await },
         )
         .await
-        .unwrap_or(codes::COORDINATOR_NOT_AVAILABLE);
+        .unwrap_or_else(|code| code);
         results.push(
             DeletableGroupResult::default()
                 .with_group_id(group_id)

@@ -88,7 +88,7 @@ pub async fn handle_join_group(shard: &Rc<Shard>, request: &Request) -> Result<R
         g.join(group_id, args).await
     })
     .await
-    .unwrap_or_else(|| JoinOutcome::error(codes::COORDINATOR_NOT_AVAILABLE, &member_id));
+    .unwrap_or_else(|code| JoinOutcome::error(code, &member_id));
     Ok(encode_response(request, &join_response(version, outcome)))
 }
 
@@ -122,7 +122,7 @@ pub async fn handle_sync_group(shard: &Rc<Shard>, request: &Request) -> Result<R
             .await
         })
         .await
-        .unwrap_or_else(|| SyncOutcome::error(codes::COORDINATOR_NOT_AVAILABLE))
+        .unwrap_or_else(SyncOutcome::error)
     };
     Ok(encode_response(
         request,
@@ -155,7 +155,7 @@ pub async fn handle_heartbeat(shard: &Rc<Shard>, request: &Request) -> Result<Re
             g.heartbeat(&group_id, &member_id, instance_id.as_deref(), generation)
         })
         .await
-        .unwrap_or(codes::COORDINATOR_NOT_AVAILABLE)
+        .unwrap_or_else(|code| code)
     };
     Ok(encode_response(
         request,
@@ -192,12 +192,7 @@ pub async fn handle_leave_group(shard: &Rc<Shard>, request: &Request) -> Result<
             g.leave(&group_id, &asked)
         })
         .await
-        .unwrap_or_else(|| {
-            (
-                codes::COORDINATOR_NOT_AVAILABLE,
-                vec![codes::COORDINATOR_NOT_AVAILABLE; members.len()],
-            )
-        })
+        .unwrap_or_else(|code| (code, vec![code; members.len()]))
     };
     let response = leave_response(version, error, members, per_member);
     Ok(encode_response(request, &response))

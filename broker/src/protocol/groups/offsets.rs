@@ -65,7 +65,7 @@ pub async fn handle_offset_commit(shard: &Rc<Shard>, request: &Request) -> Resul
                 .await
         })
         .await
-        .unwrap_or_else(|| vec![codes::COORDINATOR_NOT_AVAILABLE; count])
+        .unwrap_or_else(|code| vec![code; count])
     };
     let mut results = results.into_iter();
     let topics = shape
@@ -104,7 +104,6 @@ pub(super) async fn fetch_group_offsets(
         g.fetch_offsets(&group_id, topics)
     })
     .await
-    .ok_or(codes::COORDINATOR_NOT_AVAILABLE)
 }
 
 pub async fn handle_offset_fetch(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
@@ -228,7 +227,7 @@ pub async fn handle_offset_delete(shard: &Rc<Shard>, request: &Request) -> Resul
         g.delete_offsets(&group_id, topics).await
     })
     .await
-    .unwrap_or((codes::COORDINATOR_NOT_AVAILABLE, Vec::new()));
+    .unwrap_or_else(|code| (code, Vec::new()));
     let topics = answers
         .into_iter()
         .map(|(name, partitions)| {

@@ -1,0 +1,742 @@
+//! Metadata records and how they change the catalog: the quorum's state machine logic, with
+//! no I/O and no clock, so every node that applies the same records in the same order holds
+//! the same catalog, and every rule here is unit-tested directly.
+//!
+//! Checks that depend on the catalog (does the topic exist, are there enough brokers, is the
+//! assignment on registered brokers) run here, at apply time, so they see exactly the state
+//! the change lands on; the answer travels back to the proposer as the record's `Reply`.
+//! Anything random (topic ids, the cluster id) is chosen by the proposer and carried in the
+//! record.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{self, Broker, Catalog, Placement, Topic, NO_LEADER};
+use crate::codes;
+
+/// A topic to create, as proposed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct NewTopicSpec {
+    pub name: String,
+    /// Chosen by the proposer (random), so applying is deterministic.
+    pub id: [u8; 16],
+    pub partitions: i32,
+    /// Already resolved from the broker default (never -1).
+    pub replication_factor: i32,
+    /// A manual assignment: one replica list per partition (empty: place automatically).
+    pub assignments: Vec<Vec<i32>>,
+    pub configs: Vec<(String, String)>,
+}
+
+/// What a broker says about itself when it registers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    pub id: i32,
+    pub incarnation: String,
+    pub host: String,
+    pub port: u16,
+    pub controller_addr: String,
+}
+
+/// One topic of a single-node data dir: name, id, owner shards, configs.
+pub type LegacyTopic = (String, [u8; 16], Vec<u32>, BTreeMap<String, String>);
+
+/// The topics of a single-node data dir, imported by its first record.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct LegacyImport {
+    pub topics: Vec<LegacyTopic>,
+    pub next_producer_id: i64,
+}
+
+/// One metadata record.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum Command {
+    /// The cluster's first record: its id, and (when the first leader opened a data dir of a
+    /// single-node version) the topics that data dir held, placed on that node. Later
+    /// Bootstrap records are no-ops.
+    Bootstrap {
+        cluster_id: String,
+        node_id: i32,
+        legacy: Option<LegacyImport>,
+    },
+    RegisterBroker(Registration),
+    /// Session expired (the epoch names the registration it expired, so a late fence cannot
+    /// hit a newer registration).
+    FenceBroker {
+        id: i32,
+        epoch: u64,
+    },
+    UnfenceBroker {
+        id: i32,
+        epoch: u64,
+    },
+    CreateTopics {
+        topics: Vec<NewTopicSpec>,
+        validate_only: bool,
+    },
+    DeleteTopics {
+        names: Vec<String>,
+    },
+    /// (topic, new partition count) each.
+    CreatePartitions {
+        topics: Vec<(String, i32)>,
+        validate_only: bool,
+    },
+    /// Set (Some) or remove (None) topic config overrides.
+    SetTopicConfigs {
+        topic: String,
+        set: Vec<(String, Option<String>)>,
+        validate_only: bool,
+    },
+    AllocateProducerIds {
+        count: i64,
+    },
+}
+
+/// What applying a record answers the proposer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub enum Reply {
+    #[default]
+    Done,
+    /// One (error code, message) per item of the request, in order.
+    Outcomes(Vec<(i16, Option<String>)>),
+    Registered {
+        epoch: u64,
+    },
+    ProducerIds {
+        first: i64,
+    },
+}
+
+/// Apply one committed record at log `index`.
+pub fn apply(catalog: &mut Catalog, index: u64, command: &Command) -> Reply {
+    catalog.version = index;
+    match command {
+        Command::Bootstrap {
+            cluster_id,
+            node_id,
+            legacy,
+        } => {
+            if catalog.cluster_id.is_empty() {
+                catalog.cluster_id = cluster_id.clone();
+                if let Some(legacy) = legacy {
+                    import(catalog, *node_id, legacy);
+                }
+            }
+            Reply::Done
+        }
+        Command::RegisterBroker(r) => {
+            catalog.brokers.insert(
+                r.id,
+                Broker {
+                    id: r.id,
+                    incarnation: r.incarnation.clone(),
+                    host: r.host.clone(),
+                    port: r.port,
+                    controller_addr: r.controller_addr.clone(),
+                    epoch: index,
+                    fenced: false,
+                },
+            );
+            elect_offline(catalog);
+            Reply::Registered { epoch: index }
+        }
+        Command::FenceBroker { id, epoch } => {
+            if let Some(b) = catalog.brokers.get_mut(id) {
+                if b.epoch == *epoch && !b.fenced {
+                    b.fenced = true;
+                    move_leaders_off(catalog, *id);
+                }
+            }
+            Reply::Done
+        }
+        Command::UnfenceBroker { id, epoch } => {
+            if let Some(b) = catalog.brokers.get_mut(id) {
+                if b.epoch == *epoch && b.fenced {
+                    b.fenced = false;
+                    elect_offline(catalog);
+                }
+            }
+            Reply::Done
+        }
+        Command::CreateTopics {
+            topics,
+            validate_only,
+        } => {
+            let outcomes = topics
+                .iter()
+                .map(|spec| match new_topic(catalog, spec) {
+                    Ok(topic) => {
+                        if !validate_only {
+                            catalog.topics.insert(spec.name.clone(), topic);
+                        }
+                        (codes::NONE, None)
+                    }
+                    Err((code, message)) => (code, Some(message)),
+                })
+                .collect();
+            Reply::Outcomes(outcomes)
+        }
+        Command::DeleteTopics { names } => Reply::Outcomes(
+            names
+                .iter()
+                .map(|name| match catalog.topics.remove(name) {
+                    Some(_) => (codes::NONE, None),
+                    None => (
+                        codes::UNKNOWN_TOPIC_OR_PARTITION,
+                        Some(format!("no topic '{name}'")),
+                    ),
+                })
+                .collect(),
+        ),
+        Command::CreatePartitions {
+            topics,
+            validate_only,
+        } => Reply::Outcomes(
+            topics
+                .iter()
+                .map(
+                    |(name, count)| match grow(catalog, name, *count, *validate_only) {
+                        Ok(()) => (codes::NONE, None),
+                        Err((code, message)) => (code, Some(message)),
+                    },
+                )
+                .collect(),
+        ),
+        Command::SetTopicConfigs {
+            topic,
+            set,
+            validate_only,
+        } => Reply::Outcomes(vec![
+            match set_configs(catalog, topic, set, *validate_only) {
+                Ok(()) => (codes::NONE, None),
+                Err((code, message)) => (code, Some(message)),
+            },
+        ]),
+        Command::AllocateProducerIds { count } => {
+            let first = catalog.next_producer_id.max(1000);
+            catalog.next_producer_id = first + count.max(&1);
+            Reply::ProducerIds { first }
+        }
+    }
+}
+
+type Refusal = (i16, String);
+
+fn import(catalog: &mut Catalog, node_id: i32, legacy: &LegacyImport) {
+    for (name, id, owners, configs) in &legacy.topics {
+        let placement = owners
+            .iter()
+            .map(|_| Placement {
+                replicas: vec![node_id],
+                leader: node_id,
+                leader_epoch: 0,
+                isr: vec![node_id],
+            })
+            .collect();
+        catalog.topics.insert(
+            name.clone(),
+            Topic {
+                name: name.clone(),
+                id: *id,
+                owners: owners.clone(),
+                placement,
+                configs: configs.clone(),
+            },
+        );
+    }
+    catalog.next_producer_id = catalog.next_producer_id.max(legacy.next_producer_id);
+}
+
+fn live_ids(catalog: &Catalog) -> Vec<i32> {
+    catalog.live_brokers().map(|b| b.id).collect()
+}
+
+fn is_live(catalog: &Catalog, id: i32) -> bool {
+    catalog.brokers.get(&id).is_some_and(|b| !b.fenced)
+}
+
+/// Partitions led by `fenced` get the next live replica as leader (no data replication yet:
+/// every replica is as good as another), or no leader.
+fn move_leaders_off(catalog: &mut Catalog, fenced: i32) {
+    let live: BTreeSet<i32> = live_ids(catalog).into_iter().collect();
+    for topic in catalog.topics.values_mut() {
+        for p in &mut topic.placement {
+            if p.leader == fenced {
+                let next = p.replicas.iter().copied().find(|r| live.contains(r));
+                set_leader(p, next);
+            }
+        }
+    }
+}
+
+/// Partitions without a leader get their first live replica.
+fn elect_offline(catalog: &mut Catalog) {
+    let live: BTreeSet<i32> = live_ids(catalog).into_iter().collect();
+    for topic in catalog.topics.values_mut() {
+        for p in &mut topic.placement {
+            if p.leader == NO_LEADER {
+                if let Some(next) = p.replicas.iter().copied().find(|r| live.contains(r)) {
+                    set_leader(p, Some(next));
+                }
+            }
+        }
+    }
+}
+
+fn set_leader(p: &mut Placement, leader: Option<i32>) {
+    p.leader_epoch += 1;
+    match leader {
+        Some(id) => {
+            p.leader = id;
+            p.isr = vec![id];
+        }
+        // Kafka keeps the last ISR member of an offline partition in its ISR.
+        None => p.leader = NO_LEADER,
+    }
+}
+
+fn new_topic(catalog: &Catalog, spec: &NewTopicSpec) -> Result<Topic, Refusal> {
+    if !catalog::valid_topic_name(&spec.name) {
+        return Err((
+            codes::INVALID_TOPIC_EXCEPTION,
+            format!("invalid topic name '{}'", spec.name),
+        ));
+    }
+    if catalog.topics.contains_key(&spec.name) {
+        return Err((
+            codes::TOPIC_ALREADY_EXISTS,
+            format!("topic '{}' already exists", spec.name),
+        ));
+    }
+    for (name, value) in &spec.configs {
+        catalog::validate_topic_config(name, value).map_err(|m| (codes::INVALID_CONFIG, m))?;
+    }
+    let replicas = if spec.assignments.is_empty() {
+        if !(1..=100_000).contains(&spec.partitions) {
+            return Err((
+                codes::INVALID_PARTITIONS,
+                format!("invalid partition count {}", spec.partitions),
+            ));
+        }
+        auto_place(
+            catalog,
+            spec.partitions,
+            spec.replication_factor,
+            catalog.topics.len(),
+        )?
+    } else {
+        check_assignment(catalog, &spec.assignments)?;
+        spec.assignments.clone()
+    };
+    let base = catalog.topics.len();
+    Ok(Topic {
+        name: spec.name.clone(),
+        id: spec.id,
+        owners: (0..replicas.len()).map(|p| (base + p) as u32).collect(),
+        placement: replicas.into_iter().map(|r| placed(catalog, r)).collect(),
+        configs: spec.configs.iter().cloned().collect(),
+    })
+}
+
+/// A new partition's placement: led by its first live replica.
+fn placed(catalog: &Catalog, replicas: Vec<i32>) -> Placement {
+    let leader = replicas
+        .iter()
+        .copied()
+        .find(|r| is_live(catalog, *r))
+        .unwrap_or(NO_LEADER);
+    Placement {
+        isr: if leader == NO_LEADER {
+            vec![]
+        } else {
+            vec![leader]
+        },
+        replicas,
+        leader,
+        leader_epoch: 0,
+    }
+}
+
+/// Replica lists for `count` partitions over the live brokers: partition p's replicas are
+/// `rf` consecutive brokers starting at `(start + p) % n`, so leaders (the first replica)
+/// spread evenly, and successive topics start on successive brokers.
+fn auto_place(
+    catalog: &Catalog,
+    count: i32,
+    rf: i32,
+    start: usize,
+) -> Result<Vec<Vec<i32>>, Refusal> {
+    let live = live_ids(catalog);
+    if rf < 1 || rf as usize > live.len() {
+        return Err((
+            codes::INVALID_REPLICATION_FACTOR,
+            format!(
+                "replication factor {rf} is larger than the {} available broker(s)",
+                live.len()
+            ),
+        ));
+    }
+    let n = live.len();
+    Ok((0..count as usize)
+        .map(|p| {
+            (0..rf as usize)
+                .map(|i| live[(start + p + i) % n])
+                .collect()
+        })
+        .collect())
+}
+
+fn check_assignment(catalog: &Catalog, assignments: &[Vec<i32>]) -> Result<(), Refusal> {
+    let invalid = |why: String| Err((codes::INVALID_REPLICA_ASSIGNMENT, why));
+    for (partition, replicas) in assignments.iter().enumerate() {
+        if replicas.is_empty() {
+            return invalid(format!("partition {partition} has an empty replica list"));
+        }
+        let distinct: BTreeSet<i32> = replicas.iter().copied().collect();
+        if distinct.len() != replicas.len() {
+            return invalid(format!(
+                "the manual partition assignment of partition {partition} names a broker more \
+                 than once"
+            ));
+        }
+        if let Some(unknown) = replicas.iter().find(|b| !catalog.brokers.contains_key(b)) {
+            return invalid(format!(
+                "the manual partition assignment includes broker {unknown}, but no such \
+                 broker is registered"
+            ));
+        }
+        if replicas.len() != assignments[0].len() {
+            return invalid(format!(
+                "partition {partition} has {} replica(s), unlike the partitions before it",
+                replicas.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn grow(catalog: &mut Catalog, name: &str, count: i32, validate_only: bool) -> Result<(), Refusal> {
+    let Some(topic) = catalog.topics.get(name) else {
+        return Err((
+            codes::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("no topic '{name}'"),
+        ));
+    };
+    let current = topic.partition_count() as i32;
+    if count <= current || count > 100_000 {
+        return Err((
+            codes::INVALID_PARTITIONS,
+            format!("topic '{name}' has {current} partitions; asked for {count}"),
+        ));
+    }
+    let rf = topic.placement.first().map_or(1, |p| p.replicas.len()) as i32;
+    let start = topic.owners.last().map_or(0, |o| *o as usize + 1);
+    let more = auto_place(catalog, count - current, rf, start)?;
+    if validate_only {
+        return Ok(());
+    }
+    let placements: Vec<Placement> = more.into_iter().map(|r| placed(catalog, r)).collect();
+    let topic = catalog.topics.get_mut(name).expect("checked above");
+    for (i, placement) in placements.into_iter().enumerate() {
+        topic.owners.push((start + i) as u32);
+        topic.placement.push(placement);
+    }
+    Ok(())
+}
+
+fn set_configs(
+    catalog: &mut Catalog,
+    topic: &str,
+    set: &[(String, Option<String>)],
+    validate_only: bool,
+) -> Result<(), Refusal> {
+    let Some(entry) = catalog.topics.get(topic) else {
+        return Err((
+            codes::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("no topic '{topic}'"),
+        ));
+    };
+    let mut configs = entry.configs.clone();
+    for (name, value) in set {
+        match value {
+            Some(value) => {
+                catalog::validate_topic_config(name, value)
+                    .map_err(|m| (codes::INVALID_CONFIG, m))?;
+                configs.insert(name.clone(), value.clone());
+            }
+            None => {
+                configs.remove(name);
+            }
+        }
+    }
+    if !validate_only {
+        catalog
+            .topics
+            .get_mut(topic)
+            .expect("checked above")
+            .configs = configs;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(catalog: &mut Catalog, index: u64, id: i32) -> u64 {
+        let reply = apply(
+            catalog,
+            index,
+            &Command::RegisterBroker(Registration {
+                id,
+                incarnation: format!("inc-{id}"),
+                host: "127.0.0.1".into(),
+                port: 9000 + id as u16,
+                controller_addr: format!("127.0.0.1:{}", 9100 + id),
+            }),
+        );
+        match reply {
+            Reply::Registered { epoch } => epoch,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn three() -> Catalog {
+        let mut c = Catalog::default();
+        apply(
+            &mut c,
+            1,
+            &Command::Bootstrap {
+                cluster_id: "c1".into(),
+                node_id: 1,
+                legacy: None,
+            },
+        );
+        for (i, id) in [1, 2, 3].into_iter().enumerate() {
+            register(&mut c, 2 + i as u64, id);
+        }
+        c
+    }
+
+    fn create(c: &mut Catalog, index: u64, name: &str, partitions: i32, rf: i32) -> Reply {
+        apply(
+            c,
+            index,
+            &Command::CreateTopics {
+                topics: vec![NewTopicSpec {
+                    name: name.into(),
+                    id: [7; 16],
+                    partitions,
+                    replication_factor: rf,
+                    assignments: vec![],
+                    configs: vec![],
+                }],
+                validate_only: false,
+            },
+        )
+    }
+
+    #[test]
+    fn twelve_partitions_rf3_spread_replicas_and_leaders_evenly() {
+        let mut c = three();
+        assert_eq!(
+            create(&mut c, 10, "t", 12, 3),
+            Reply::Outcomes(vec![(codes::NONE, None)])
+        );
+        let topic = &c.topics["t"];
+        let mut leaders = BTreeMap::new();
+        for p in &topic.placement {
+            assert_eq!(p.replicas.len(), 3);
+            assert_eq!(p.replicas.iter().collect::<BTreeSet<_>>().len(), 3);
+            assert_eq!(p.leader, p.replicas[0]);
+            assert_eq!(p.isr, vec![p.leader]);
+            *leaders.entry(p.leader).or_insert(0) += 1;
+        }
+        assert_eq!(leaders, BTreeMap::from([(1, 4), (2, 4), (3, 4)]));
+        assert_eq!(c.version, 10);
+    }
+
+    #[test]
+    fn too_few_brokers_is_invalid_replication_factor() {
+        let mut c = three();
+        let Reply::Outcomes(out) = create(&mut c, 10, "t", 1, 4) else {
+            panic!()
+        };
+        assert_eq!(out[0].0, codes::INVALID_REPLICATION_FACTOR);
+        assert!(!c.topics.contains_key("t"));
+    }
+
+    #[test]
+    fn fencing_moves_leaders_and_bumps_epochs_unfencing_fills_offline() {
+        let mut c = three();
+        create(&mut c, 10, "t", 3, 2);
+        let before = c.topics["t"].placement.clone();
+        let epoch2 = c.brokers[&2].epoch;
+        // A stale epoch does nothing.
+        apply(&mut c, 11, &Command::FenceBroker { id: 2, epoch: 1 });
+        assert!(!c.brokers[&2].fenced);
+        apply(
+            &mut c,
+            12,
+            &Command::FenceBroker {
+                id: 2,
+                epoch: epoch2,
+            },
+        );
+        assert!(c.brokers[&2].fenced);
+        for (old, new) in before.iter().zip(&c.topics["t"].placement) {
+            if old.leader == 2 {
+                assert_ne!(new.leader, 2);
+                assert!(new.replicas.contains(&new.leader));
+                assert_eq!(new.leader_epoch, old.leader_epoch + 1);
+            } else {
+                assert_eq!(new, old);
+            }
+        }
+        // Fence the rest of partition 1's replicas ([2, 3]): it goes offline.
+        let epoch3 = c.brokers[&3].epoch;
+        apply(
+            &mut c,
+            13,
+            &Command::FenceBroker {
+                id: 3,
+                epoch: epoch3,
+            },
+        );
+        let p1 = c.topics["t"].placement[1].clone();
+        assert_eq!(p1.replicas, vec![2, 3]);
+        assert_eq!(p1.leader, NO_LEADER);
+        apply(
+            &mut c,
+            14,
+            &Command::UnfenceBroker {
+                id: 3,
+                epoch: epoch3,
+            },
+        );
+        assert_eq!(c.topics["t"].placement[1].leader, 3);
+        assert!(c.topics["t"].placement[1].leader_epoch > p1.leader_epoch);
+    }
+
+    #[test]
+    fn re_registration_gets_a_new_epoch_and_unfences() {
+        let mut c = three();
+        let e = c.brokers[&2].epoch;
+        apply(&mut c, 20, &Command::FenceBroker { id: 2, epoch: e });
+        assert_eq!(register(&mut c, 21, 2), 21);
+        assert!(!c.brokers[&2].fenced);
+        // The old session's late fence does not hit the new registration.
+        apply(&mut c, 22, &Command::FenceBroker { id: 2, epoch: e });
+        assert!(!c.brokers[&2].fenced);
+    }
+
+    #[test]
+    fn manual_assignment_must_name_registered_brokers_once() {
+        let mut c = three();
+        let mut spec = NewTopicSpec {
+            name: "m".into(),
+            id: [1; 16],
+            partitions: 2,
+            replication_factor: 2,
+            assignments: vec![vec![3, 1], vec![9, 1]],
+            configs: vec![],
+        };
+        let run = |c: &mut Catalog, spec: &NewTopicSpec| {
+            let Reply::Outcomes(out) = apply(
+                c,
+                30,
+                &Command::CreateTopics {
+                    topics: vec![spec.clone()],
+                    validate_only: false,
+                },
+            ) else {
+                panic!()
+            };
+            out[0].0
+        };
+        assert_eq!(run(&mut c, &spec), codes::INVALID_REPLICA_ASSIGNMENT);
+        spec.assignments = vec![vec![3, 3], vec![2, 1]];
+        assert_eq!(run(&mut c, &spec), codes::INVALID_REPLICA_ASSIGNMENT);
+        spec.assignments = vec![vec![3, 1], vec![2, 1]];
+        assert_eq!(run(&mut c, &spec), codes::NONE);
+        assert_eq!(c.topics["m"].placement[0].leader, 3);
+        assert_eq!(c.topics["m"].placement[1].replicas, vec![2, 1]);
+    }
+
+    #[test]
+    fn bootstrap_imports_a_single_node_catalog_once() {
+        let mut c = Catalog::default();
+        let legacy = LegacyImport {
+            topics: vec![("old".into(), [9; 16], vec![0, 1, 0], BTreeMap::new())],
+            next_producer_id: 1234,
+        };
+        apply(
+            &mut c,
+            1,
+            &Command::Bootstrap {
+                cluster_id: "a".into(),
+                node_id: 0,
+                legacy: Some(legacy.clone()),
+            },
+        );
+        assert_eq!(c.topics["old"].owners, vec![0, 1, 0]);
+        assert_eq!(c.topics["old"].placement[2].leader, 0);
+        assert_eq!(c.next_producer_id, 1234);
+        // A second bootstrap (a later leader's) changes nothing.
+        let before = c.clone();
+        apply(
+            &mut c,
+            2,
+            &Command::Bootstrap {
+                cluster_id: "b".into(),
+                node_id: 5,
+                legacy: None,
+            },
+        );
+        assert_eq!(c.cluster_id, "a");
+        assert_eq!(c.topics, before.topics);
+    }
+
+    #[test]
+    fn create_partitions_keeps_the_replication_factor() {
+        let mut c = three();
+        create(&mut c, 10, "t", 2, 2);
+        let out = apply(
+            &mut c,
+            11,
+            &Command::CreatePartitions {
+                topics: vec![("t".into(), 5), ("t".into(), 4), ("none".into(), 3)],
+                validate_only: false,
+            },
+        );
+        let Reply::Outcomes(out) = out else { panic!() };
+        assert_eq!(out[0].0, codes::NONE);
+        assert_eq!(out[1].0, codes::INVALID_PARTITIONS);
+        assert_eq!(out[2].0, codes::UNKNOWN_TOPIC_OR_PARTITION);
+        assert_eq!(c.topics["t"].placement.len(), 5);
+        assert!(c.topics["t"]
+            .placement
+            .iter()
+            .all(|p| p.replicas.len() == 2));
+        assert_eq!(c.topics["t"].owners.len(), 5);
+    }
+
+    #[test]
+    fn producer_id_blocks_never_overlap() {
+        let mut c = three();
+        let Reply::ProducerIds { first: a } =
+            apply(&mut c, 40, &Command::AllocateProducerIds { count: 100 })
+        else {
+            panic!()
+        };
+        let Reply::ProducerIds { first: b } =
+            apply(&mut c, 41, &Command::AllocateProducerIds { count: 100 })
+        else {
+            panic!()
+        };
+        assert_eq!(b, a + 100);
+        assert!(a >= 1000);
+    }
+}
