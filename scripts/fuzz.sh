@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzz the request path (framing, header parsing, every API body decoder, record-batch
-# validation, and the handler entry point of a one-shard broker) for a bounded time.
+# validation, and the handler entry point of a one-shard broker) for a bounded time, then
+# the controller port's framing and decoding (target `controller`) for a quarter of it.
 # Any crash is saved under fuzz/artifacts/requests/ and the script exits non-zero; turn it
 # into a regression test in broker/src/protocol (see its tests module).
 #
@@ -41,3 +42,10 @@ fi
     -max_total_time="$budget_s" -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=10 \
     -detect_leaks=0 \
     -print_final_stats=1
+
+# The controller port (cluster/rpc.rs): framing and decoding of raft and broker requests.
+controller_corpus=fuzz/corpus/controller
+mkdir -p "$controller_corpus"
+"${fuzz[@]}" run controller "$controller_corpus" -- \
+    -max_total_time="$(( (budget_s + 3) / 4 ))" -rss_limit_mb=2048 -malloc_limit_mb=512 \
+    -timeout=10 -detect_leaks=0 -print_final_stats=1

@@ -667,3 +667,22 @@ def test_old_single_node_data_dir_opens_unchanged(start_broker, tmp_path):
     broker.restart()
     check([b"after upgrade"])
     assert [m[2] for m in ck_read(broker, "after-upgrade", 1, 0, 1)] == [b"new"]
+
+
+def test_old_single_node_data_dir_with_a_damaged_catalog_is_refused(start_broker, tmp_path):
+    """The catalog.bin of a single-node data dir becomes the cluster's first record: a
+    damaged one stops the start, and is left as it was (never replaced by an empty one)."""
+    v1 = load_fixture_module()
+    with tarfile.open(v1.ARCHIVE) as tar:
+        tar.extractall(tmp_path, filter="data")
+    data_dir = tmp_path / v1.DATA_DIR_NAME
+    catalog = data_dir / "catalog.bin"
+    raw = bytearray(catalog.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    catalog.write_bytes(bytes(raw))
+    fleet = start_broker.__self__  # the fixture's Fleet: a broker it tracks, not started
+    broker = fleet.new(name="damaged", data_dir=data_dir)
+    broker.expect_refused_start()
+    log = broker.run_log()
+    assert "catalog" in log and "damaged" in log and "refusing to start" in log, log
+    assert catalog.read_bytes() == bytes(raw)

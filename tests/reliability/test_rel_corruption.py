@@ -234,9 +234,11 @@ def test_index_pointing_at_wrong_positions_is_never_trusted_blindly(filled):
 
 
 @pytest.mark.parametrize("damage", ["flipped", "truncated", "empty"])
-def test_damaged_catalog_is_refused(filled, damage):
+def test_damaged_metadata_log_is_refused(filled, damage):
+    """The catalog (topics, their placement and configs) lives in the metadata quorum's raft
+    log: damage to a committed record refuses the start; it never silently forgets topics."""
     filled.stop()
-    catalog = filled.data_dir / "catalog.bin"
+    catalog = filled.data_dir / "metadata" / "log" / "log"
     raw = bytearray(catalog.read_bytes())
     if damage == "flipped":
         raw[len(raw) // 2] ^= 0xFF
@@ -247,5 +249,5 @@ def test_damaged_catalog_is_refused(filled, damage):
     catalog.write_bytes(bytes(raw))
     filled.expect_refused_start()  # a non-zero exit, never `listening on`
     log = filled.run_log()
-    assert "catalog" in log and "damaged" in log and "refusing to start" in log, log
-    assert catalog.read_bytes() == bytes(raw), "the damaged catalog must be left as it was"
+    assert "raft log" in log and "damaged" in log and "refusing to start" in log, log
+    assert catalog.read_bytes() == bytes(raw), "the damaged log must be left as it was"

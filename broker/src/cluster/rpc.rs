@@ -82,6 +82,21 @@ pub fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, String>
     serde_json::from_slice(payload).map_err(|e| format!("undecodable frame: {e}"))
 }
 
+/// Split one frame off the front of `buf`: Ok(Some((payload, rest))), Ok(None) if more
+/// bytes are needed, Err if the length is above `MAX_FRAME_BYTES` (the connection closes).
+pub fn split_frame(buf: &[u8]) -> Result<Option<(&[u8], &[u8])>, String> {
+    let Some(len) = buf.first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let size = u32::from_be_bytes(*len) as usize;
+    if size > MAX_FRAME_BYTES {
+        return Err(format!(
+            "frame of {size} bytes is above the {MAX_FRAME_BYTES} limit"
+        ));
+    }
+    Ok(buf[4..].split_at_checked(size))
+}
+
 pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
     let body = serde_json::to_vec(message).expect("serializable");
     let mut frame = Vec::with_capacity(4 + body.len());
@@ -191,6 +206,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(decode::<Request>(b"\xff\x00garbage").is_err());
+        let (payload, rest) = split_frame(&frame).unwrap().unwrap();
+        assert_eq!((payload, rest.len()), (&frame[4..], 0));
+        assert_eq!(split_frame(&frame[..frame.len() - 1]).unwrap(), None);
+        assert!(split_frame(&[0x7f, 0xff, 0xff, 0xff, 1]).is_err());
         assert!(decode::<Request>(&frame[4..frame.len() - 1]).is_err());
     }
 }

@@ -79,6 +79,10 @@ pub struct Shard {
     pub control: ControlHandle,
     /// Notified whenever this shard adopts a new catalog.
     pub(crate) catalog_event: crate::log::event::Event,
+    /// Version of the last catalog whose logs this shard has opened (or deleted).
+    pub(crate) adopted_version: Cell<u64>,
+    /// One `apply_catalog` at a time: two would both open a new partition's log.
+    adopting: glommio::sync::Semaphore,
     /// Serialises taking producer-id blocks.
     pub(crate) controller_lock: glommio::sync::Semaphore,
     /// This shard's block of producer ids: (next, end).
@@ -112,6 +116,8 @@ impl Shard {
             senders,
             control,
             catalog_event: Default::default(),
+            adopted_version: Cell::new(0),
+            adopting: glommio::sync::Semaphore::new(1),
             controller_lock: glommio::sync::Semaphore::new(1),
             producer_ids: Cell::new((0, 0)),
             shutting_down: Cell::new(false),
@@ -366,6 +372,7 @@ impl Shard {
     /// Adopt a new catalog: open the logs of partitions this shard now owns, delete those of
     /// topics that are gone, and pass changed topic configs to the logs.
     pub async fn apply_catalog(self: &Rc<Self>, catalog: Catalog) -> Result<(), String> {
+        let _one_at_a_time = self.adopting.acquire_permit(1).await;
         if catalog.version < self.catalog.borrow().version {
             return Ok(());
         }
@@ -425,8 +432,29 @@ impl Shard {
                 slots[partition as usize] = Some(log);
             }
         }
+        self.adopted_version
+            .set(self.adopted_version.get().max(catalog.version));
         self.catalog_event.notify();
         Ok(())
+    }
+
+    /// Wait (at most `max`) until this shard has adopted catalog `version` or a later one.
+    pub(crate) async fn wait_adopted(&self, version: u64, max: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + max;
+        while self.adopted_version.get() < version {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let wait = self.catalog_event.listen();
+            let _ =
+                glommio::timer::timeout(left.min(std::time::Duration::from_millis(100)), async {
+                    wait.await;
+                    Ok(())
+                })
+                .await;
+        }
+        true
     }
 
     /// Shard 0 only: follow the control plane, handing every new catalog to every shard in

@@ -486,23 +486,22 @@ impl Shard {
         }
     }
 
-    /// Commit a metadata change through the quorum, then wait (bounded) until this node's
-    /// shards hold a catalog that includes it, so the answer and what this broker serves
-    /// next agree. Err holds a Kafka error code and why.
+    /// Commit a metadata change through the quorum, then wait (bounded) until every shard
+    /// of this node has adopted a catalog that includes it (logs opened or deleted), so the
+    /// answer and what this broker serves next agree. Err holds a Kafka error code and why.
     async fn change_metadata(self: &Rc<Self>, command: Command) -> Result<Reply, (i16, String)> {
         let applied = self
             .control
             .propose(command)
             .await
             .map_err(|e| (e.code, e.message))?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.catalog().version < applied.index && Instant::now() < deadline {
-            let wait = self.catalog_event.listen();
-            let _ = glommio::timer::timeout(Duration::from_millis(100), async {
-                wait.await;
-                Ok(())
-            })
-            .await;
+        let index = applied.index;
+        for target in 0..self.nr_shards {
+            let _ = self
+                .call(target, move |s| async move {
+                    s.wait_adopted(index, Duration::from_secs(5)).await
+                })
+                .await;
         }
         Ok(applied.reply)
     }
