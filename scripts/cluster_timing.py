@@ -9,7 +9,7 @@
   CreateTopics succeeds (median of --kills kills; the killed node is restarted and the
   cluster serves again before the next kill).
 
-Usage: scripts/cluster_timing.py [--kills 10] [--starts 3] [--voters 3]
+Usage: scripts/cluster_timing.py [--kills 10] [--starts 3] [--voters 3] [--settle-s 1]
        [--session-timeout-ms 1500] [--heartbeat-interval-ms 250]
 Env:   SHARDLOG_BIN, else <CARGO_TARGET_DIR or target>/release/shardlog (as the tests find
        it; build it first: cargo build --release -p shardlog). The data dirs go to a
@@ -44,6 +44,8 @@ def main():
     parser.add_argument("--voters", type=int, default=3)
     parser.add_argument("--session-timeout-ms", type=int, default=1500)
     parser.add_argument("--heartbeat-interval-ms", type=int, default=250)
+    parser.add_argument("--settle-s", type=float, default=1.0,
+                        help="seconds between a restarted node serving and the next kill")
     args = parser.parse_args()
     binary = shardlog_binary()
     if not binary.is_file():
@@ -82,6 +84,9 @@ def main():
                       flush=True)
                 old.start()
                 cluster.wait_serving()
+                # Steady state before the next kill: the restarted node has heard the
+                # leader for a while (see --settle-s; 0 kills right after it serves).
+                time.sleep(args.settle_s)
         finally:
             problems = fleet.close(together=True)
 
