@@ -244,6 +244,26 @@ def test_replication_factor_above_the_broker_count_is_refused(cluster):
         assert md["topics"]["too-many"]["error"] == wire.UNKNOWN_TOPIC_OR_PARTITION, md
 
 
+def test_create_partitions_places_new_partitions_automatically_or_as_assigned(cluster):
+    from confluent_kafka.admin import NewPartitions
+    cluster.create_topic("grown", partitions=2, replication_factor=2)
+    admin = ck_admin(cluster.bootstrap)
+    admin.create_partitions([NewPartitions("grown", 4)])["grown"].result(timeout=20)
+    view = cluster.wait_topic("grown", 4)
+    assert all(len(info["replicas"]) == 2 for info in view.values()), view
+    admin.create_partitions([NewPartitions("grown", 6, replica_assignment=[[3, 1], [2, 3]])])[
+        "grown"].result(timeout=20)
+    view = cluster.wait_topic("grown", 6)
+    assert (view[4]["replicas"], view[4]["leader"]) == ([3, 1], 3), view
+    assert (view[5]["replicas"], view[5]["leader"]) == ([2, 3], 2), view
+    # Kafka's rule: the new partitions keep the topic's replication factor.
+    with pytest.raises(KafkaException) as refused:
+        admin.create_partitions([NewPartitions("grown", 7, replica_assignment=[[1]])])[
+            "grown"].result(timeout=20)
+    assert refused.value.args[0].code() == KafkaError.INVALID_REPLICA_ASSIGNMENT
+    assert len(cluster.metadata(topics=["grown"])["topics"]["grown"]["partitions"]) == 6
+
+
 def test_describe_cluster_lists_the_three_brokers_and_the_controller(cluster):
     expected = {n.node_id: n.address for n in cluster.nodes}
     md = cluster.metadata()

@@ -519,6 +519,8 @@ fn split_host_port(text: &str) -> Option<(String, u16)> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn cli(args: &[&str]) -> Cli {
@@ -563,6 +565,100 @@ mod tests {
             (log.write_buffer_bytes, log.max_writes_in_flight),
             (4 << 20, 8)
         );
+    }
+
+    #[test]
+    fn cluster_flags_are_checked_naming_the_setting() {
+        let one = Config::load(cli(&["--cores", "1"])).unwrap();
+        assert_eq!(one.voters, BTreeMap::from([(0, String::new())]));
+        assert_eq!(one.controller_listen, None);
+        let voters = "1@127.0.0.1:9093,2@127.0.0.1:9193";
+        let ok = Config::load(cli(&[
+            "--cores",
+            "1",
+            "--node-id",
+            "1",
+            "--controller-quorum-voters",
+            voters,
+            "--controller-listen",
+            "127.0.0.1:9093",
+        ]))
+        .unwrap();
+        assert_eq!(ok.voters.len(), 2);
+        // A broker-only node gets an ephemeral controller port on its listen host.
+        let broker = Config::load(cli(&[
+            "--cores",
+            "1",
+            "--node-id",
+            "7",
+            "--controller-quorum-voters",
+            voters,
+        ]))
+        .unwrap();
+        assert_eq!(broker.controller_listen.as_deref(), Some("127.0.0.1:0"));
+        for (args, setting) in [
+            (
+                vec!["--controller-quorum-voters", "1@nohost"],
+                "controller-quorum-voters",
+            ),
+            (
+                vec!["--controller-quorum-voters", "x@127.0.0.1:1"],
+                "controller-quorum-voters",
+            ),
+            (
+                vec!["--controller-quorum-voters", "1@h:1,1@h:2"],
+                "controller-quorum-voters",
+            ),
+            (
+                vec!["--node-id", "1", "--controller-quorum-voters", voters],
+                "controller-listen",
+            ),
+            (
+                vec![
+                    "--node-id",
+                    "1",
+                    "--controller-quorum-voters",
+                    voters,
+                    "--controller-listen",
+                    "127.0.0.1:9999",
+                ],
+                "controller-listen",
+            ),
+            (
+                vec!["--controller-listen", "127.0.0.1:9093"],
+                "controller-listen",
+            ),
+            (
+                vec!["--default-replication-factor", "0"],
+                "default_replication_factor",
+            ),
+            (
+                vec!["--broker-session-timeout-ms", "100"],
+                "broker_session_timeout_ms",
+            ),
+        ] {
+            let mut all = vec!["--cores", "1"];
+            all.extend(args.iter().copied());
+            let err = Config::load(cli(&all)).unwrap_err();
+            assert!(err.starts_with(setting), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn cluster_settings_come_from_the_file_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "node_id = 2\ncontroller_quorum_voters = \"2@127.0.0.1:9193\"\n\
+             controller_listen = \"127.0.0.1:9193\"\nbroker_session_timeout_ms = 3000\n",
+        )
+        .unwrap();
+        let config =
+            Config::load(cli(&["--cores", "1", "--config", path.to_str().unwrap()])).unwrap();
+        assert_eq!(config.node_id, 2);
+        assert_eq!(config.controller_listen.as_deref(), Some("127.0.0.1:9193"));
+        assert_eq!(config.broker_session_timeout_ms, 3000);
     }
 
     #[test]

@@ -29,6 +29,15 @@ pub struct NewTopicSpec {
     pub configs: Vec<(String, String)>,
 }
 
+/// One topic of a CreatePartitions.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Growth {
+    pub name: String,
+    pub count: i32,
+    /// Replica lists of the new partitions, in order (empty: automatic placement).
+    pub assignments: Vec<Vec<i32>>,
+}
+
 /// What a broker says about itself when it registers.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Registration {
@@ -78,9 +87,10 @@ pub enum Command {
     DeleteTopics {
         names: Vec<String>,
     },
-    /// (topic, new partition count) each.
+    /// Grow topics: each with its new partition count and, optionally, the replica list of
+    /// each new partition (empty: placed automatically).
     CreatePartitions {
-        topics: Vec<(String, i32)>,
+        topics: Vec<Growth>,
         validate_only: bool,
     },
     /// Set (Some) or remove (None) topic config overrides.
@@ -196,12 +206,10 @@ pub fn apply(catalog: &mut Catalog, index: u64, command: &Command) -> Reply {
         } => Reply::Outcomes(
             topics
                 .iter()
-                .map(
-                    |(name, count)| match grow(catalog, name, *count, *validate_only) {
-                        Ok(()) => (codes::NONE, None),
-                        Err((code, message)) => (code, Some(message)),
-                    },
-                )
+                .map(|g| match grow(catalog, g, *validate_only) {
+                    Ok(()) => (codes::NONE, None),
+                    Err((code, message)) => (code, Some(message)),
+                })
                 .collect(),
         ),
         Command::SetTopicConfigs {
@@ -417,7 +425,8 @@ fn check_assignment(catalog: &Catalog, assignments: &[Vec<i32>]) -> Result<(), R
     Ok(())
 }
 
-fn grow(catalog: &mut Catalog, name: &str, count: i32, validate_only: bool) -> Result<(), Refusal> {
+fn grow(catalog: &mut Catalog, growth: &Growth, validate_only: bool) -> Result<(), Refusal> {
+    let (name, count) = (growth.name.as_str(), growth.count);
     let Some(topic) = catalog.topics.get(name) else {
         return Err((
             codes::UNKNOWN_TOPIC_OR_PARTITION,
@@ -433,7 +442,31 @@ fn grow(catalog: &mut Catalog, name: &str, count: i32, validate_only: bool) -> R
     }
     let rf = topic.placement.first().map_or(1, |p| p.replicas.len()) as i32;
     let start = topic.owners.last().map_or(0, |o| *o as usize + 1);
-    let more = auto_place(catalog, count - current, rf, start)?;
+    let more = if growth.assignments.is_empty() {
+        auto_place(catalog, count - current, rf, start)?
+    } else {
+        if growth.assignments.len() != (count - current) as usize {
+            return Err((
+                codes::INVALID_REPLICA_ASSIGNMENT,
+                format!(
+                    "{} replica assignments for {} new partitions",
+                    growth.assignments.len(),
+                    count - current
+                ),
+            ));
+        }
+        check_assignment(catalog, &growth.assignments)?;
+        if growth.assignments[0].len() != rf as usize {
+            return Err((
+                codes::INVALID_REPLICA_ASSIGNMENT,
+                format!(
+                    "inconsistent replication factor: the new partitions have {}, the topic {rf}",
+                    growth.assignments[0].len()
+                ),
+            ));
+        }
+        growth.assignments.clone()
+    };
     if validate_only {
         return Ok(());
     }

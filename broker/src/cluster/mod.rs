@@ -19,5 +19,5 @@ pub mod rpc;
 mod state_machine;
 mod types;
 
-pub use metadata::{Command, NewTopicSpec, Reply};
+pub use metadata::{Command, Growth, NewTopicSpec, Reply};
 pub use node::{start, Applied, ClusterConfig, ControlHandle, ProposeError};

@@ -82,9 +82,12 @@ pub fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, String>
     serde_json::from_slice(payload).map_err(|e| format!("undecodable frame: {e}"))
 }
 
+/// A frame's payload and the bytes after it.
+pub type Split<'a> = (&'a [u8], &'a [u8]);
+
 /// Split one frame off the front of `buf`: Ok(Some((payload, rest))), Ok(None) if more
 /// bytes are needed, Err if the length is above `MAX_FRAME_BYTES` (the connection closes).
-pub fn split_frame(buf: &[u8]) -> Result<Option<(&[u8], &[u8])>, String> {
+pub fn split_frame(buf: &[u8]) -> Result<Option<Split<'_>>, String> {
     let Some(len) = buf.first_chunk::<4>() else {
         return Ok(None);
     };

@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use super::{codes, decode_body, encode_response, Reply, Request};
 use crate::catalog::{self, ListOp, TOPIC_CONFIGS};
+use crate::cluster::Growth;
 use crate::shard::ops::NewTopic;
 use crate::shard::Shard;
 
@@ -250,10 +251,19 @@ pub async fn handle_create_partitions(
     request: &Request,
 ) -> Result<Reply, String> {
     let body: CreatePartitionsRequest = decode_body(request)?;
-    let asks: Vec<(String, i32)> = body
+    let asks: Vec<Growth> = body
         .topics
         .iter()
-        .map(|t| (t.name.0.to_string(), t.count))
+        .map(|t| Growth {
+            name: t.name.0.to_string(),
+            count: t.count,
+            assignments: t
+                .assignments
+                .iter()
+                .flatten()
+                .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+                .collect(),
+        })
         .collect();
     let validate_only = body.validate_only;
     let outcomes = shard.create_partitions(asks, validate_only).await;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::Shard;
 use crate::catalog;
 use crate::clock::now_ms;
-use crate::cluster::{Command, NewTopicSpec, Reply};
+use crate::cluster::{Command, Growth, NewTopicSpec, Reply};
 use crate::codes;
 use crate::log::{LogError, PartitionLog};
 use crate::sync::Place;
@@ -393,7 +393,7 @@ impl Shard {
     /// Grow topics to a new partition count, through the metadata quorum.
     pub async fn create_partitions(
         self: &Rc<Self>,
-        requests: Vec<(String, i32)>,
+        requests: Vec<Growth>,
         validate_only: bool,
     ) -> Vec<(i16, Option<String>)> {
         let catalog = self.catalog();
@@ -401,10 +401,11 @@ impl Shard {
         let mut asks = Vec::new();
         let mut indexes = Vec::new();
         let mut more = 0usize;
-        for (i, (name, count)) in requests.into_iter().enumerate() {
+        for (i, growth) in requests.into_iter().enumerate() {
+            let count = growth.count;
             let current = catalog
                 .topics
-                .get(&name)
+                .get(&growth.name)
                 .map_or(0, |t| t.partition_count() as i32);
             if (current + 1..=100_000).contains(&count) {
                 let extra = (count - current) as usize;
@@ -415,7 +416,7 @@ impl Shard {
                 more += extra;
             }
             indexes.push(i);
-            asks.push((name, count));
+            asks.push(growth);
         }
         if asks.is_empty() {
             return results;

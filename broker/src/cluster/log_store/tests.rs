@@ -681,6 +681,7 @@ fn damaged_vote_and_committed_files_are_refused() {
     rt().block_on(async {
         let mut store = Store::open(dir.path()).unwrap();
         store.save_vote(&Vote::new(5, 1)).await.unwrap();
+        store.blocking_append([ent(5, 0)]).await.unwrap();
         store.save_committed(Some(lid(5, 0))).await.unwrap();
     });
     for name in [VOTE_FILE, COMMITTED_FILE] {
@@ -700,4 +701,31 @@ fn damaged_vote_and_committed_files_are_refused() {
         fs::write(&path, &good).unwrap();
     }
     Store::open(dir.path()).unwrap();
+}
+
+#[test]
+fn a_log_missing_committed_entries_is_refused_not_cut() {
+    let dir = TempDir::new().unwrap();
+    rt().block_on(async {
+        let mut store = Store::open(dir.path()).unwrap();
+        store.blocking_append(ents(1, 0..5)).await.unwrap();
+        store.save_committed(Some(lid(1, 4))).await.unwrap();
+    });
+    // Damage inside the last record: alone, it would look like a torn append and be cut,
+    // but index 4 was committed, so it was durable here: this is damage.
+    let path = dir.path().join(LOG_FILE);
+    let mut bytes = fs::read(&path).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0x10;
+    fs::write(&path, &bytes).unwrap();
+    let err = open_err(dir.path());
+    assert!(
+        err.contains("damaged") && err.contains("committed"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        bytes,
+        "a refused log is left as it was"
+    );
 }

@@ -222,7 +222,14 @@ fn create_partitions_keeps_the_replication_factor() {
         &mut c,
         11,
         &Command::CreatePartitions {
-            topics: vec![("t".into(), 5), ("t".into(), 4), ("none".into(), 3)],
+            topics: [("t", 5), ("t", 4), ("none", 3)]
+                .into_iter()
+                .map(|(name, count)| Growth {
+                    name: name.into(),
+                    count,
+                    assignments: vec![],
+                })
+                .collect(),
             validate_only: false,
         },
     );
@@ -253,4 +260,38 @@ fn producer_id_blocks_never_overlap() {
     };
     assert_eq!(b, a + 100);
     assert!(a >= 1000);
+}
+
+#[test]
+fn create_partitions_takes_an_assignment_of_the_topics_replication_factor() {
+    let mut c = three();
+    create(&mut c, 10, "t", 1, 2);
+    let grow = |c: &mut Catalog, assignments: Vec<Vec<i32>>| {
+        let Reply::Outcomes(out) = apply(
+            c,
+            11,
+            &Command::CreatePartitions {
+                topics: vec![Growth {
+                    name: "t".into(),
+                    count: 3,
+                    assignments,
+                }],
+                validate_only: false,
+            },
+        ) else {
+            panic!()
+        };
+        out[0].0
+    };
+    assert_eq!(
+        grow(&mut c, vec![vec![3]]),
+        codes::INVALID_REPLICA_ASSIGNMENT
+    );
+    assert_eq!(
+        grow(&mut c, vec![vec![3], vec![1]]),
+        codes::INVALID_REPLICA_ASSIGNMENT
+    );
+    assert_eq!(grow(&mut c, vec![vec![3, 2], vec![1, 3]]), codes::NONE);
+    assert_eq!(c.topics["t"].placement[2].replicas, vec![1, 3]);
+    assert_eq!(c.topics["t"].placement[1].leader, 3);
 }
