@@ -563,6 +563,11 @@ def test_a_node_on_another_clusters_data_dir_refuses_to_start(start_cluster):
     voter.stop()
     own_dir, voter.data_dir = voter.data_dir, other3.nodes[0].data_dir
     refused_naming_the_cluster_id(voter)
+    # If voter 3 led the quorum, Metadata names it until the others notice its silence
+    # (at most an election timeout); librdkafka's admin client would wait on it until its
+    # timeout without asking again, so wait for a live controller first.
+    running = {n.node_id for n in cluster.running()}
+    cluster.wait_for(lambda: cluster.controller_id() in running, 10, "a live controller")
     cluster.create_topic("still-ours", partitions=2, replication_factor=2)
     voter.data_dir = own_dir
     voter.start()

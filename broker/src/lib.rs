@@ -15,6 +15,7 @@ pub mod groups;
 pub mod log;
 pub mod net;
 pub mod protocol;
+pub mod replication;
 pub mod server;
 pub mod shard;
 pub mod sync;

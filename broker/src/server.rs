@@ -193,6 +193,7 @@ async fn run_shard(
     if id == 0 {
         shard.follow_control_plane();
     }
+    crate::replication::start(&shard);
     if let Err(e) = shard.start_groups().await {
         let _ = ready.send(Err(format!("shard {id}: {e}")));
         return;

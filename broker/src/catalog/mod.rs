@@ -106,6 +106,17 @@ impl Catalog {
             .get(usize::try_from(partition).ok()?)
     }
 
+    /// The controller id to tell clients (Metadata, DescribeCluster): the quorum leader when
+    /// it is a live broker; else, during an election or while the leader's broker is fenced,
+    /// `me` (any broker takes admin requests and forwards them to the quorum, as KRaft
+    /// brokers do). Never -1: librdkafka then waits for a controller without asking again.
+    pub fn controller_for_clients(&self, me: i32) -> i32 {
+        match self.brokers.get(&self.controller_id) {
+            Some(b) if !b.fenced => b.id,
+            _ => me,
+        }
+    }
+
     pub fn partition_total(&self) -> usize {
         self.topics.values().map(Topic::partition_count).sum()
     }

@@ -32,6 +32,9 @@ use crate::codes;
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the quorum leader looks for expired broker sessions.
 const LIVENESS_TICK: Duration = Duration::from_millis(100);
+/// A follower that has not heard its leader for this long (the longest election timeout)
+/// stops naming it as the controller.
+const LEADER_SILENCE: Duration = Duration::from_millis(600);
 /// A waiting log line is repeated at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -175,6 +178,8 @@ struct Controller {
     /// one session timeout of grace).
     leader_since: Mutex<Option<(u64, Instant)>>,
     peers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Peer>>>>,
+    /// When a leader's AppendEntries (or heartbeat) last arrived here.
+    last_append: Mutex<Option<Instant>>,
 }
 
 impl Controller {
@@ -254,6 +259,7 @@ impl Controller {
             sessions: Mutex::new(HashMap::new()),
             leader_since: Mutex::new(None),
             peers: Mutex::new(HashMap::new()),
+            last_append: Mutex::new(None),
         });
         if let Some(listener) = listener {
             tokio::spawn(controller.clone().accept(listener));
@@ -305,6 +311,14 @@ impl Controller {
                     fatal(&message);
                 }
             }
+            // A follower that has not heard its leader for an election timeout no longer
+            // names it (it is probably gone: clients would wait on a dead controller).
+            let silent = self
+                .last_append
+                .lock()
+                .unwrap()
+                .is_none_or(|t| t.elapsed() > LEADER_SILENCE);
+            let leader = leader.filter(|l| *l == self.me() || !silent);
             let controller_id = leader.map_or(NO_LEADER, |l| l as i32);
             let current = self.view.borrow().clone();
             if current.version != catalog.version
@@ -318,6 +332,7 @@ impl Controller {
             tokio::select! {
                 r = applied.changed() => if r.is_err() { return },
                 r = metrics.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(LIVENESS_TICK) => {}
             }
         }
     }
@@ -350,6 +365,7 @@ impl Controller {
             let request: Request = rpc::decode(&payload)?;
             let response = match request {
                 Request::AppendEntries(r) => {
+                    *self.last_append.lock().unwrap() = Some(Instant::now());
                     Response::AppendEntries(self.raft.append_entries(r).await)
                 }
                 Request::Vote(r) => Response::Vote(self.raft.vote(r).await),

@@ -130,6 +130,9 @@ pub enum LogError {
         expected: i32,
         received: i32,
     },
+    /// A follower got batches that do not continue its log (it must truncate or refetch).
+    #[error("replica gap: the log ends at {log_end} but the next batch starts at {batch_base}")]
+    ReplicaGap { log_end: i64, batch_base: i64 },
     /// The batch carries an epoch older than the producer's current one.
     #[error("producer {producer_id}: epoch {received} is older than {current}")]
     InvalidProducerEpoch {

@@ -29,6 +29,8 @@ use crate::sync::{FifoLock, Place};
 
 use write_queue::WriteQueue;
 
+mod replica;
+
 mod open;
 mod read;
 mod roll;
@@ -173,14 +175,36 @@ impl PartitionLog {
         if self.should_roll(batches.len() as u64, records, now_ms) {
             self.roll().await.inspect_err(|e| self.fail(e))?;
         }
+        let append_time_ms = self.config.borrow().log_append_time.then_some(now_ms);
+        let base_offset = self
+            .write_batches(&batches, parsed, append_time_ms, now_ms)
+            .await?;
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: self.log_end_offset.get() - 1,
+            log_append_time_ms: append_time_ms.unwrap_or(-1),
+            log_start_offset: self.log_start_offset.get(),
+            duplicate: false,
+        })
+    }
+
+    /// Write validated batches at the log end, each at the next offset (stamped with
+    /// `append_time_ms` if given), into the cache and the write queue. Returns the first
+    /// batch's offset. The caller holds this log's place in line.
+    async fn write_batches(
+        &self,
+        batches: &Bytes,
+        parsed: Vec<(usize, BatchHeader)>,
+        append_time_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<i64, LogError> {
         let base_offset = self.log_end_offset.get();
         let interval = self.config.borrow().index_interval_bytes.max(1) as u64;
-        let append_time_ms = self.config.borrow().log_append_time.then_some(now_ms);
         for (at, header) in parsed {
             let size = header.total_bytes();
             let offset = self.log_end_offset.get();
             let (stamped, offset_chunk, body) =
-                batch::stamp(&batches, at, header, offset, append_time_ms);
+                batch::stamp(batches, at, header, offset, append_time_ms);
             self.copy_into_staging(&offset_chunk).await?;
             self.copy_into_staging(&body).await?;
             let next = stamped.last_offset() + 1;
@@ -212,13 +236,7 @@ impl PartitionLog {
         }
         self.evict_cache();
         self.data_event.notify();
-        Ok(AppendInfo {
-            base_offset,
-            last_offset: self.log_end_offset.get() - 1,
-            log_append_time_ms: append_time_ms.unwrap_or(-1),
-            log_start_offset: self.log_start_offset.get(),
-            duplicate: false,
-        })
+        Ok(base_offset)
     }
 
     fn should_roll(&self, bytes: u64, records: i64, now_ms: i64) -> bool {

@@ -113,7 +113,7 @@ pub async fn handle(shard: &Rc<Shard>, request: &Request) -> Result<Reply, Strin
     let response = MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(StrBytes::from_string(catalog.cluster_id.clone())))
-        .with_controller_id(BrokerId(catalog.controller_id))
+        .with_controller_id(BrokerId(catalog.controller_for_clients(shard.node_id())))
         .with_topics(topics)
         .with_cluster_authorized_operations(OPERATIONS_NOT_REQUESTED);
     Ok(encode_response(request, &response))
@@ -177,7 +177,7 @@ pub async fn handle_describe_cluster(
     let catalog = shard.catalog();
     let mut response = DescribeClusterResponse::default()
         .with_cluster_id(StrBytes::from_string(catalog.cluster_id.clone()))
-        .with_controller_id(BrokerId(catalog.controller_id))
+        .with_controller_id(BrokerId(catalog.controller_for_clients(shard.node_id())))
         .with_cluster_authorized_operations(OPERATIONS_NOT_REQUESTED);
     if request.version >= 1 {
         response.endpoint_type = ENDPOINT_TYPE_BROKER;
