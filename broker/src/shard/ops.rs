@@ -347,19 +347,8 @@ impl Shard {
             topics: specs,
             validate_only,
         };
-        match self.change_metadata(command).await {
-            Ok(Reply::Outcomes(outcomes)) => {
-                for (i, outcome) in indexes.into_iter().zip(outcomes) {
-                    results[i] = outcome;
-                }
-            }
-            Ok(other) => tracing::error!("create topics: unexpected reply {other:?}"),
-            Err((code, message)) => {
-                for i in indexes {
-                    results[i] = (code, Some(message.clone()));
-                }
-            }
-        }
+        let answer = self.change_metadata(command).await;
+        fill_outcomes(&mut results, &indexes, answer, "create topics");
         results
     }
 
@@ -425,19 +414,8 @@ impl Shard {
             topics: asks,
             validate_only,
         };
-        match self.change_metadata(command).await {
-            Ok(Reply::Outcomes(outcomes)) => {
-                for (i, outcome) in indexes.into_iter().zip(outcomes) {
-                    results[i] = outcome;
-                }
-            }
-            Ok(other) => tracing::error!("create partitions: unexpected reply {other:?}"),
-            Err((code, message)) => {
-                for i in indexes {
-                    results[i] = (code, Some(message.clone()));
-                }
-            }
-        }
+        let answer = self.change_metadata(command).await;
+        fill_outcomes(&mut results, &indexes, answer, "create partitions");
         results
     }
 
@@ -505,6 +483,29 @@ impl Shard {
                 .await;
         }
         Ok(applied.reply)
+    }
+}
+
+/// Put a metadata change's per-item outcomes (or its one failure) into `results` at
+/// `indexes`, the items that were proposed.
+fn fill_outcomes(
+    results: &mut [(i16, Option<String>)],
+    indexes: &[usize],
+    answer: Result<Reply, (i16, String)>,
+    what: &str,
+) {
+    match answer {
+        Ok(Reply::Outcomes(outcomes)) => {
+            for (i, outcome) in indexes.iter().zip(outcomes) {
+                results[*i] = outcome;
+            }
+        }
+        Ok(other) => tracing::error!("{what}: unexpected reply {other:?}"),
+        Err((code, message)) => {
+            for i in indexes {
+                results[*i] = (code, Some(message.clone()));
+            }
+        }
     }
 }
 
