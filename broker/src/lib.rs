@@ -17,4 +17,5 @@ pub mod net;
 pub mod protocol;
 pub mod server;
 pub mod shard;
+pub mod startup;
 pub mod sync;

@@ -28,9 +28,9 @@ const IO_MEMORY_BYTES: usize = 512 << 10;
 
 /// Run the broker until SIGTERM or SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        anyhow::anyhow!("data_dir: cannot create {}: {e}", config.data_dir.display())
-    })?;
+    crate::startup::check_memlock(IO_MEMORY_BYTES)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| crate::startup::data_dir_error("create", &config.data_dir, e))?;
     let _lock = lock_data_dir(&config)?;
     let listeners = bind_listeners(&config)?;
     let address = listeners.1;
@@ -344,7 +344,8 @@ fn lock_data_dir(config: &Config) -> anyhow::Result<std::fs::File> {
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)?;
+        .open(&path)
+        .map_err(|e| crate::startup::data_dir_error("write", &path, e))?;
     let rc = unsafe {
         libc::flock(
             std::os::fd::AsRawFd::as_raw_fd(&file),
