@@ -11,7 +11,7 @@ import wire
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 # Set by the harness's own flags, or needing a cluster: left commented.
 NOT_UNCOMMENTED = {"listen", "advertise", "cores", "controller_listen",
-                   "controller_quorum_voters"}
+                   "controller_quorum_voters", "metrics_listen"}
 SETTING = re.compile(r"^# ?(\w+) = (\S+)")
 
 

@@ -13,6 +13,7 @@ pub mod codes;
 pub mod config;
 pub mod groups;
 pub mod log;
+pub mod metrics;
 pub mod net;
 pub mod protocol;
 pub mod server;

@@ -210,9 +210,25 @@ async fn run_shard(
     )
     .map(|t| t.detach())
     .ok();
+    let metrics = match (id, config.metrics_listen) {
+        (0, Some(address)) => match glommio::net::TcpListener::bind(address) {
+            Ok(listener) => Some(glommio::spawn_local(crate::metrics::serve(
+                shard.clone(),
+                listener,
+            ))),
+            Err(e) => {
+                let why = format!("metrics_listen: cannot bind {address}: {e}");
+                let _ = ready.send(Err(why));
+                return;
+            }
+        },
+        _ => None,
+    };
     let _ = ready.send(Ok(()));
 
     let budget = Rc::new(Semaphore::new(config.max_buffered_bytes_per_shard as u64));
+    let budget_limit = config.max_buffered_bytes_per_shard as u64;
+    shard.metrics.watch_budget(budget.clone(), budget_limit);
     let unsent = budget.clone();
     let connections = Rc::new(std::cell::Cell::new(0usize));
     let accept_shard = shard.clone();
@@ -231,14 +247,22 @@ async fn run_shard(
                     "connection limit reached; closing new connection"
                 );
                 drop(stream);
+                let refused = &accept_shard.metrics.connections_refused;
+                refused.set(refused.get() + 1);
                 continue;
             }
             connections.set(connections.get() + 1);
+            let metrics = &accept_shard.metrics;
+            metrics.connections_open.set(connections.get() as u64);
+            metrics
+                .connections_total
+                .set(metrics.connections_total.get() + 1);
             let (shard, budget, connections) =
                 (accept_shard.clone(), budget.clone(), connections.clone());
             glommio::spawn_local(async move {
-                crate::net::serve(shard, stream, budget).await;
+                crate::net::serve(shard.clone(), stream, budget).await;
                 connections.set(connections.get() - 1);
+                shard.metrics.connections_open.set(connections.get() as u64);
             })
             .detach();
         }
@@ -250,6 +274,9 @@ async fn run_shard(
     // recovery scan.
     shard.begin_shutdown();
     drop(acceptor.cancel());
+    if let Some(metrics) = metrics {
+        drop(metrics.cancel());
+    }
     shard.quiesce_groups();
     let budget_bytes = config.max_buffered_bytes_per_shard as u64;
     let busy = || shard.requests_in_flight.get() > 0 || unsent.available() < budget_bytes;
