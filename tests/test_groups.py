@@ -259,7 +259,9 @@ def test_a_clean_shutdown_does_not_wait_for_a_parked_join(start_broker, tmp_path
     create_topic(b.bootstrap, topic, 1)
     member = ConsumerProcess("confluent", b.bootstrap, group, topic, tmp_path, "parked")
     try:
-        wait_until(lambda: "PreparingRebalance" in groups_cli(b, "describe", group), 30, "a parked join")
+        # Until the member's JoinGroup arrives the group does not exist: describe fails.
+        wait_until(lambda: "PreparingRebalance" in run_groups_cli(b, "describe", group).stdout,
+                   30, "a parked join")
         stop_s = b.stop()
         assert stop_s < 3, "shutdown waited for the join phase"
     finally:

@@ -139,15 +139,14 @@ pub async fn handle(shard: &Rc<Shard>, frame: Bytes, turn: Option<Turn>) -> Repl
             return Reply::Close(why);
         }
     };
-    let reply = dispatch(shard, &request, turn).await;
-    shard
-        .metrics
-        .request(request.api_key as i16, started.elapsed());
+    let api_key = request.api_key as i16;
+    let reply = dispatch(shard, request, turn).await;
+    shard.metrics.request(api_key, started.elapsed());
     reply
 }
 
 /// The handler of the request's API.
-async fn dispatch(shard: &Rc<Shard>, request: &Request, turn: Option<Turn>) -> Reply {
+async fn dispatch(shard: &Rc<Shard>, request: Request, turn: Option<Turn>) -> Reply {
     let outcome = match request.api_key {
         ApiKey::ApiVersions => Ok(versions::handle(&request)),
         ApiKey::Metadata => metadata::handle(shard, &request).await,
