@@ -14,6 +14,7 @@ pub mod config;
 pub mod groups;
 pub mod log;
 pub mod metrics;
+pub mod metrics_http;
 pub mod net;
 pub mod protocol;
 pub mod server;

@@ -1,8 +1,8 @@
 //! Prometheus metrics: counters and histograms kept per shard in plain `Cell`s (nothing
 //! shared between shards, no atomics on the data path), gathered at scrape time by asking
 //! every shard for a [`Snapshot`] over the mesh, and rendered in Prometheus's text format
-//! with a `shard` label. [`serve`] is a tiny HTTP/1.0 responder (`/metrics`, `/health`) that
-//! shard 0 runs when `--metrics-listen` is given.
+//! with a `shard` label by [`render`]. The HTTP side (`/metrics`, `/health`) is
+//! `crate::metrics_http`, above the shards; this module imports nothing of them.
 //!
 //! What this module must never do: block or slow a request (recording is an index and an
 //! add on the shard's own cells), or hold a shard's state across a scrape (a snapshot is a
@@ -27,18 +27,12 @@ use std::time::Duration;
 use glommio::sync::Semaphore;
 use kafka_protocol::messages::ApiKey;
 
-use crate::shard::Shard;
-
 /// API keys counted (Kafka's keys are below this); larger keys are counted as "other".
 const API_KEYS: usize = 80;
 /// Upper bounds of the latency histogram buckets, seconds (+Inf is implied).
 pub const LATENCY_BUCKETS_S: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
-/// Largest HTTP request head the metrics endpoint reads.
-const HTTP_HEAD_MAX_BYTES: usize = 8192;
-/// How long a scrape waits for the request head and for every shard's snapshot.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A latency histogram: counts per bucket (cumulative only when rendered), sum and count.
 #[derive(Debug, Clone, Default)]
@@ -286,86 +280,6 @@ pub fn render(snapshots: &[Snapshot]) -> String {
         &ends,
     );
     out
-}
-
-/// Every shard's snapshot, asked over the mesh; None if a shard did not answer.
-async fn gather(shard: &Rc<Shard>) -> Option<Vec<Snapshot>> {
-    let mut out = Vec::with_capacity(shard.nr_shards);
-    for target in 0..shard.nr_shards {
-        let call = shard.call(target, |s| async move { s.metrics_snapshot() });
-        let answer = glommio::timer::timeout(HTTP_TIMEOUT, async { Ok(call.await) }).await;
-        out.push(answer.ok()?.ok()?);
-    }
-    Some(out)
-}
-
-/// Serves `/metrics` and `/health` on `listener` until the task is dropped: one request per
-/// connection (HTTP/1.0 style), each on its own task.
-pub async fn serve(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::warn!("metrics: accept failed: {e}");
-                continue;
-            }
-        };
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            if let Err(e) = answer(&shard, stream).await {
-                tracing::debug!("metrics: {e}");
-            }
-        })
-        .detach();
-    }
-}
-
-async fn answer(shard: &Rc<Shard>, mut stream: glommio::net::TcpStream) -> std::io::Result<()> {
-    use futures_lite::{AsyncReadExt, AsyncWriteExt};
-    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 || head.len() + n > HTTP_HEAD_MAX_BYTES {
-            break;
-        }
-        head.extend_from_slice(&chunk[..n]);
-    }
-    let line = String::from_utf8_lossy(&head);
-    let mut words = line.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") => match gather(shard).await {
-            Some(snapshots) => ("200 OK", "text/plain; version=0.0.4", render(&snapshots)),
-            None => (
-                "503 Service Unavailable",
-                "text/plain",
-                "a shard did not answer\n".into(),
-            ),
-        },
-        ("GET", "/health") => match gather(shard).await {
-            Some(_) if !shard.is_shutting_down() => ("200 OK", "text/plain", "ok\n".into()),
-            _ => (
-                "503 Service Unavailable",
-                "text/plain",
-                "not serving\n".into(),
-            ),
-        },
-        ("GET", _) => (
-            "404 Not Found",
-            "text/plain",
-            "try /metrics or /health\n".into(),
-        ),
-        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
-    };
-    let response = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.close().await
 }
 
 #[cfg(test)]

@@ -212,7 +212,7 @@ async fn run_shard(
     .ok();
     let metrics = match (id, config.metrics_listen) {
         (0, Some(address)) => match glommio::net::TcpListener::bind(address) {
-            Ok(listener) => Some(glommio::spawn_local(crate::metrics::serve(
+            Ok(listener) => Some(glommio::spawn_local(crate::metrics_http::serve(
                 shard.clone(),
                 listener,
             ))),
