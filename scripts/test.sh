@@ -26,6 +26,8 @@ apt_install() {
 
 step "system packages"
 command -v kcat >/dev/null || apt_install kcat
+# tests/test_metrics.py scrapes the broker with a real Prometheus server (skipped without it).
+command -v prometheus >/dev/null || apt_install --no-install-recommends prometheus
 command -v python3 >/dev/null || apt_install python3
 python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
 if ! command -v cargo >/dev/null; then

@@ -115,3 +115,47 @@ def test_groups_tool_exits_quietly_when_its_output_pipe_closes(broker, shardlog_
     _, stderr = proc.communicate(timeout=30)
     assert "panicked" not in stderr.decode(), stderr.decode()
     assert proc.returncode in (0, -signal.SIGPIPE), proc.returncode
+
+
+def _memlock_64k():
+    import resource
+    resource.setrlimit(resource.RLIMIT_MEMLOCK, (64 << 10, 64 << 10))
+
+
+def test_a_low_memlock_limit_is_refused_naming_the_limit_and_the_fix(shardlog_bin, tmp_path):
+    """With RLIMIT_MEMLOCK at 64 KiB the only output used to be "a shard stopped during
+    start"."""
+    proc = subprocess.run([str(shardlog_bin), "--data-dir", str(tmp_path), "--cores", "1",
+                           "--listen", "127.0.0.1:0"], capture_output=True, text=True,
+                          timeout=30, stdin=subprocess.DEVNULL, preexec_fn=_memlock_64k)
+    assert proc.returncode == 1
+    assert "RLIMIT_MEMLOCK" in proc.stderr and "64 KiB" in proc.stderr, proc.stderr
+    assert "ulimit -l" in proc.stderr and "LimitMEMLOCK" in proc.stderr, proc.stderr
+    assert "listening on" not in proc.stderr
+
+
+def _as_nobody():
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_an_unwritable_data_dir_is_refused_naming_the_path_and_the_fix(shardlog_bin, tmp_path):
+    data_dir = tmp_path / "not-yours"
+    data_dir.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(data_dir, 0o555)
+    proc = subprocess.run([str(shardlog_bin), "--data-dir", str(data_dir), "--cores", "1",
+                           "--listen", "127.0.0.1:0"], capture_output=True, text=True,
+                          timeout=30, stdin=subprocess.DEVNULL, preexec_fn=_as_nobody)
+    assert proc.returncode == 1
+    assert str(data_dir) in proc.stderr and "Permission denied" in proc.stderr, proc.stderr
+    assert "chown" in proc.stderr and "--data-dir" in proc.stderr, proc.stderr
+
+
+def test_logs_written_to_a_file_carry_no_colour_codes(broker):
+    ck_create_topic(broker, "plain")
+    log = broker.log_text()
+    assert "listening on" in log
+    assert "\x1b[" not in log, log[:500]

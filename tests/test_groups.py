@@ -259,7 +259,9 @@ def test_a_clean_shutdown_does_not_wait_for_a_parked_join(start_broker, tmp_path
     create_topic(b.bootstrap, topic, 1)
     member = ConsumerProcess("confluent", b.bootstrap, group, topic, tmp_path, "parked")
     try:
-        wait_until(lambda: "PreparingRebalance" in groups_cli(b, "describe", group), 30, "a parked join")
+        # Until the member's JoinGroup arrives the group does not exist: describe fails.
+        wait_until(lambda: "PreparingRebalance" in run_groups_cli(b, "describe", group).stdout,
+                   30, "a parked join")
         stop_s = b.stop()
         assert stop_s < 3, "shutdown waited for the join phase"
     finally:
@@ -364,18 +366,18 @@ def test_replay_by_resetting_offsets_to_earliest_and_to_a_timestamp(broker):
     described = groups_cli(broker, "describe", group)
     assert topic in described and "Empty" in described
 
-    groups_cli(broker, "reset-offsets", group, "--topic", topic, "--to-earliest")
+    groups_cli(broker, "reset-offsets", "--execute", group, "--topic", topic, "--to-earliest")
     assert sorted(consume_all(broker.bootstrap, group, topic, 1_000)) == sorted(old + new)
 
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(middle_ms / 1000)) + f".{middle_ms % 1000:03d}Z"
-    groups_cli(broker, "reset-offsets", group, "--topic", topic, "--to-datetime", stamp)
+    groups_cli(broker, "reset-offsets", "--execute", group, "--topic", topic, "--to-datetime", stamp)
     assert sorted(consume_all(broker.bootstrap, group, topic, 500)) == sorted(new)
 
-    groups_cli(broker, "reset-offsets", group, "--topic", topic, "--to-offset", "200")
+    groups_cli(broker, "reset-offsets", "--execute", group, "--topic", topic, "--to-offset", "200")
     assert [tp.offset for tp in committed(broker.bootstrap, group, topic, 2)] == [200, 200]
-    groups_cli(broker, "reset-offsets", group, "--topic", topic, "--to-latest")
+    groups_cli(broker, "reset-offsets", "--execute", group, "--topic", topic, "--to-latest")
     assert [tp.offset for tp in committed(broker.bootstrap, group, topic, 2)] == [500, 500]
-    groups_cli(broker, "reset-offsets", group, "--topic", topic, "--shift-by", "-120")
+    groups_cli(broker, "reset-offsets", "--execute", group, "--topic", topic, "--shift-by", "-120")
     assert [tp.offset for tp in committed(broker.bootstrap, group, topic, 2)] == [380, 380]
     assert sorted(consume_all(broker.bootstrap, group, topic, 240)) == sorted((old + new)[760:])
 
@@ -390,7 +392,7 @@ def test_reset_offsets_is_refused_while_the_group_has_members(broker, tmp_path):
     member = ConsumerProcess("confluent", broker.bootstrap, group, topic, tmp_path, "m")
     wait_assigned([member], 1, "the member joining")
     result = subprocess.run(
-        [str(broker.binary), "groups", "--bootstrap", broker.bootstrap, "reset-offsets", group,
+        [str(broker.binary), "groups", "--bootstrap", broker.bootstrap, "reset-offsets", "--execute", group,
          "--topic", topic, "--to-earliest"],
         capture_output=True, text=True, timeout=60,
     )
@@ -418,9 +420,9 @@ def test_reset_offsets_to_an_impossible_date_is_refused_and_a_real_one_works(bro
         "nothing committed"
 
     # Long before the messages: the first message; after them: the log end.
-    groups_cli(broker, "reset-offsets", group, "--topic", topic, "--to-datetime", "2020-02-29T00:00:00")
+    groups_cli(broker, "reset-offsets", "--execute", group, "--topic", topic, "--to-datetime", "2020-02-29T00:00:00")
     assert [tp.offset for tp in committed(broker.bootstrap, group, topic, 1)] == [0]
-    groups_cli(broker, "reset-offsets", group, "--topic", topic,
+    groups_cli(broker, "reset-offsets", "--execute", group, "--topic", topic,
                "--to-datetime", "2999-01-01T00:00:00+02:00")
     assert [tp.offset for tp in committed(broker.bootstrap, group, topic, 1)] == [10]
 

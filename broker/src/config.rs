@@ -136,6 +136,10 @@ pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `shardlog=debug`.
     #[arg(long, env = "SHARDLOG_LOG")]
     pub log: Option<String>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics and readiness at /health
+    /// (default: off).
+    #[arg(long, env = "SHARDLOG_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     #[command(flatten)]
     #[serde(default)]
     pub groups: crate::groups::GroupsArgs,
@@ -145,6 +149,8 @@ pub struct Cli {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// Where `/metrics` and `/health` are served (None: off).
+    pub metrics_listen: Option<SocketAddr>,
     pub listen: SocketAddr,
     pub advertise_host: String,
     pub advertise_port: u16,
@@ -262,7 +268,15 @@ impl Config {
                 (voters, Some(listen))
             }
         };
+        let metrics_listen = match cli.metrics_listen.clone().or(file.metrics_listen.clone()) {
+            None => None,
+            Some(text) => Some(
+                text.parse::<SocketAddr>()
+                    .map_err(|e| format!("metrics_listen: '{text}' is not HOST:PORT ({e})"))?,
+            ),
+        };
         let config = Config {
+            metrics_listen,
             data_dir: pick!(data_dir, PathBuf::from("./data")),
             controller_listen,
             voters,

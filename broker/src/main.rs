@@ -79,6 +79,8 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(log_filter(&config.log)))
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: in a file or journald they are noise.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = shardlog::server::run(config) {
         eprintln!("shardlog: {e:#}");

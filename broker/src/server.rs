@@ -28,9 +28,9 @@ const IO_MEMORY_BYTES: usize = 512 << 10;
 
 /// Run the broker until SIGTERM or SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        anyhow::anyhow!("data_dir: cannot create {}: {e}", config.data_dir.display())
-    })?;
+    crate::startup::check_memlock(IO_MEMORY_BYTES)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| crate::startup::data_dir_error("create", &config.data_dir, e))?;
     let _lock = lock_data_dir(&config)?;
     let listeners = bind_listeners(&config)?;
     let address = listeners.1;
@@ -211,9 +211,25 @@ async fn run_shard(
     )
     .map(|t| t.detach())
     .ok();
+    let metrics = match (id, config.metrics_listen) {
+        (0, Some(address)) => match glommio::net::TcpListener::bind(address) {
+            Ok(listener) => Some(glommio::spawn_local(crate::metrics_http::serve(
+                shard.clone(),
+                listener,
+            ))),
+            Err(e) => {
+                let why = format!("metrics_listen: cannot bind {address}: {e}");
+                let _ = ready.send(Err(why));
+                return;
+            }
+        },
+        _ => None,
+    };
     let _ = ready.send(Ok(()));
 
     let budget = Rc::new(Semaphore::new(config.max_buffered_bytes_per_shard as u64));
+    let budget_limit = config.max_buffered_bytes_per_shard as u64;
+    shard.metrics.watch_budget(budget.clone(), budget_limit);
     let unsent = budget.clone();
     let connections = Rc::new(std::cell::Cell::new(0usize));
     let accept_shard = shard.clone();
@@ -232,14 +248,22 @@ async fn run_shard(
                     "connection limit reached; closing new connection"
                 );
                 drop(stream);
+                let refused = &accept_shard.metrics.connections_refused;
+                refused.set(refused.get() + 1);
                 continue;
             }
             connections.set(connections.get() + 1);
+            let metrics = &accept_shard.metrics;
+            metrics.connections_open.set(connections.get() as u64);
+            metrics
+                .connections_total
+                .set(metrics.connections_total.get() + 1);
             let (shard, budget, connections) =
                 (accept_shard.clone(), budget.clone(), connections.clone());
             glommio::spawn_local(async move {
-                crate::net::serve(shard, stream, budget).await;
+                crate::net::serve(shard.clone(), stream, budget).await;
                 connections.set(connections.get() - 1);
+                shard.metrics.connections_open.set(connections.get() as u64);
             })
             .detach();
         }
@@ -251,6 +275,9 @@ async fn run_shard(
     // recovery scan.
     shard.begin_shutdown();
     drop(acceptor.cancel());
+    if let Some(metrics) = metrics {
+        drop(metrics.cancel());
+    }
     shard.quiesce_groups();
     let budget_bytes = config.max_buffered_bytes_per_shard as u64;
     let busy = || shard.requests_in_flight.get() > 0 || unsent.available() < budget_bytes;
@@ -345,7 +372,8 @@ fn lock_data_dir(config: &Config) -> anyhow::Result<std::fs::File> {
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)?;
+        .open(&path)
+        .map_err(|e| crate::startup::data_dir_error("write", &path, e))?;
     let rc = unsafe {
         libc::flock(
             std::os::fd::AsRawFd::as_raw_fd(&file),

@@ -19,8 +19,9 @@
 use bytes::Bytes;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, DeleteGroupsRequest,
-    DescribeGroupsRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetCommitRequest, OffsetFetchRequest,
+    DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+    FetchRequest, FindCoordinatorRequest, IncrementalAlterConfigsRequest, ListGroupsRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
 };
 use kafka_protocol::protocol::{Decodable, Request, VersionRange};
 
@@ -66,6 +67,15 @@ client_versions! {
         "v2+: a null topic list means every partition; v8+ replaces `group_id` with a list.";
     OffsetCommitRequest => 2..=9, "v2+: the crate's oldest; commits outside group management.";
     DeleteGroupsRequest => 0..=2, "Every version.";
+    DeleteTopicsRequest => 1..=5, "Up to v5: v6 names topics in a list of structs.";
+    DescribeConfigsRequest => 1..=4, "v1+: the answer carries each config's source.";
+    IncrementalAlterConfigsRequest => 0..=1, "Every version.";
+    FindCoordinatorRequest => 1..=3,
+        "v1+: the key type (group); v4+ asks for a list of keys instead of one.";
+    DescribeClusterRequest => 0..=2, "Every version; v2 lists fenced brokers when asked.";
+    ProduceRequest => 3..=9, "v3+: record batches (format v2); v10+ is not checked.";
+    FetchRequest => 4..=12,
+        "v4+: record batches with a last stable offset; v13+ names topics by id.";
 }
 
 /// The version ranges a broker offers, per API key, from its ApiVersions answer.

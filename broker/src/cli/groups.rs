@@ -1,99 +1,87 @@
-//! `shardlog groups ...`: consumer-group administration against a running broker, over the
-//! `shardlog-client` crate (each request at the highest version both sides speak).
+//! `shardlog groups ...`: consumer-group administration against a running cluster, over the
+//! `shardlog-client` crate (each request at the highest version both sides speak). Group
+//! requests go to the group's coordinator (FindCoordinator), ListOffsets to each partition's
+//! leader.
 //!
-//! - `list`: every group with its state (ListGroups).
-//! - `describe GROUP`: state, members and their partitions, committed offsets and lag
-//!   (DescribeGroups, OffsetFetch, ListOffsets).
+//! - `list`: every group with its state, from every broker (ListGroups).
+//! - `describe GROUP`: state, members and their partitions, committed offsets, log end and
+//!   lag per partition (DescribeGroups, OffsetFetch, ListOffsets); an unknown group fails.
 //! - `reset-offsets GROUP --topic T --to-earliest|--to-latest|--to-offset N|--to-datetime TS|
-//!   --shift-by N`: commits new offsets with generation -1 (outside group management), only
-//!   while the group has no members, as Kafka's tool requires.
+//!   --shift-by N [--execute]`: shows the new offsets, and with `--execute` commits them
+//!   with generation -1 (outside group management), only while the group has no members,
+//!   as Kafka's tool requires.
 //! - `delete GROUP...`: delete groups without members, and their offsets (DeleteGroups).
 //!
 //! What this module must never do: commit offsets of a group that has members, create a
 //! topic (Metadata asks with auto-creation off), or print a partial table for a failed
 //! request (errors go to stderr, and the exit status is non-zero).
 
+use std::collections::BTreeMap;
+
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Buf, Bytes};
 use kafka_protocol::messages::describe_groups_response::DescribedGroup;
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::{
-    BrokerId, ConsumerProtocolAssignment, DeleteGroupsRequest, DescribeGroupsRequest, GroupId,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetFetchRequest, TopicName,
+    ConsumerProtocolAssignment, DeleteGroupsRequest, DescribeGroupsRequest, GroupId,
+    ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, StrBytes};
-use shardlog_client::{Client, Options};
+use kafka_protocol::protocol::Decodable;
+use serde_json::{json, Value};
 
-use super::{GroupsAction, GroupsCommand, ResetArgs, CONNECT_TIMEOUT, REQUEST_TIMEOUT};
+use super::output::{print, Format, Table};
+use super::session::{error_name, str_bytes, Session};
+use super::topics::{offsets, EARLIEST, LATEST};
+use super::{Common, GroupsAction, GroupsCommand, ResetArgs};
 
 /// The client id of the tool's requests.
 const CLIENT_ID: &str = "shardlog-groups";
-/// ListOffsets timestamp meaning "the log end".
-const LATEST: i64 = -1;
-/// ListOffsets timestamp meaning "the log start".
-const EARLIEST: i64 = -2;
 
 /// Runs a `shardlog groups` command; prints to stdout, errors are returned.
 pub fn run(command: GroupsCommand) -> Result<()> {
-    let options = Options {
-        client_id: CLIENT_ID,
-        connect_timeout: CONNECT_TIMEOUT,
-        request_timeout: REQUEST_TIMEOUT,
-    };
-    let mut client = Client::connect(&command.bootstrap, &options)?;
+    let Common { bootstrap, format } = command.common;
+    let mut session = Session::connect(&bootstrap, CLIENT_ID)?;
+    session.metadata(Some(&[]))?; // the brokers' addresses, no topic
     match command.action {
-        GroupsAction::List => list(&mut client),
-        GroupsAction::Describe { group } => describe(&mut client, &group),
-        GroupsAction::ResetOffsets(args) => reset_offsets(&mut client, args),
-        GroupsAction::Delete { groups } => delete(&mut client, &groups),
+        GroupsAction::List => list(&mut session, format),
+        GroupsAction::Describe { group } => describe(&mut session, &group, format),
+        GroupsAction::ResetOffsets(args) => reset_offsets(&mut session, args),
+        GroupsAction::Delete { groups } => delete(&mut session, &groups),
     }
 }
 
-fn str_bytes(text: impl Into<String>) -> StrBytes {
-    StrBytes::from_string(text.into())
-}
-
-fn error_name(code: i16) -> String {
-    match code {
-        0 => "NONE".into(),
-        3 => "UNKNOWN_TOPIC_OR_PARTITION".into(),
-        15 => "COORDINATOR_NOT_AVAILABLE".into(),
-        25 => "UNKNOWN_MEMBER_ID".into(),
-        68 => "NON_EMPTY_GROUP".into(),
-        69 => "GROUP_ID_NOT_FOUND".into(),
-        other => format!("error {other}"),
-    }
-}
-
-/// Every group: (id, state, protocol type), sorted by id.
-fn list_groups(client: &mut Client) -> Result<Vec<(String, String, String)>> {
-    let response = client.send(&ListGroupsRequest::default())?;
-    if response.error_code != 0 {
-        bail!("ListGroups: {}", error_name(response.error_code));
-    }
-    let mut groups: Vec<_> = response
-        .groups
-        .into_iter()
-        .map(|g| {
+/// Every group of every broker (each lists the groups it coordinates): (id, state, protocol
+/// type, coordinator), sorted by id.
+fn list_groups(session: &mut Session) -> Result<Vec<(String, String, String, i32)>> {
+    let mut groups = Vec::new();
+    for broker in session.brokers() {
+        let response = session.send_to(broker.id, &ListGroupsRequest::default())?;
+        if response.error_code != 0 {
+            bail!(
+                "ListGroups at broker {} ({}): {}",
+                broker.id,
+                broker.address,
+                error_name(response.error_code)
+            );
+        }
+        groups.extend(response.groups.into_iter().map(|g| {
             (
                 g.group_id.0.to_string(),
                 g.group_state.to_string(),
                 g.protocol_type.to_string(),
+                broker.id,
             )
-        })
-        .collect();
+        }));
+    }
     groups.sort();
     Ok(groups)
 }
 
-fn describe_group(client: &mut Client, group: &str) -> Result<DescribedGroup> {
+fn describe_group(session: &mut Session, coordinator: i32, group: &str) -> Result<DescribedGroup> {
     let request = DescribeGroupsRequest::default().with_groups(vec![GroupId(str_bytes(group))]);
-    let response = client.send(&request)?;
+    let response = session.send_to(coordinator, &request)?;
     let described = response
         .groups
         .into_iter()
@@ -110,11 +98,15 @@ fn describe_group(client: &mut Client, group: &str) -> Result<DescribedGroup> {
 
 /// Committed offsets of every partition the group committed: (topic, partition, offset,
 /// metadata), sorted.
-fn committed(client: &mut Client, group: &str) -> Result<Vec<(String, i32, i64, String)>> {
+fn committed(
+    session: &mut Session,
+    coordinator: i32,
+    group: &str,
+) -> Result<Vec<(String, i32, i64, String)>> {
     let request = OffsetFetchRequest::default()
         .with_group_id(GroupId(str_bytes(group)))
         .with_topics(None);
-    let response = client.send(&request)?;
+    let response = session.send_to(coordinator, &request)?;
     if response.error_code != 0 {
         bail!("OffsetFetch: {}", error_name(response.error_code));
     }
@@ -133,72 +125,21 @@ fn committed(client: &mut Client, group: &str) -> Result<Vec<(String, i32, i64, 
     Ok(out)
 }
 
-/// The partition indexes of `topic`, sorted; an unknown topic is an error, never created.
-fn partitions(client: &mut Client, topic: &str) -> Result<Vec<i32>> {
-    let request = MetadataRequest::default()
-        .with_topics(Some(vec![
-            MetadataRequestTopic::default().with_name(Some(TopicName(str_bytes(topic))))
-        ]))
-        .with_allow_auto_topic_creation(false);
-    let response = client.send(&request)?;
-    let found = response
-        .topics
-        .into_iter()
-        .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
-        .ok_or_else(|| anyhow!("Metadata: no answer for topic {topic}"))?;
-    if found.error_code != 0 {
-        bail!("topic {topic}: {}", error_name(found.error_code));
-    }
-    let mut partitions: Vec<i32> = found.partitions.iter().map(|p| p.partition_index).collect();
-    partitions.sort();
-    Ok(partitions)
-}
-
-/// ListOffsets of each partition at `timestamp` ([`LATEST`], [`EARLIEST`], or milliseconds
-/// since the epoch): offsets in the order of `partitions`, -1 where no message is that late.
-fn list_offsets(
-    client: &mut Client,
-    topic: &str,
-    partitions: &[i32],
-    timestamp: i64,
-) -> Result<Vec<i64>> {
-    let request = ListOffsetsRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_topics(vec![ListOffsetsTopic::default()
-            .with_name(TopicName(str_bytes(topic)))
-            .with_partitions(
-                partitions
-                    .iter()
-                    .map(|p| {
-                        ListOffsetsPartition::default()
-                            .with_partition_index(*p)
-                            .with_timestamp(timestamp)
-                    })
-                    .collect(),
-            )]);
-    let response = client.send(&request)?;
-    let answers: Vec<_> = response
-        .topics
-        .into_iter()
-        .flat_map(|t| t.partitions)
-        .collect();
-    partitions
-        .iter()
-        .map(|p| {
-            let answer = answers
-                .iter()
-                .find(|a| a.partition_index == *p)
-                .ok_or_else(|| anyhow!("ListOffsets: no answer for {topic}-{p}"))?;
-            if answer.error_code != 0 {
-                bail!("ListOffsets {topic}-{p}: {}", error_name(answer.error_code));
-            }
-            Ok(answer.offset)
-        })
-        .collect()
+/// The log end of each partition of `topic` (asked of each leader), or `None` for a topic
+/// deleted since the commit.
+fn log_ends(session: &mut Session, topic: &str) -> Option<BTreeMap<i32, i64>> {
+    let meta = session.topic(topic).ok()?;
+    offsets(session, &meta, LATEST).ok()
 }
 
 /// Commits offsets from outside group management (generation -1, no member id).
-fn commit(client: &mut Client, group: &str, topic: &str, offsets: &[(i32, i64)]) -> Result<()> {
+fn commit(
+    session: &mut Session,
+    coordinator: i32,
+    group: &str,
+    topic: &str,
+    offsets: &[(i32, i64)],
+) -> Result<()> {
     let request = OffsetCommitRequest::default()
         .with_group_id(GroupId(str_bytes(group)))
         .with_generation_id_or_member_epoch(-1)
@@ -215,7 +156,7 @@ fn commit(client: &mut Client, group: &str, topic: &str, offsets: &[(i32, i64)])
                     })
                     .collect(),
             )]);
-    let response = client.send(&request)?;
+    let response = session.send_to(coordinator, &request)?;
     for t in response.topics {
         for p in t.partitions {
             if p.error_code != 0 {
@@ -230,24 +171,27 @@ fn commit(client: &mut Client, group: &str, topic: &str, offsets: &[(i32, i64)])
     Ok(())
 }
 
-fn delete(client: &mut Client, groups: &[String]) -> Result<()> {
-    let request = DeleteGroupsRequest::default().with_groups_names(
-        groups
-            .iter()
-            .map(|g| GroupId(str_bytes(g.as_str())))
-            .collect(),
-    );
-    let response = client.send(&request)?;
+/// Deletes each group at its coordinator; every refusal is named, and any makes it fail.
+fn delete(session: &mut Session, groups: &[String]) -> Result<()> {
+    if groups.is_empty() {
+        bail!("name the groups to delete");
+    }
     let mut failed = Vec::new();
-    for result in response.results {
-        if result.error_code == 0 {
-            println!("deleted group {}", result.group_id.0);
-        } else {
-            failed.push(format!(
-                "{}: {}",
-                result.group_id.0,
-                error_name(result.error_code)
-            ));
+    for group in groups {
+        let coordinator = session.coordinator(group)?;
+        let request =
+            DeleteGroupsRequest::default().with_groups_names(vec![GroupId(str_bytes(group))]);
+        let response = session.send_to(coordinator, &request)?;
+        for result in response.results {
+            if result.error_code == 0 {
+                println!("deleted group {}", result.group_id.0);
+            } else {
+                failed.push(format!(
+                    "{}: {}",
+                    result.group_id.0,
+                    error_name(result.error_code)
+                ));
+            }
         }
     }
     if !failed.is_empty() {
@@ -256,12 +200,17 @@ fn delete(client: &mut Client, groups: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn list(client: &mut Client) -> Result<()> {
-    let groups = list_groups(client)?;
-    println!("{:<40} {:<20} PROTOCOL-TYPE", "GROUP", "STATE");
-    for (group, state, protocol_type) in groups {
-        println!("{group:<40} {state:<20} {protocol_type}");
+fn list(session: &mut Session, format: Format) -> Result<()> {
+    let mut table = Table::new(&["group", "state", "protocol_type", "coordinator"]);
+    for (group, state, protocol_type, coordinator) in list_groups(session)? {
+        table.row(vec![
+            json!(group),
+            json!(state),
+            json!(protocol_type),
+            json!(coordinator),
+        ]);
     }
+    print(format, &[("groups", Value::Null, Some(&table))]);
     Ok(())
 }
 
@@ -284,67 +233,74 @@ fn assigned_partitions(assignment: &Bytes) -> Vec<String> {
     out
 }
 
-fn describe(client: &mut Client, group: &str) -> Result<()> {
-    let described = describe_group(client, group)?;
-    println!(
-        "group {group}: state {}, protocol type '{}', protocol '{}', {} member(s)",
-        described.group_state,
-        described.protocol_type,
-        described.protocol_data,
-        described.members.len()
-    );
+/// State, members, and per partition the committed offset, log end and lag. A group the
+/// coordinator does not know (state Dead, no commits) is an error, as in Kafka's tool.
+fn describe(session: &mut Session, group: &str, format: Format) -> Result<()> {
+    let coordinator = session.coordinator(group)?;
+    let described = describe_group(session, coordinator, group)?;
+    let committed = committed(session, coordinator, group)?;
+    let state = described.group_state.to_string();
+    if state == "Dead" && described.members.is_empty() && committed.is_empty() {
+        bail!("group {group} does not exist (GROUP_ID_NOT_FOUND at broker {coordinator})");
+    }
+    let mut members = Table::new(&["member", "client", "instance", "host", "partitions"]);
     for m in &described.members {
-        let instance = m
-            .group_instance_id
-            .as_ref()
-            .map(|i| format!(" instance {i}"))
-            .unwrap_or_default();
-        let host = if m.client_host.is_empty() {
-            String::new()
-        } else {
-            format!(" host {}", m.client_host)
-        };
-        println!(
-            "  member {} client {}{instance}{host}: {}",
-            m.member_id,
-            m.client_id,
-            assigned_partitions(&m.member_assignment).join(" ")
-        );
+        members.row(vec![
+            json!(m.member_id.to_string()),
+            json!(m.client_id.to_string()),
+            json!(m.group_instance_id.as_ref().map(|i| i.to_string())),
+            json!(m.client_host.to_string()),
+            json!(assigned_partitions(&m.member_assignment)),
+        ]);
     }
-    let committed = committed(client, group)?;
-    if committed.is_empty() {
-        println!("no committed offsets");
-        return Ok(());
-    }
-    println!(
-        "{:<40} {:>9} {:>15} {:>15} {:>10} METADATA",
-        "TOPIC", "PARTITION", "COMMITTED", "LOG-END", "LAG"
-    );
+    let mut lag = Table::new(&[
+        "topic",
+        "partition",
+        "committed",
+        "log_end",
+        "lag",
+        "metadata",
+    ]);
     let mut topics: Vec<&str> = committed.iter().map(|c| c.0.as_str()).collect();
     topics.dedup();
     for topic in topics {
-        let rows: Vec<_> = committed.iter().filter(|c| c.0 == topic).collect();
-        let partitions: Vec<i32> = rows.iter().map(|r| r.1).collect();
-        // A topic deleted since the commit has no log end: show "-" rather than fail.
-        let ends = list_offsets(client, topic, &partitions, LATEST)
-            .unwrap_or_else(|_| vec![-1; partitions.len()]);
-        for (row, end) in rows.iter().zip(ends) {
-            let lag = if end >= 0 && row.2 >= 0 {
-                (end - row.2).to_string()
-            } else {
-                "-".into()
-            };
-            println!(
-                "{:<40} {:>9} {:>15} {:>15} {:>10} {}",
-                topic, row.1, row.2, end, lag, row.3
-            );
+        // A topic deleted since the commit has no log end: "-" rather than fail.
+        let ends = log_ends(session, topic).unwrap_or_default();
+        for row in committed.iter().filter(|c| c.0 == topic) {
+            let end = ends.get(&row.1).copied();
+            let behind = end.filter(|e| *e >= 0 && row.2 >= 0).map(|e| e - row.2);
+            lag.row(vec![
+                json!(topic),
+                json!(row.1),
+                json!(row.2),
+                json!(end),
+                json!(behind),
+                json!(row.3),
+            ]);
         }
     }
+    print(
+        format,
+        &[
+            ("group", json!(group), None),
+            ("state", json!(state), None),
+            (
+                "protocol_type",
+                json!(described.protocol_type.to_string()),
+                None,
+            ),
+            ("protocol", json!(described.protocol_data.to_string()), None),
+            ("coordinator", json!(coordinator), None),
+            ("members", Value::Null, Some(&members)),
+            ("offsets", Value::Null, Some(&lag)),
+        ],
+    );
     Ok(())
 }
 
-fn reset_offsets(client: &mut Client, args: ResetArgs) -> Result<()> {
-    let described = describe_group(client, &args.group)?;
+fn reset_offsets(session: &mut Session, args: ResetArgs) -> Result<()> {
+    let coordinator = session.coordinator(&args.group)?;
+    let described = describe_group(session, coordinator, &args.group)?;
     let state = described.group_state.to_string();
     if !described.members.is_empty() || !(state == "Empty" || state == "Dead") {
         bail!(
@@ -354,52 +310,63 @@ fn reset_offsets(client: &mut Client, args: ResetArgs) -> Result<()> {
         );
     }
     let topic = args.topic.as_str();
-    let partitions = partitions(client, topic)?;
-    let earliest = list_offsets(client, topic, &partitions, EARLIEST)?;
-    let latest = list_offsets(client, topic, &partitions, LATEST)?;
+    let meta = session.topic(topic)?;
+    let partitions: Vec<i32> = {
+        let mut p: Vec<i32> = meta.partitions.iter().map(|p| p.partition_index).collect();
+        p.sort();
+        p
+    };
+    let earliest = offsets(session, &meta, EARLIEST)?;
+    let latest = offsets(session, &meta, LATEST)?;
+    let bounds = |p: &i32| (earliest[p], latest[p]);
     let target = &args.target;
-    let offsets: Vec<i64> = if target.to_earliest {
-        earliest
+    let new_offsets: Vec<i64> = if target.to_earliest {
+        partitions.iter().map(|p| bounds(p).0).collect()
     } else if target.to_latest {
-        latest
+        partitions.iter().map(|p| bounds(p).1).collect()
     } else if let Some(offset) = target.to_offset {
-        earliest
-            .iter()
-            .zip(&latest)
-            .map(|(lo, hi)| offset.clamp(*lo, *hi))
-            .collect()
-    } else if let Some(ms) = target.to_datetime {
-        let found = list_offsets(client, topic, &partitions, ms)
-            .with_context(|| format!("offsets at {ms} ms since the epoch"))?;
-        // No message at or after that time: the log end, as Kafka's tool does.
-        found
-            .iter()
-            .zip(&latest)
-            .map(|(f, hi)| if *f < 0 { *hi } else { *f })
-            .collect()
-    } else if let Some(shift) = target.shift_by {
-        let committed = committed(client, &args.group)?;
         partitions
             .iter()
-            .zip(earliest.iter().zip(&latest))
-            .map(|(p, (lo, hi))| {
+            .map(|p| offset.clamp(bounds(p).0, bounds(p).1))
+            .collect()
+    } else if let Some(ms) = target.to_datetime {
+        let found = offsets(session, &meta, ms)
+            .with_context(|| format!("offsets at {ms} ms since the epoch"))?;
+        // No message at or after that time: the log end, as Kafka's tool does.
+        partitions
+            .iter()
+            .map(|p| match found.get(p) {
+                Some(f) if *f >= 0 => *f,
+                _ => bounds(p).1,
+            })
+            .collect()
+    } else if let Some(shift) = target.shift_by {
+        let committed = committed(session, coordinator, &args.group)?;
+        partitions
+            .iter()
+            .map(|p| {
+                let (lo, hi) = bounds(p);
                 let current = committed
                     .iter()
                     .find(|c| c.0 == topic && c.1 == *p && c.2 >= 0)
-                    .map_or(*lo, |c| c.2);
-                current.saturating_add(shift).clamp(*lo, *hi)
+                    .map_or(lo, |c| c.2);
+                current.saturating_add(shift).clamp(lo, hi)
             })
             .collect()
     } else {
         bail!("one of --to-earliest, --to-latest, --to-offset, --to-datetime, --shift-by");
     };
-    let pairs: Vec<(i32, i64)> = partitions.iter().copied().zip(offsets).collect();
-    if !args.dry_run {
-        commit(client, &args.group, topic, &pairs)?;
+    let pairs: Vec<(i32, i64)> = partitions.iter().copied().zip(new_offsets).collect();
+    let execute = args.execute && !args.dry_run;
+    if execute {
+        commit(session, coordinator, &args.group, topic, &pairs)?;
     }
     println!("{:<40} {:>9} NEW-OFFSET", "TOPIC", "PARTITION");
     for (p, o) in &pairs {
         println!("{topic:<40} {p:>9} {o}");
+    }
+    if !execute {
+        eprintln!("preview only, nothing committed: add --execute to commit these offsets");
     }
     Ok(())
 }

@@ -130,10 +130,23 @@ pub fn is_produce(frame: &[u8]) -> bool {
 /// Run one request to completion. `turn` orders a Produce request among its connection's
 /// (see `produce::handle`); other requests ignore it.
 pub async fn handle(shard: &Rc<Shard>, frame: Bytes, turn: Option<Turn>) -> Reply {
+    let started = std::time::Instant::now();
     let request = match parse_request(frame) {
         Ok(request) => request,
-        Err(why) => return Reply::Close(why),
+        Err(why) => {
+            let refused = &shard.metrics.requests_refused;
+            refused.set(refused.get() + 1);
+            return Reply::Close(why);
+        }
     };
+    let api_key = request.api_key as i16;
+    let reply = dispatch(shard, request, turn).await;
+    shard.metrics.request(api_key, started.elapsed());
+    reply
+}
+
+/// The handler of the request's API.
+async fn dispatch(shard: &Rc<Shard>, request: Request, turn: Option<Turn>) -> Reply {
     let outcome = match request.api_key {
         ApiKey::ApiVersions => Ok(versions::handle(&request)),
         ApiKey::Metadata => metadata::handle(shard, &request).await,

@@ -96,6 +96,8 @@ pub struct Shard {
     pub(crate) requests_in_flight: Cell<usize>,
     /// When this shard last tried to reopen a failed log.
     last_reopen: Cell<Option<std::time::Instant>>,
+    /// This shard's counters for `/metrics` (see `crate::metrics`).
+    pub metrics: crate::metrics::ShardMetrics,
 }
 
 impl Shard {
@@ -125,6 +127,7 @@ impl Shard {
             groups: std::cell::OnceCell::new(),
             requests_in_flight: Cell::new(0),
             last_reopen: Cell::new(None),
+            metrics: Default::default(),
         })
     }
 
@@ -356,6 +359,22 @@ impl Shard {
         logs.get(topic)?
             .get(usize::try_from(partition).ok()?)?
             .clone()
+    }
+
+    /// A copy of this shard's metrics, with the offsets of the partitions it owns.
+    pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        let mut snapshot = self.metrics.snapshot(self.id);
+        for (topic, logs) in self.logs.borrow().iter() {
+            for (p, log) in logs.iter().enumerate() {
+                if let Some(log) = log {
+                    let (start, end) = (log.log_start_offset(), log.log_end_offset());
+                    snapshot
+                        .partitions
+                        .push((topic.clone(), p as i32, start, end));
+                }
+            }
+        }
+        snapshot
     }
 
     /// Every log this shard owns.
