@@ -470,6 +470,7 @@ impl Config {
             max_writes_in_flight: self.max_writes_in_flight,
             // A topic setting (message.timestamp.type); the broker default is CreateTime.
             log_append_time: false,
+            compaction: crate::log::CompactionConfig::default(),
         }
     }
 }
