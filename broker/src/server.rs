@@ -210,6 +210,20 @@ async fn run_shard(
     )
     .map(|t| t.detach())
     .ok();
+    // The cleaner gets a small share and no latency promise: requests and flushes first.
+    let cleaner_queue = glommio::executor().create_task_queue(
+        glommio::Shares::Static(25),
+        glommio::Latency::NotImportant,
+        "cleaner",
+    );
+    let storage = shard.storage.clone();
+    let cleaner = config.cleaner.clone();
+    glommio::spawn_local_into(
+        async move { storage.run_cleaner(cleaner).await },
+        cleaner_queue,
+    )
+    .map(|t| t.detach())
+    .ok();
     let _ = ready.send(Ok(()));
 
     let budget = Rc::new(Semaphore::new(config.max_buffered_bytes_per_shard as u64));

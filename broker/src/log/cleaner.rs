@@ -19,6 +19,7 @@
 //! assert!(c.compact && c.min_cleanable_dirty_ratio == 0.5);
 //! ```
 
+mod background;
 pub(crate) mod records;
 pub(crate) mod swap;
 
@@ -33,6 +34,8 @@ pub use records::every_record_has_a_key;
 pub struct CompactionConfig {
     /// `cleanup.policy` holds `compact`.
     pub compact: bool,
+    /// `cleanup.policy` holds `delete`: time and size retention apply.
+    pub delete: bool,
     /// Clean a log once this share of its closed bytes is dirty (not yet cleaned).
     pub min_cleanable_dirty_ratio: f64,
     /// Records younger than this are never cleaned (segment granularity, as Kafka).
@@ -47,6 +50,7 @@ impl Default for CompactionConfig {
     fn default() -> Self {
         CompactionConfig {
             compact: false,
+            delete: true,
             min_cleanable_dirty_ratio: 0.5,
             min_compaction_lag_ms: 0,
             max_compaction_lag_ms: i64::MAX,
@@ -102,7 +106,7 @@ pub struct CleanStats {
 
 /// Estimated memory of one offset-map entry: a 16-byte key hash, an 8-byte offset, and the
 /// hash table's control byte and spare capacity.
-pub(crate) const OFFSET_MAP_ENTRY_BYTES: usize = 32;
+pub const OFFSET_MAP_ENTRY_BYTES: usize = 32;
 
 /// The keys are already hashes: the table uses their low bits as they are.
 #[derive(Default)]

@@ -74,7 +74,10 @@ pub(crate) fn finish(
     }
     let cleaned = cleaned_path(dir, marker.base);
     // Before the rename: the cleaned data is never under the segment's name without it.
-    fs::write(files::segment_path(dir, marker.base, files::COMPACTED_EXT), b"")?;
+    fs::write(
+        files::segment_path(dir, marker.base, files::COMPACTED_EXT),
+        b"",
+    )?;
     if cleaned.exists() {
         fs::rename(&cleaned, files::segment_path(dir, marker.base, "log"))?;
     }

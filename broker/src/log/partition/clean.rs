@@ -306,7 +306,16 @@ impl PartitionLog {
             let group = groups.remove(0);
             stats.segments_cleaned += group.len();
             let stopped = self
-                .clean_group(group, &map, map_end, now_ms, &mut budget, &mut stats, &mut expiry, stop)
+                .clean_group(
+                    group,
+                    &map,
+                    map_end,
+                    now_ms,
+                    &mut budget,
+                    &mut stats,
+                    &mut expiry,
+                    stop,
+                )
                 .await?;
             stats.segments_written += 1;
             if stopped {
@@ -380,7 +389,11 @@ impl PartitionLog {
                     } else {
                         let group_last = last_chunk && bi + 1 == chunk.batches.len();
                         let producer_last = h.producer_id() >= 0
-                            && self.state.borrow().producers.last_offset_of(h.producer_id())
+                            && self
+                                .state
+                                .borrow()
+                                .producers
+                                .last_offset_of(h.producer_id())
                                 == Some(h.last_offset());
                         let kept = filter_batch(
                             batch,
@@ -508,9 +521,7 @@ impl PartitionLog {
         };
         let dir = self.dir.clone();
         glommio::executor()
-            .spawn_blocking(move || {
-                swap::finish(&dir, &marker, Some((&index, &time_index)), step)
-            })
+            .spawn_blocking(move || swap::finish(&dir, &marker, Some((&index, &time_index)), step))
             .await?;
         Ok(step != FinishStep::Done)
     }

@@ -119,8 +119,16 @@ impl PartitionLog {
                 seg.compacted,
             )
         };
-        let found =
-            read_batches_at(&file, offset, max_bytes, entry_offset, position, disk_end, gaps).await;
+        let found = read_batches_at(
+            &file,
+            offset,
+            max_bytes,
+            entry_offset,
+            position,
+            disk_end,
+            gaps,
+        )
+        .await;
         match found {
             Err(LogError::CorruptBatch(reason)) if position > 0 => {
                 // A damaged index entry looks like damaged data: retry from the segment
