@@ -361,7 +361,7 @@ fn tombstones_remove_their_key_and_are_removed_after_delete_retention() {
         );
         assert!(rows.iter().any(|r| r.1 == key(3) && r.2.is_none()));
         assert!(
-            log.dirty_ratio(3_000).1 == false && log.dirty_ratio(7_000).1,
+            !log.dirty_ratio(3_000).1 && log.dirty_ratio(7_000).1,
             "due once they expire"
         );
         log.clean(&settings(), 7_001)

@@ -23,7 +23,7 @@ fn pick(logs: &[Rc<PartitionLog>], now_ms: i64) -> Option<Rc<PartitionLog>> {
         }
         let (ratio, forced) = log.dirty_ratio(now_ms);
         let min = log.config().compaction.min_cleanable_dirty_ratio;
-        if ratio <= 0.0 && !forced || !forced && ratio < min {
+        if !forced && (ratio <= 0.0 || ratio < min) {
             continue;
         }
         // A forced pass (max lag, expired tombstones) comes before any ratio.
