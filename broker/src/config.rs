@@ -133,6 +133,30 @@ pub struct Cli {
     /// How often retention is applied.
     #[arg(long, env = "SHARDLOG_RETENTION_CHECK_INTERVAL_MS")]
     pub retention_check_interval_ms: Option<u64>,
+    /// Default cleanup.policy of topics: delete, compact, or compact,delete.
+    #[arg(long, env = "SHARDLOG_LOG_CLEANUP_POLICY")]
+    pub log_cleanup_policy: Option<String>,
+    /// Default min.cleanable.dirty.ratio: clean a compacted log once this share is dirty.
+    #[arg(long, env = "SHARDLOG_LOG_CLEANER_MIN_CLEANABLE_RATIO")]
+    pub log_cleaner_min_cleanable_ratio: Option<f64>,
+    /// Default min.compaction.lag.ms: records younger than this are never cleaned.
+    #[arg(long, env = "SHARDLOG_LOG_CLEANER_MIN_COMPACTION_LAG_MS")]
+    pub log_cleaner_min_compaction_lag_ms: Option<i64>,
+    /// Default max.compaction.lag.ms: a dirty segment older than this is cleaned regardless.
+    #[arg(long, env = "SHARDLOG_LOG_CLEANER_MAX_COMPACTION_LAG_MS")]
+    pub log_cleaner_max_compaction_lag_ms: Option<i64>,
+    /// Default delete.retention.ms: how long tombstones stay on compacted topics.
+    #[arg(long, env = "SHARDLOG_LOG_CLEANER_DELETE_RETENTION_MS")]
+    pub log_cleaner_delete_retention_ms: Option<i64>,
+    /// Memory of each shard's cleaner offset map (16-byte key hash + offset per key).
+    #[arg(long, env = "SHARDLOG_LOG_CLEANER_DEDUPE_BUFFER_BYTES")]
+    pub log_cleaner_dedupe_buffer_bytes: Option<usize>,
+    /// I/O (read + written) each shard's cleaner may do per second; 0 = unlimited.
+    #[arg(long, env = "SHARDLOG_LOG_CLEANER_IO_BYTES_PER_S")]
+    pub log_cleaner_io_bytes_per_s: Option<u64>,
+    /// Pause between the cleaner's looks for a log to clean.
+    #[arg(long, env = "SHARDLOG_LOG_CLEANER_BACKOFF_MS")]
+    pub log_cleaner_backoff_ms: Option<u64>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `shardlog=debug`.
     #[arg(long, env = "SHARDLOG_LOG")]
     pub log: Option<String>,
@@ -185,6 +209,10 @@ pub struct Config {
     pub flush_interval_ms: u64,
     pub flush_bytes: u64,
     pub retention_check_interval_ms: u64,
+    /// Broker defaults of the compaction topic configs (`cleanup.policy` and its tuning).
+    pub compaction: crate::log::CompactionConfig,
+    /// The per-shard cleaner (offset map memory, I/O budget, backoff).
+    pub cleaner: crate::log::CleanerSettings,
     pub log: String,
     pub groups: crate::groups::GroupsConfig,
 }
@@ -313,6 +341,50 @@ impl Config {
                 retention_check_interval_ms,
                 crate::log::RETENTION_CHECK_INTERVAL_MS_DEFAULT
             ),
+            compaction: {
+                let policy = pick!(log_cleanup_policy, "delete".to_string());
+                let items: Vec<&str> = policy.split(',').map(str::trim).collect();
+                if items.iter().any(|p| *p != "compact" && *p != "delete") {
+                    return Err(format!(
+                        "log_cleanup_policy: '{policy}' is not delete, compact or compact,delete"
+                    ));
+                }
+                let d = crate::log::CompactionConfig::default();
+                crate::log::CompactionConfig {
+                    compact: items.contains(&"compact"),
+                    delete: items.contains(&"delete"),
+                    min_cleanable_dirty_ratio: pick!(
+                        log_cleaner_min_cleanable_ratio,
+                        d.min_cleanable_dirty_ratio
+                    ),
+                    min_compaction_lag_ms: pick!(
+                        log_cleaner_min_compaction_lag_ms,
+                        d.min_compaction_lag_ms
+                    ),
+                    max_compaction_lag_ms: pick!(
+                        log_cleaner_max_compaction_lag_ms,
+                        d.max_compaction_lag_ms
+                    ),
+                    delete_retention_ms: pick!(
+                        log_cleaner_delete_retention_ms,
+                        d.delete_retention_ms
+                    ),
+                }
+            },
+            cleaner: {
+                let d = crate::log::CleanerSettings::default();
+                crate::log::CleanerSettings {
+                    dedupe_buffer_bytes: pick!(
+                        log_cleaner_dedupe_buffer_bytes,
+                        d.dedupe_buffer_bytes
+                    ),
+                    io_bytes_per_s: match pick!(log_cleaner_io_bytes_per_s, 0) {
+                        0 => u64::MAX,
+                        n => n,
+                    },
+                    backoff_ms: pick!(log_cleaner_backoff_ms, d.backoff_ms),
+                }
+            },
             log: pick!(log, "info".to_string()),
             groups: crate::groups::GroupsConfig::load(&cli.groups, Some(&file.groups))?,
         };
@@ -466,6 +538,32 @@ impl Config {
             self.idle_timeout_ms >= 1,
             "idle_timeout_ms: must be at least 1".into(),
         )?;
+        let c = &self.compaction;
+        check(
+            (0.0..=1.0).contains(&c.min_cleanable_dirty_ratio),
+            format!(
+                "log_cleaner_min_cleanable_ratio: must be within [0, 1], got {}",
+                c.min_cleanable_dirty_ratio
+            ),
+        )?;
+        check(
+            c.min_compaction_lag_ms >= 0
+                && c.max_compaction_lag_ms >= 1
+                && c.min_compaction_lag_ms <= c.max_compaction_lag_ms,
+            "log_cleaner_min_compaction_lag_ms / log_cleaner_max_compaction_lag_ms: need 0 <= min <= max and max >= 1".into(),
+        )?;
+        check(
+            c.delete_retention_ms >= 0,
+            "log_cleaner_delete_retention_ms: must be 0 or more".into(),
+        )?;
+        check(
+            self.cleaner.dedupe_buffer_bytes >= crate::log::cleaner::OFFSET_MAP_ENTRY_BYTES,
+            "log_cleaner_dedupe_buffer_bytes: must hold at least one key (32 bytes)".into(),
+        )?;
+        check(
+            self.cleaner.backoff_ms >= 1,
+            "log_cleaner_backoff_ms: must be at least 1".into(),
+        )?;
         Ok(())
     }
 
@@ -484,6 +582,7 @@ impl Config {
             max_writes_in_flight: self.max_writes_in_flight,
             // A topic setting (message.timestamp.type); the broker default is CreateTime.
             log_append_time: false,
+            compaction: self.compaction.clone(),
         }
     }
 }

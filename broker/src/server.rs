@@ -211,6 +211,20 @@ async fn run_shard(
     )
     .map(|t| t.detach())
     .ok();
+    // The cleaner gets a small share and no latency promise: requests and flushes first.
+    let cleaner_queue = glommio::executor().create_task_queue(
+        glommio::Shares::Static(25),
+        glommio::Latency::NotImportant,
+        "cleaner",
+    );
+    let storage = shard.storage.clone();
+    let cleaner = config.cleaner.clone();
+    glommio::spawn_local_into(
+        async move { storage.run_cleaner(cleaner).await },
+        cleaner_queue,
+    )
+    .map(|t| t.detach())
+    .ok();
     let metrics = match (id, config.metrics_listen) {
         (0, Some(address)) => match glommio::net::TcpListener::bind(address) {
             Ok(listener) => Some(glommio::spawn_local(crate::metrics_http::serve(

@@ -3,7 +3,7 @@
 //! whether shardlog acts on it. Control plane only: the data path sees only the
 //! `LogConfig` that [`topic_log_config`] derives.
 //!
-//! A config shardlog has no machinery for (compaction tuning, flush policy, replication,
+//! A config shardlog has no machinery for (flush policy, replication,
 //! tiered storage) is still accepted, validated, stored and described, so that tools and
 //! clients that set it work; README.md ("Topic configs") lists which ones have no effect.
 //! A name Kafka does not define is refused, as Kafka refuses it.
@@ -124,7 +124,7 @@ pub const TOPIC_CONFIGS: &[TopicConfig] = &[
     // recompressed, so another codec named here changes nothing.
     spec("compression.type", T::String, "producer", StoredOnly, C::OneOf(COMPRESSION_TYPES)),
     spec("compression.zstd.level", T::Int, "3", StoredOnly, C::Int(-131072, 22)),
-    spec("delete.retention.ms", T::Long, "86400000", StoredOnly, C::Long(0, i64::MAX)),
+    spec("delete.retention.ms", T::Long, "86400000", Applied, C::Long(0, i64::MAX)),
     spec("file.delete.delay.ms", T::Long, "60000", StoredOnly, C::Long(0, i64::MAX)),
     spec("flush.messages", T::Long, LONG_MAX, StoredOnly, C::Long(1, i64::MAX)),
     spec("flush.ms", T::Long, LONG_MAX, StoredOnly, C::Long(0, i64::MAX)),
@@ -133,7 +133,7 @@ pub const TOPIC_CONFIGS: &[TopicConfig] = &[
     spec("leader.replication.throttled.replicas", T::List, "", StoredOnly, C::ThrottledReplicas),
     spec("local.retention.bytes", T::Long, "-2", StoredOnly, C::Long(-2, i64::MAX)),
     spec("local.retention.ms", T::Long, "-2", StoredOnly, C::Long(-2, i64::MAX)),
-    spec("max.compaction.lag.ms", T::Long, LONG_MAX, StoredOnly, C::Long(1, i64::MAX)),
+    spec("max.compaction.lag.ms", T::Long, LONG_MAX, Applied, C::Long(1, i64::MAX)),
     spec("max.message.bytes", T::Int, "1048588", Applied, C::Int(0, i32::MAX)),
     spec("message.downconversion.enable", T::Boolean, "true", StoredOnly, C::Boolean),
     // Ignored by Kafka 3.x too: every batch is stored in the format it arrived in (v2).
@@ -142,8 +142,8 @@ pub const TOPIC_CONFIGS: &[TopicConfig] = &[
     spec("message.timestamp.before.max.ms", T::Long, LONG_MAX, StoredOnly, C::Long(0, i64::MAX)),
     spec("message.timestamp.difference.max.ms", T::Long, LONG_MAX, StoredOnly, C::Long(0, i64::MAX)),
     spec("message.timestamp.type", T::String, "CreateTime", Applied, C::OneOf(TIMESTAMP_TYPES)),
-    spec("min.cleanable.dirty.ratio", T::Double, "0.5", StoredOnly, C::Double(0.0, 1.0)),
-    spec("min.compaction.lag.ms", T::Long, "0", StoredOnly, C::Long(0, i64::MAX)),
+    spec("min.cleanable.dirty.ratio", T::Double, "0.5", Applied, C::Double(0.0, 1.0)),
+    spec("min.compaction.lag.ms", T::Long, "0", Applied, C::Long(0, i64::MAX)),
     spec("min.insync.replicas", T::Int, "1", StoredOnly, C::Int(1, i32::MAX)),
     spec("preallocate", T::Boolean, "false", StoredOnly, C::Boolean),
     spec("remote.log.copy.disable", T::Boolean, "false", StoredOnly, C::Boolean),
@@ -322,17 +322,35 @@ pub fn topic_log_config(base: &crate::log::LogConfig, topic: &Topic) -> crate::l
                 config.index_interval_bytes = value.parse().unwrap_or(config.index_interval_bytes)
             }
             "message.timestamp.type" => config.log_append_time = value == "LogAppendTime",
+            "min.cleanable.dirty.ratio" => {
+                let c = &mut config.compaction;
+                c.min_cleanable_dirty_ratio = value.parse().unwrap_or(c.min_cleanable_dirty_ratio)
+            }
+            "min.compaction.lag.ms" => {
+                let c = &mut config.compaction;
+                c.min_compaction_lag_ms = value.parse().unwrap_or(c.min_compaction_lag_ms)
+            }
+            "max.compaction.lag.ms" => {
+                let c = &mut config.compaction;
+                c.max_compaction_lag_ms = value.parse().unwrap_or(c.max_compaction_lag_ms)
+            }
+            "delete.retention.ms" => {
+                let c = &mut config.compaction;
+                c.delete_retention_ms = value.parse().unwrap_or(c.delete_retention_ms)
+            }
             _ => {}
         }
     }
-    // A compacted topic (cleanup.policy without "delete") keeps every key's latest record
-    // forever in Kafka: time or size retention must never delete it. Compaction itself is
-    // not implemented yet, so such a topic keeps everything (more disk, nothing lost).
+    // The topic's cleanup.policy, else the broker default (`--log-cleanup-policy`). A
+    // compacted topic without "delete" keeps every key's latest record forever, as in
+    // Kafka: time or size retention never deletes it; the cleaner compacts it.
     if let Some(policy) = topic.configs.get("cleanup.policy") {
-        if !list_items(policy.trim()).any(|p| p == "delete") {
-            config.retention_ms = -1;
-            config.retention_bytes = -1;
-        }
+        config.compaction.compact = list_items(policy.trim()).any(|p| p == "compact");
+        config.compaction.delete = list_items(policy.trim()).any(|p| p == "delete");
+    }
+    if !config.compaction.delete {
+        config.retention_ms = -1;
+        config.retention_bytes = -1;
     }
     config
 }
@@ -618,6 +636,40 @@ mod tests {
         assert_eq!(config.max_batch_bytes, 5000);
         let config = topic_log_config(&base, &topic(&[("message.timestamp.type", "CreateTime")]));
         assert!(!config.log_append_time);
+    }
+
+    #[test]
+    fn compaction_configs_reach_the_log_config() {
+        let base = crate::log::LogConfig::default();
+        assert!(!topic_log_config(&base, &topic(&[])).compaction.compact);
+        let t = topic(&[
+            ("cleanup.policy", "compact,delete"),
+            ("min.cleanable.dirty.ratio", "0.1"),
+            ("min.compaction.lag.ms", "5"),
+            ("max.compaction.lag.ms", "600"),
+            ("delete.retention.ms", "70"),
+        ]);
+        let c = topic_log_config(&base, &t).compaction;
+        assert!(c.compact && c.delete);
+        assert_eq!(c.min_cleanable_dirty_ratio, 0.1);
+        assert_eq!(
+            (
+                c.min_compaction_lag_ms,
+                c.max_compaction_lag_ms,
+                c.delete_retention_ms
+            ),
+            (5, 600, 70)
+        );
+        // The broker default policy applies to topics that do not set one.
+        let mut compact_only = base.clone();
+        compact_only.compaction.compact = true;
+        compact_only.compaction.delete = false;
+        let config = topic_log_config(&compact_only, &topic(&[("retention.ms", "1000")]));
+        assert!(config.compaction.compact);
+        assert_eq!(config.retention_ms, -1);
+        let config = topic_log_config(&compact_only, &topic(&[("cleanup.policy", "delete")]));
+        assert!(!config.compaction.compact);
+        assert_eq!(config.retention_ms, base.retention_ms);
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub(crate) const PRODUCER_SNAPSHOT_FILE: &str = "producer.snapshot";
 /// file while appends wait.
 pub(crate) const NEXT_SEGMENT_FILE: &str = "next-segment.log.tmp";
 
+/// Extension of the empty file that marks a segment the cleaner rewrote (gaps allowed).
+pub(crate) const COMPACTED_EXT: &str = "compacted";
+
 /// One sparse offset index entry: batch base offset relative to the segment, file position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct IndexEntry {
@@ -67,7 +70,7 @@ pub(crate) fn list_segments(dir: &Path) -> std::io::Result<Vec<i64>> {
 /// Removes a segment's `.log`, `.index` and `.timeindex` (those that exist); the caller
 /// syncs the directory.
 pub(crate) fn remove_segment(dir: &Path, base_offset: i64) -> std::io::Result<()> {
-    for ext in ["log", "index", "timeindex"] {
+    for ext in ["log", "index", "timeindex", COMPACTED_EXT] {
         match fs::remove_file(segment_path(dir, base_offset, ext)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -86,7 +89,7 @@ pub(crate) fn remove_orphans(dir: &Path, bases: &[i64]) -> std::io::Result<usize
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let orphan_index = ["index", "timeindex"].iter().any(|ext| {
+        let orphan_index = ["index", "timeindex", COMPACTED_EXT].iter().any(|ext| {
             name.strip_suffix(&format!(".{ext}"))
                 .and_then(|stem| stem.parse::<i64>().ok())
                 .is_some_and(|base| !bases.contains(&base))

@@ -30,6 +30,7 @@
 //! ```
 
 pub mod batch;
+pub mod cleaner;
 pub(crate) mod event;
 mod files;
 mod partition;
@@ -38,10 +39,13 @@ mod segment;
 mod shard;
 
 #[cfg(test)]
+mod cleaner_tests;
+#[cfg(test)]
 mod order_tests;
 #[cfg(test)]
 mod tests;
 
+pub use cleaner::{CleanStats, CleanerSettings, CompactionConfig};
 pub use partition::PartitionLog;
 pub use segment::probe_direct_io;
 pub use shard::{ShardStorage, RETENTION_CHECK_INTERVAL_MS_DEFAULT};
@@ -78,6 +82,8 @@ pub struct LogConfig {
     /// Stamp each appended batch with the append time (Kafka `message.timestamp.type` =
     /// LogAppendTime): timestamp-type attribute, MaxTimestamp and CRC rewritten in the header.
     pub log_append_time: bool,
+    /// Log compaction (`cleanup.policy=compact` and its tuning); see [`cleaner`].
+    pub compaction: CompactionConfig,
 }
 
 impl Default for LogConfig {
@@ -94,6 +100,7 @@ impl Default for LogConfig {
             max_writes_in_flight: 4,
             preallocate_bytes: 64 << 20,
             log_append_time: false,
+            compaction: CompactionConfig::default(),
         }
     }
 }

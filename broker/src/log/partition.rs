@@ -29,8 +29,8 @@ use crate::sync::{FifoLock, Place};
 
 use write_queue::WriteQueue;
 
+pub(super) mod clean;
 mod replica;
-
 mod open;
 mod read;
 mod roll;
@@ -88,6 +88,14 @@ pub struct PartitionLog {
     sync_event: Event,
     closed: Cell<bool>,
     failure: RefCell<Option<String>>,
+    /// A cleaning pass is running (`clean`): retention waits, so segments stay put.
+    cleaning: Cell<bool>,
+    /// Offsets below this were cleaned in this run (not persisted: after a restart the
+    /// first pass cleans everything once more, which changes nothing already clean).
+    clean_point: Cell<i64>,
+    /// When the earliest tombstone the last pass kept expires: a pass is due then even if
+    /// nothing else is dirty (Kafka KIP-534).
+    tombstone_expiry_ms: Cell<Option<i64>>,
 }
 
 impl PartitionLog {
@@ -395,6 +403,10 @@ impl PartitionLog {
         self.check_usable()?;
         // A segment being finished is not deleted under its finish.
         self.wait_finished().await?;
+        if self.cleaning.get() {
+            // The pass swaps the segments it read; retention runs at its next check.
+            return Ok(0);
+        }
         let config = self.config.borrow().clone();
         let deleted: Vec<Segment> = {
             let mut st = self.state.borrow_mut();

@@ -199,3 +199,14 @@ impl ProducerStates {
         }
     }
 }
+
+impl ProducerStates {
+    /// Last offset of the newest batch the log holds for `producer_id`, if it has state:
+    /// the cleaner keeps that batch (at least its header) so the state survives a replay.
+    pub(crate) fn last_offset_of(&self, producer_id: i64) -> Option<i64> {
+        self.producers
+            .get(&producer_id)
+            .and_then(|p| p.batches.back())
+            .map(|b| b.last_offset)
+    }
+}

@@ -57,6 +57,10 @@ pub(super) struct Segment {
     pub(super) max_timestamp_relative: u32,
     /// When the segment got its first batch; drives `segment_ms`.
     pub(super) created_ms: Option<i64>,
+    /// Rewritten by the cleaner (`<base>.compacted` exists): whole batches may be missing,
+    /// so offsets between batches may jump. Elsewhere a jump is damage (BaseOffset is not
+    /// covered by the CRC).
+    pub(super) compacted: bool,
 }
 
 impl Segment {
@@ -75,6 +79,7 @@ impl Segment {
             max_timestamp: -1,
             max_timestamp_relative: 0,
             created_ms: None,
+            compacted: false,
         }
     }
 
@@ -370,7 +375,8 @@ pub(super) async fn scan_segment(
                 break;
             }
         };
-        if h.base_offset() != expected {
+        // Compaction leaves gaps (whole batches removed): there, offsets must only increase.
+        if h.base_offset() != expected && !(seg.compacted && h.base_offset() > expected) {
             reason = Some(format!(
                 "batch at byte {pos} has offset {} instead of {expected}",
                 h.base_offset()
@@ -421,6 +427,7 @@ pub(super) async fn read_batches_at(
     mut expected: i64,
     mut pos: u64,
     disk_end: u64,
+    gaps: bool,
 ) -> Result<Vec<(BatchHeader, Vec<Bytes>)>, LogError> {
     let mut out = Vec::new();
     let mut bytes = 0;
@@ -441,7 +448,8 @@ pub(super) async fn read_batches_at(
             Err(LogError::CorruptBatch(msg))
         };
         let h = match BatchHeader::parse(slice_of(&buf, pos, BATCH_HEADER_BYTES)) {
-            Ok(h) if h.base_offset() == expected => h,
+            // A compacted segment has gaps between batches: offsets must only increase.
+            Ok(h) if h.base_offset() == expected || (gaps && h.base_offset() > expected) => h,
             Ok(h) if out.is_empty() => {
                 return corrupt(format!(
                     "batch at byte {pos} has offset {} instead of {expected}",

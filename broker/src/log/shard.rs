@@ -132,7 +132,17 @@ impl ShardStorage {
         mine
     }
 
-    /// Asks `run_background` to return at its next tick.
+    /// The registered logs, as they are now.
+    pub(super) fn logs(&self) -> Vec<Rc<PartitionLog>> {
+        self.logs.borrow().clone()
+    }
+
+    /// True once `stop` was called.
+    pub(super) fn is_stopped(&self) -> bool {
+        self.stopped.get()
+    }
+
+    /// Asks `run_background` (and `run_cleaner`) to return at its next tick.
     pub fn stop(&self) {
         self.stopped.set(true);
     }

@@ -175,6 +175,23 @@ impl Shard {
             result.message = Some("empty records".into());
             return (result, None);
         };
+        // Compacted topics only (the one place the produce path reads inside batches): a
+        // record without a key has nothing to be compacted by, and Kafka refuses it.
+        if log.is_compacted() {
+            let refused = match crate::log::cleaner::every_record_has_a_key(&records) {
+                Ok(true) => None,
+                Ok(false) => Some((
+                    codes::INVALID_RECORD,
+                    "compacted topic cannot accept a record without a key".to_string(),
+                )),
+                Err(e) => Some((codes::CORRUPT_MESSAGE, e.to_string())),
+            };
+            if let Some((error, message)) = refused {
+                result.error = error;
+                result.message = Some(message);
+                return (result, None);
+            }
+        }
         match log.append_in_place(place, records, now_ms()).await {
             Ok(info) => {
                 result.base_offset = info.base_offset;

@@ -10,6 +10,7 @@ use std::rc::Rc;
 
 use super::write_queue::{Staging, WriteQueue};
 use super::{staging_capacity, PartitionLog, State};
+use crate::log::cleaner::swap;
 use crate::log::event::Event;
 use crate::log::files::{self, CleanShutdown};
 use crate::log::producer::{ProducerSnapshot, ProducerStates};
@@ -35,6 +36,11 @@ impl PartitionLog {
             // Removed before any write: a stale marker would hide data appended later.
             std::fs::remove_file(&marker_path)?;
             files::sync_dir(&dir)?;
+        }
+        // A cleaning pass a crash interrupted is finished or undone before segments are
+        // listed, so the list holds either the old segments or the cleaned one.
+        if let Some(did) = swap::recover(&dir)? {
+            tracing::warn!(dir = %dir.display(), "{did}");
         }
         let mut bases = files::list_segments(&dir)?;
         let mut report = RecoveryReport::default();
@@ -70,6 +76,7 @@ impl PartitionLog {
             let file = Rc::new(open_segment_file(&files::segment_path(&dir, base, "log")).await?);
             let file_len = file.file_size().await?;
             let mut seg = Segment::new(base, file, file_len);
+            seg.compacted = files::segment_path(&dir, base, files::COMPACTED_EXT).exists();
             let size = match (&clean, is_last) {
                 (Some(m), true) => m.active_size_bytes.min(file_len),
                 _ => file_len,
@@ -220,6 +227,9 @@ impl PartitionLog {
             sync_event: Event::default(),
             closed: Cell::new(false),
             failure: RefCell::new(None),
+            cleaning: Cell::new(false),
+            clean_point: Cell::new(log_start_offset),
+            tombstone_expiry_ms: Cell::new(None),
         });
 
         // Producer state: whatever the snapshot does not cover is replayed from headers.

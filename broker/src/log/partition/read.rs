@@ -100,7 +100,7 @@ impl PartitionLog {
         offset: i64,
         max_bytes: usize,
     ) -> Result<Vec<(BatchHeader, Vec<Bytes>)>, LogError> {
-        let (file, segment_base, entry_offset, position, disk_end) = {
+        let (file, segment_base, entry_offset, position, disk_end, gaps) = {
             let st = self.state.borrow();
             let i = st.segments.partition_point(|s| s.base_offset <= offset);
             let Some(i) = i.checked_sub(1) else {
@@ -116,16 +116,25 @@ impl PartitionLog {
                 entry_offset,
                 position,
                 disk_end,
+                seg.compacted,
             )
         };
-        let found =
-            read_batches_at(&file, offset, max_bytes, entry_offset, position, disk_end).await;
+        let found = read_batches_at(
+            &file,
+            offset,
+            max_bytes,
+            entry_offset,
+            position,
+            disk_end,
+            gaps,
+        )
+        .await;
         match found {
             Err(LogError::CorruptBatch(reason)) if position > 0 => {
                 // A damaged index entry looks like damaged data: retry from the segment
                 // start, which costs a longer read only when something is wrong.
                 tracing::warn!(dir = %self.dir.display(), segment_base, %reason, "reading from the segment start");
-                read_batches_at(&file, offset, max_bytes, segment_base, 0, disk_end).await
+                read_batches_at(&file, offset, max_bytes, segment_base, 0, disk_end, gaps).await
             }
             other => other,
         }
