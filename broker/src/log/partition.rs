@@ -30,9 +30,9 @@ use crate::sync::{FifoLock, Place};
 use write_queue::WriteQueue;
 
 pub(super) mod clean;
-mod replica;
 mod open;
 mod read;
+mod replica;
 mod roll;
 mod write_queue;
 
