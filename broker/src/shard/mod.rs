@@ -332,17 +332,23 @@ impl Shard {
     /// node leads it; else the Kafka error to answer (UNKNOWN_TOPIC_OR_PARTITION,
     /// NOT_LEADER_OR_FOLLOWER, or LEADER_NOT_AVAILABLE when it has no leader).
     pub fn route(&self, topic: &str, partition: i32) -> Result<usize, i16> {
-        let Some(leader) = self.leader_of(topic, partition) else {
-            return Err(crate::codes::UNKNOWN_TOPIC_OR_PARTITION);
+        use crate::codes;
+        // One topic lookup per partition on the data path (this runs for every partition
+        // of every Produce, Fetch and ListOffsets).
+        let catalog = self.catalog.borrow();
+        let index = usize::try_from(partition).map_err(|_| codes::UNKNOWN_TOPIC_OR_PARTITION)?;
+        let t = catalog
+            .topics
+            .get(topic)
+            .ok_or(codes::UNKNOWN_TOPIC_OR_PARTITION)?;
+        let (Some(placement), Some(owner)) = (t.placement.get(index), t.owners.get(index)) else {
+            return Err(codes::UNKNOWN_TOPIC_OR_PARTITION);
         };
-        if leader == catalog::NO_LEADER {
-            return Err(crate::codes::LEADER_NOT_AVAILABLE);
+        match placement.leader {
+            catalog::NO_LEADER => Err(codes::LEADER_NOT_AVAILABLE),
+            leader if leader != self.config.node_id => Err(codes::NOT_LEADER_OR_FOLLOWER),
+            _ => Ok(*owner as usize % self.nr_shards),
         }
-        if leader != self.config.node_id {
-            return Err(crate::codes::NOT_LEADER_OR_FOLLOWER);
-        }
-        self.owner_of(topic, partition)
-            .ok_or(crate::codes::UNKNOWN_TOPIC_OR_PARTITION)
     }
 
     /// Owner shard of a partition, if topic and partition exist.
