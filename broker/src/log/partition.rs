@@ -34,6 +34,7 @@ mod open;
 mod read;
 mod replica;
 mod roll;
+mod shim;
 mod write_queue;
 
 /// Relative offsets and positions are u32 in the index files, as in Kafka.
