@@ -143,6 +143,7 @@ impl ShardMetrics {
             buffered_bytes,
             buffered_bytes_limit,
             partitions: Vec::new(),
+            led: Vec::new(),
         }
     }
 }
