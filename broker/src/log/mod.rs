@@ -42,9 +42,13 @@ mod shard;
 #[cfg(test)]
 mod cleaner_tests;
 #[cfg(test)]
+mod epoch_tests;
+#[cfg(test)]
 mod order_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod truncate_tests;
 
 pub use cleaner::{CleanStats, CleanerSettings, CompactionConfig};
 pub use epochs::EpochCache;
