@@ -623,7 +623,10 @@ pub(crate) mod tests {
         }
         // Without an epoch to stamp, the batch keeps the one it carries (a follower's copy).
         let (kept, _, _) = stamp(&batch, 0, header, 300, None, None);
-        assert_eq!(kept.partition_leader_epoch(), header.partition_leader_epoch());
+        assert_eq!(
+            kept.partition_leader_epoch(),
+            header.partition_leader_epoch()
+        );
     }
 
     #[test]

@@ -63,7 +63,11 @@ fn a_set_leader_epoch_is_stamped_into_every_produced_batch_in_cache_and_on_disk(
                 .iter()
                 .map(|h| h.partition_leader_epoch())
                 .collect();
-            assert_eq!(epochs, vec![0, 7, 7], "unset: the producer's own epoch stays");
+            assert_eq!(
+                epochs,
+                vec![0, 7, 7],
+                "unset: the producer's own epoch stays"
+            );
             if !log_append_time {
                 assert_eq!(cached[..a.len()], stamped_with(&a, 0, 0)[..]);
             }
@@ -133,7 +137,11 @@ fn the_epoch_cache_records_where_each_newer_epoch_starts_and_survives_a_reopen()
         assert_eq!(log.latest_epoch(), Some(5));
         assert_eq!(log.end_offset_for_epoch(5), (5, 10), "latest: the log end");
         assert_eq!(log.end_offset_for_epoch(2), (2, 5));
-        assert_eq!(log.end_offset_for_epoch(3), (2, 5), "between: the floor epoch");
+        assert_eq!(
+            log.end_offset_for_epoch(3),
+            (2, 5),
+            "between: the floor epoch"
+        );
         assert_eq!(log.end_offset_for_epoch(1), (-1, -1), "below the first");
         assert_eq!(log.end_offset_for_epoch(6), (-1, -1), "above the latest");
         assert_eq!(leader_epoch_file(&path), "0\n2\n2 0\n5 5\n");
@@ -141,7 +149,11 @@ fn the_epoch_cache_records_where_each_newer_epoch_starts_and_survives_a_reopen()
 
         let (log, _) = PartitionLog::open(&path, small_config()).await.unwrap();
         assert_eq!(log.epoch_entries(), vec![(2, 0), (5, 5)]);
-        assert_eq!(log.leader_epoch(), -1, "the stamping epoch is not persisted");
+        assert_eq!(
+            log.leader_epoch(),
+            -1,
+            "the stamping epoch is not persisted"
+        );
         log.close().await.unwrap();
     });
 }
@@ -229,22 +241,54 @@ fn consumers_read_only_whole_batches_below_the_high_watermark() {
             assert_eq!(log.high_watermark(), 3);
             let hw = log.high_watermark();
             let r = log.read_upto(0, 1 << 20, hw).await.unwrap();
-            assert_eq!((batch_counts(&r), r.high_watermark, r.log_end_offset), (1, 3, 10));
-            assert!(log.read_upto(3, 1 << 20, hw).await.unwrap().chunks.is_empty());
-            assert!(log.read_upto(9, 1 << 20, hw).await.unwrap().chunks.is_empty());
-            assert!(log.read_upto(10, 1 << 20, hw).await.unwrap().chunks.is_empty());
-            assert!(log.read_upto(11, 1 << 20, hw).await.is_err(), "past the log end");
+            assert_eq!(
+                (batch_counts(&r), r.high_watermark, r.log_end_offset),
+                (1, 3, 10)
+            );
+            assert!(log
+                .read_upto(3, 1 << 20, hw)
+                .await
+                .unwrap()
+                .chunks
+                .is_empty());
+            assert!(log
+                .read_upto(9, 1 << 20, hw)
+                .await
+                .unwrap()
+                .chunks
+                .is_empty());
+            assert!(log
+                .read_upto(10, 1 << 20, hw)
+                .await
+                .unwrap()
+                .chunks
+                .is_empty());
+            assert!(
+                log.read_upto(11, 1 << 20, hw).await.is_err(),
+                "past the log end"
+            );
             // A follower's read still goes to the log end.
             assert_eq!(batch_counts(&log.read(0, 1 << 20).await.unwrap()), 3);
             // A limit inside a batch serves the batches before it only.
-            assert_eq!(batch_counts(&log.read_upto(0, 1 << 20, 5).await.unwrap()), 1);
-            assert!(log.read_upto(4, 1 << 20, 5).await.unwrap().chunks.is_empty());
+            assert_eq!(
+                batch_counts(&log.read_upto(0, 1 << 20, 5).await.unwrap()),
+                1
+            );
+            assert!(log
+                .read_upto(4, 1 << 20, 5)
+                .await
+                .unwrap()
+                .chunks
+                .is_empty());
 
             log.set_high_watermark(Some(2));
             assert_eq!(log.high_watermark(), 3, "never moves back");
             log.set_high_watermark(Some(100));
             assert_eq!(log.high_watermark(), 10, "capped at the log end");
-            let r = log.read_upto(0, 1 << 20, log.high_watermark()).await.unwrap();
+            let r = log
+                .read_upto(0, 1 << 20, log.high_watermark())
+                .await
+                .unwrap();
             assert_eq!(batch_counts(&r), 3);
             log.set_high_watermark(None);
             assert_eq!(log.high_watermark(), 10);
@@ -286,7 +330,10 @@ fn a_consumers_long_poll_wakes_when_the_high_watermark_passes_its_offset() {
         glommio::timer::sleep(Duration::from_millis(20)).await;
 
         assert!(follower_woke.get(), "a follower waits for the log end");
-        assert!(!consumer_woke.get(), "a consumer waits for the high watermark");
+        assert!(
+            !consumer_woke.get(),
+            "a consumer waits for the high watermark"
+        );
         log.set_high_watermark(Some(3));
         assert!(consumer.await);
         assert!(follower.await);

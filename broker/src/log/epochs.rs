@@ -123,7 +123,9 @@ impl EpochCache {
         if lines.any(|l| !l.trim().is_empty()) {
             return None;
         }
-        let ascending = entries.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1);
+        let ascending = entries
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1);
         ascending.then_some(EpochCache { entries })
     }
 }
@@ -158,7 +160,11 @@ mod tests {
         assert_eq!(c.end_offset_for(6, 200), (6, 200), "latest: the log end");
         assert_eq!(c.end_offset_for(3, 200), (3, 120));
         assert_eq!(c.end_offset_for(1, 200), (1, 50));
-        assert_eq!(c.end_offset_for(4, 200), (3, 120), "between: the floor epoch");
+        assert_eq!(
+            c.end_offset_for(4, 200),
+            (3, 120),
+            "between: the floor epoch"
+        );
         assert_eq!(c.end_offset_for(5, 200), (3, 120));
         assert_eq!(c.end_offset_for(0, 200), (-1, -1), "below the first");
         assert_eq!(c.end_offset_for(7, 200), (-1, -1), "above the latest");

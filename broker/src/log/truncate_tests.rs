@@ -88,7 +88,11 @@ fn truncating_inside_a_batch_removes_it_whole_and_appends_continue_after_it() {
             assert_eq!(log.truncate_to(5).await.unwrap(), 3);
 
             assert_eq!(
-                (log.log_end_offset(), log.durable_offset(), log.dirty_bytes()),
+                (
+                    log.log_end_offset(),
+                    log.durable_offset(),
+                    log.dirty_bytes()
+                ),
                 (3, 3, 0)
             );
             same_bytes(&read_all(&log).await.0, &batches[0].2, "after the cut");
@@ -136,7 +140,10 @@ fn truncating_across_segments_deletes_the_segments_above_and_reopens_the_same() 
             same_bytes(&read_all(&log).await.0, &joined(&kept), "after the cut");
             let more = fill(&log, &[3; 10]).await;
             assert_eq!(more[0].0, end);
-            assert!(log.segment_bases().len() > 2, "rolls again from the cut segment");
+            assert!(
+                log.segment_bases().len() > 2,
+                "rolls again from the cut segment"
+            );
             let want = joined(&[kept, more].concat());
             same_bytes(&read_all(&log).await.0, &want, "appended after the cut");
             log.flush().await.unwrap();
@@ -172,7 +179,10 @@ fn truncating_at_the_end_changes_nothing_and_below_the_start_is_refused() {
         ));
         // At the log start: everything goes, the log stays where it starts.
         assert_eq!(log.truncate_to(start).await.unwrap(), start);
-        assert_eq!((log.log_start_offset(), log.log_end_offset()), (start, start));
+        assert_eq!(
+            (log.log_start_offset(), log.log_end_offset()),
+            (start, start)
+        );
         assert!(!log.is_failed());
         let next = fill(&log, &[2]).await;
         assert_eq!(next[0].0, start);
@@ -182,8 +192,7 @@ fn truncating_at_the_end_changes_nothing_and_below_the_start_is_refused() {
 }
 
 #[test]
-fn after_a_truncation_a_retry_of_a_removed_batch_is_appended_and_of_a_kept_one_is_a_duplicate()
-{
+fn after_a_truncation_a_retry_of_a_removed_batch_is_appended_and_of_a_kept_one_is_a_duplicate() {
     for snapshot_before_cut in [false, true] {
         let dir = tempdir();
         let path = dir.path().join("p");
@@ -281,7 +290,10 @@ fn reset_starts_an_empty_log_at_the_offset_after_or_inside_the_old_one() {
 
             log.flush().await.unwrap();
             let log = reopen(log, &path, &config, false).await;
-            assert_eq!((log.log_start_offset(), log.log_end_offset()), (offset, offset + 3));
+            assert_eq!(
+                (log.log_start_offset(), log.log_end_offset()),
+                (offset, offset + 3)
+            );
             same_bytes(&read_all(&log).await.0, &want, "reopened after a crash");
             let log = reopen(log, &path, &config, true).await;
             same_bytes(&read_all(&log).await.0, &want, "reopened cleanly");
@@ -338,6 +350,57 @@ fn a_crash_between_the_steps_of_a_truncation_reopens_a_prefix_of_the_old_log() {
                 &joined(&batches[..prefix.iter().filter(|b| b.1 < cut_base + 6).count()]),
                 "cut again",
             );
+            log.close().await.unwrap();
+        });
+    }
+}
+
+#[test]
+fn a_compacted_log_is_cut_after_its_last_kept_batch_below_the_offset() {
+    use super::cleaner::{CleanerSettings, CompactionConfig};
+    for at in [5, 17, 30, 45, 58, 66] {
+        let dir = tempdir();
+        let path = dir.path().join("p");
+        run(move || async move {
+            let config = LogConfig {
+                compaction: CompactionConfig {
+                    compact: true,
+                    ..CompactionConfig::default()
+                },
+                ..tiny_segments()
+            };
+            let (log, _) = PartitionLog::open(&path, config.clone()).await.unwrap();
+            // Every batch holds key-0..key-3: cleaning empties all but each segment's last.
+            fill(&log, &[4; 20]).await;
+            let settings = CleanerSettings {
+                dedupe_buffer_bytes: 1 << 20,
+                ..CleanerSettings::default()
+            };
+            assert!(log.clean(&settings, 0).await.unwrap().is_some());
+            let mut kept = Vec::new();
+            let mut offset = log.log_start_offset();
+            while offset < log.log_end_offset() {
+                let r = log.read(offset, 1).await.unwrap();
+                let bytes = concat(&r.chunks);
+                let h = BatchHeader::parse(&bytes).unwrap();
+                kept.push((h.base_offset(), h.last_offset(), bytes));
+                offset = h.last_offset() + 1;
+            }
+            assert!(kept.len() < 20, "cleaning removed batches");
+            kept.retain(|b| b.1 < at);
+            let want_end = kept.last().map_or(log.log_start_offset(), |b| b.1 + 1);
+
+            assert_eq!(log.truncate_to(at).await.unwrap(), want_end, "at {at}");
+
+            let more = fill(&log, &[4, 4]).await;
+            assert_eq!(more[0].0, want_end);
+            let want = joined(&[kept, more].concat());
+            same_bytes(&read_all(&log).await.0, &want, "after the cut");
+            log.flush().await.unwrap();
+            let log = reopen(log, &path, &config, false).await;
+            same_bytes(&read_all(&log).await.0, &want, "after a crash");
+            let log = reopen(log, &path, &config, true).await;
+            same_bytes(&read_all(&log).await.0, &want, "after a clean reopen");
             log.close().await.unwrap();
         });
     }
@@ -426,9 +489,16 @@ mod model {
                         log = reopen(log, &path, &config, clean).await;
                         log.set_leader_epoch(epoch);
                         let got = log.log_end_offset();
-                        assert!(got >= durable && got <= end, "step {step}: {got} vs {durable}..{end}");
+                        assert!(
+                            got >= durable && got <= end,
+                            "step {step}: {got} vs {durable}..{end}"
+                        );
                         batches.retain(|b| b.1 < got);
-                        assert_eq!(got, batches.last().map_or(start, |b| b.1 + 1), "step {step}");
+                        assert_eq!(
+                            got,
+                            batches.last().map_or(start, |b| b.1 + 1),
+                            "step {step}"
+                        );
                     }
                 }
                 assert_eq!(log.log_start_offset(), start, "step {step}");
@@ -443,7 +513,7 @@ mod model {
 
     proptest! {
         #![proptest_config(ProptestConfig {
-            cases: 16,
+            cases: 32,
             max_shrink_iters: 100,
             failure_persistence: None,
             ..ProptestConfig::default()

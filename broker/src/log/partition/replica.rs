@@ -43,7 +43,8 @@ impl PartitionLog {
             self.roll().await.inspect_err(|e| self.fail(e))?;
         }
         // The leader's epochs stay as stamped (no epoch of ours); the epoch cache learns them.
-        self.write_batches(&batches, fresh, None, None, now_ms).await?;
+        self.write_batches(&batches, fresh, None, None, now_ms)
+            .await?;
         Ok(self.log_end_offset.get())
     }
 }

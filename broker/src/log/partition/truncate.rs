@@ -121,7 +121,8 @@ impl PartitionLog {
             let (file, size) = (seg.file.clone(), seg.size_bytes);
             (i, seg.base_offset, file, size, seg.compacted, entry)
         };
-        let (position, new_end) = find_cut(&file, offset, entry_offset, entry_position, size).await?;
+        let (position, new_end) =
+            find_cut(&file, offset, entry_offset, entry_position, size).await?;
 
         let producers = self.producers_at(new_end, base).await?;
         let snapshot = files::encode_checked(&producers.to_snapshot(new_end));
@@ -135,7 +136,8 @@ impl PartitionLog {
         // Appends continue in the cut segment, over its last page as after recovery.
         let capacity = staging_capacity(&self.config.borrow());
         let appended_total = self.appended_total.get();
-        let staging = staging_over(&file, base, position, capacity, new_end, appended_total).await?;
+        let staging =
+            staging_over(&file, base, position, capacity, new_end, appended_total).await?;
         // From here on readers see the cut log.
         let removed: Vec<Segment> = {
             let mut st = self.state.borrow_mut();
