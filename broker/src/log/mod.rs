@@ -192,6 +192,9 @@ pub struct AppendInfo {
     pub log_start_offset: i64,
     /// The batch was a retry of one already written; nothing was appended.
     pub duplicate: bool,
+    /// The leader epoch the log was stamping when it took the batch (-1: none set): a
+    /// replicated acknowledgement is only valid while the partition is still led in it.
+    pub leader_epoch: i32,
 }
 
 /// Whole batches read from the log, as slices ready for a vectored send.

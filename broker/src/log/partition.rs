@@ -176,6 +176,7 @@ impl PartitionLog {
                     log_append_time_ms: -1,
                     log_start_offset: self.log_start_offset.get(),
                     duplicate: true,
+                    leader_epoch: self.leader_epoch.get(),
                 });
             }
             let h = headers[checks
@@ -205,6 +206,7 @@ impl PartitionLog {
             log_append_time_ms: append_time_ms.unwrap_or(-1),
             log_start_offset: self.log_start_offset.get(),
             duplicate: false,
+            leader_epoch: leader_epoch.unwrap_or(-1),
         })
     }
 
