@@ -271,6 +271,11 @@ impl PartitionLog {
         }
     }
 
+    /// True once the replication layer set a high watermark (the log is replicated).
+    pub fn has_high_watermark(&self) -> bool {
+        self.high_watermark.get().is_some()
+    }
+
     /// Offsets below this are committed: the high watermark capped at the log end (and not
     /// below the log start), or the log end for a log that is not replicated.
     pub fn high_watermark(&self) -> i64 {
