@@ -66,6 +66,19 @@ pub struct Cli {
     /// How often a broker heartbeats the quorum leader (Kafka: broker.heartbeat.interval.ms).
     #[arg(long, env = "SHARDLOG_BROKER_HEARTBEAT_INTERVAL_MS")]
     pub broker_heartbeat_interval_ms: Option<u64>,
+    /// Fewest in-sync replicas an acks=all produce needs, for topics that do not set
+    /// `min.insync.replicas` (Kafka: min.insync.replicas).
+    #[arg(long, env = "SHARDLOG_MIN_INSYNC_REPLICAS")]
+    pub min_insync_replicas: Option<usize>,
+    /// A follower that has not caught up with its leader for this long leaves the ISR
+    /// (Kafka: replica.lag.time.max.ms).
+    #[arg(long, env = "SHARDLOG_REPLICA_LAG_TIME_MAX_MS")]
+    pub replica_lag_time_max_ms: Option<u64>,
+    /// How often the metadata quorum's leader gives partitions back to their preferred
+    /// leaders (Kafka: leader.imbalance.check.interval.seconds, with
+    /// auto.leader.rebalance.enable); 0 turns it off.
+    #[arg(long, env = "SHARDLOG_LEADER_IMBALANCE_CHECK_INTERVAL_MS")]
+    pub leader_imbalance_check_interval_ms: Option<u64>,
     /// Create a topic when a client asks Metadata or Produce for an unknown one.
     #[arg(long, env = "SHARDLOG_AUTO_CREATE_TOPICS")]
     pub auto_create_topics: Option<bool>,
@@ -188,6 +201,9 @@ pub struct Config {
     pub default_replication_factor: i32,
     pub broker_session_timeout_ms: u64,
     pub broker_heartbeat_interval_ms: u64,
+    pub min_insync_replicas: usize,
+    pub replica_lag_time_max_ms: u64,
+    pub leader_imbalance_check_interval_ms: u64,
     pub auto_create_topics: bool,
     pub num_partitions: i32,
     pub max_frame_bytes: usize,
@@ -311,6 +327,9 @@ impl Config {
             default_replication_factor: pick!(default_replication_factor, 1),
             broker_session_timeout_ms: pick!(broker_session_timeout_ms, 1500),
             broker_heartbeat_interval_ms: pick!(broker_heartbeat_interval_ms, 250),
+            min_insync_replicas: pick!(min_insync_replicas, 1),
+            replica_lag_time_max_ms: pick!(replica_lag_time_max_ms, 10_000),
+            leader_imbalance_check_interval_ms: pick!(leader_imbalance_check_interval_ms, 30_000),
             listen,
             advertise_host,
             advertise_port,
@@ -403,6 +422,20 @@ impl Config {
             format!(
                 "default_replication_factor: must be at least 1, got {}",
                 self.default_replication_factor
+            ),
+        )?;
+        check(
+            self.min_insync_replicas >= 1,
+            format!(
+                "min_insync_replicas: must be at least 1, got {}",
+                self.min_insync_replicas
+            ),
+        )?;
+        check(
+            self.replica_lag_time_max_ms >= 100,
+            format!(
+                "replica_lag_time_max_ms: must be at least 100, got {}",
+                self.replica_lag_time_max_ms
             ),
         )?;
         check(

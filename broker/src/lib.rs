@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod metrics_http;
 pub mod net;
 pub mod protocol;
+pub mod replicas;
 pub mod replication;
 pub mod server;
 pub mod shard;

@@ -26,6 +26,9 @@ const SHUTDOWN_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(5
 /// Registered io_uring buffer memory per executor; RLIMIT_MEMLOCK is often only 8 MiB.
 const IO_MEMORY_BYTES: usize = 512 << 10;
 
+/// Longest a controlled shutdown waits for the quorum to move this broker's leaderships.
+const CONTROLLED_SHUTDOWN_MAX: Duration = Duration::from_secs(5);
+
 /// Run the broker until SIGTERM or SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
     crate::startup::check_memlock(IO_MEMORY_BYTES)?;
@@ -49,6 +52,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         session_timeout: Duration::from_millis(config.broker_session_timeout_ms),
         heartbeat_interval: Duration::from_millis(config.broker_heartbeat_interval_ms),
         data_dir: config.data_dir.clone(),
+        leader_rebalance_interval: (config.leader_imbalance_check_interval_ms > 0)
+            .then(|| Duration::from_millis(config.leader_imbalance_check_interval_ms)),
     })
     .map_err(anyhow::Error::msg)?;
     let mut signals = signal_hook::iterator::Signals::new([
@@ -104,8 +109,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     eprintln!("listening on {address}");
 
     if let Some(signal) = signals.forever().next() {
-        tracing::info!(signal, "shutting down: flushing and syncing every log");
+        tracing::info!(signal, "shutting down: moving leaderships to other brokers");
     }
+    // Controlled shutdown: other in-sync replicas take over this broker's partitions while
+    // it still answers, so clients move over with retriable errors, not timeouts.
+    if let Err(e) = control.controlled_shutdown(CONTROLLED_SHUTDOWN_MAX) {
+        tracing::warn!("controlled shutdown: {e}; stopping anyway");
+    }
+    tracing::info!("shutting down: flushing and syncing every log");
     // Two phases: every shard first finishes the requests it took (which may need other
     // shards, through the mesh, to answer), and only once all have, closes its logs. A shard
     // closing early would fail or strand requests of its peers that it owns partitions of.

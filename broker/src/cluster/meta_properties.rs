@@ -148,6 +148,7 @@ mod tests {
             session_timeout: Duration::from_secs(1),
             heartbeat_interval: Duration::from_millis(100),
             data_dir: dir.to_path_buf(),
+            leader_rebalance_interval: None,
         }
     }
 

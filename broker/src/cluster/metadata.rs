@@ -102,6 +102,27 @@ pub enum Command {
     AllocateProducerIds {
         count: i64,
     },
+    /// A partition leader changes its ISR (Kafka's AlterPartition): applied only while
+    /// `leader` still leads the partition at `leader_epoch` under its registration
+    /// `broker_epoch`, so a fenced or deposed leader cannot change it.
+    AlterIsr {
+        topic: String,
+        partition: i32,
+        leader: i32,
+        leader_epoch: i32,
+        broker_epoch: u64,
+        isr: Vec<i32>,
+    },
+    /// Controlled shutdown: broker `id` (registration `epoch`) is about to stop. It is fenced
+    /// now, as if its session had expired: its leaderships move to other ISR members and it
+    /// leaves every ISR, before it stops serving.
+    ShutdownBroker {
+        id: i32,
+        epoch: u64,
+    },
+    /// Give every partition back to its preferred replica (the first) where that replica is
+    /// live and in the ISR (Kafka's auto leader rebalance).
+    ElectPreferredLeaders,
 }
 
 /// What applying a record answers the proposer.
@@ -137,6 +158,15 @@ pub fn apply(catalog: &mut Catalog, index: u64, command: &Command) -> Reply {
             Reply::Done
         }
         Command::RegisterBroker(r) => {
+            let wiped = catalog
+                .brokers
+                .get(&r.id)
+                .is_some_and(|b| b.incarnation != r.incarnation);
+            if wiped {
+                // Another data dir under the same id (KIP-903): whatever the old one held
+                // is gone, so it may not count as in sync anywhere.
+                leave_every_isr(catalog, r.id);
+            }
             catalog.brokers.insert(
                 r.id,
                 Broker {
@@ -152,11 +182,11 @@ pub fn apply(catalog: &mut Catalog, index: u64, command: &Command) -> Reply {
             elect_offline(catalog);
             Reply::Registered { epoch: index }
         }
-        Command::FenceBroker { id, epoch } => {
+        Command::FenceBroker { id, epoch } | Command::ShutdownBroker { id, epoch } => {
             if let Some(b) = catalog.brokers.get_mut(id) {
                 if b.epoch == *epoch && !b.fenced {
                     b.fenced = true;
-                    move_leaders_off(catalog, *id);
+                    remove_broker(catalog, *id);
                 }
             }
             Reply::Done
@@ -227,7 +257,107 @@ pub fn apply(catalog: &mut Catalog, index: u64, command: &Command) -> Reply {
             catalog.next_producer_id = first + count.max(&1);
             Reply::ProducerIds { first }
         }
+        Command::AlterIsr {
+            topic,
+            partition,
+            leader,
+            leader_epoch,
+            broker_epoch,
+            isr,
+        } => Reply::Outcomes(vec![match alter_isr(
+            catalog,
+            topic,
+            *partition,
+            (*leader, *leader_epoch, *broker_epoch),
+            isr,
+        ) {
+            Ok(()) => (codes::NONE, None),
+            Err((code, message)) => (code, Some(message)),
+        }]),
+        Command::ElectPreferredLeaders => {
+            let live: BTreeSet<i32> = live_ids(catalog).into_iter().collect();
+            for p in catalog.topics.values_mut().flat_map(|t| &mut t.placement) {
+                if let Some(&preferred) = p.replicas.first() {
+                    if p.leader != preferred
+                        && live.contains(&preferred)
+                        && p.isr.contains(&preferred)
+                    {
+                        p.leader = preferred;
+                        p.leader_epoch += 1;
+                    }
+                }
+            }
+            Reply::Done
+        }
     }
+}
+
+/// Whether some partition is led by another replica than its preferred one although that
+/// one is live and in sync (what `ElectPreferredLeaders` would change).
+pub fn leaders_imbalanced(catalog: &Catalog) -> bool {
+    catalog
+        .topics
+        .values()
+        .flat_map(|t| &t.placement)
+        .any(|p| match p.replicas.first() {
+            Some(&preferred) => {
+                p.leader != preferred && is_live(catalog, preferred) && p.isr.contains(&preferred)
+            }
+            None => false,
+        })
+}
+
+fn alter_isr(
+    catalog: &mut Catalog,
+    topic: &str,
+    partition: i32,
+    (leader, leader_epoch, broker_epoch): (i32, i32, u64),
+    isr: &[i32],
+) -> Result<(), Refusal> {
+    let registered = catalog.brokers.get(&leader);
+    if registered.is_none_or(|b| b.fenced || b.epoch != broker_epoch) {
+        return Err((
+            codes::STALE_BROKER_EPOCH,
+            format!("broker {leader} is fenced or registered again since"),
+        ));
+    }
+    let live: BTreeSet<i32> = live_ids(catalog).into_iter().collect();
+    let p = catalog
+        .topics
+        .get_mut(topic)
+        .and_then(|t| t.placement.get_mut(usize::try_from(partition).ok()?))
+        .ok_or((
+            codes::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("no partition {topic}-{partition}"),
+        ))?;
+    if p.leader != leader || p.leader_epoch != leader_epoch {
+        return Err((
+            codes::FENCED_LEADER_EPOCH,
+            format!(
+                "{topic}-{partition} is led by {} at epoch {}",
+                p.leader, p.leader_epoch
+            ),
+        ));
+    }
+    if !isr.contains(&leader) || isr.iter().any(|r| !p.replicas.contains(r)) {
+        return Err((
+            codes::INVALID_REQUEST,
+            format!("ISR {isr:?} must hold the leader and replicas only"),
+        ));
+    }
+    if let Some(r) = isr.iter().find(|r| !p.isr.contains(r) && !live.contains(r)) {
+        return Err((
+            codes::INELIGIBLE_REPLICA,
+            format!("broker {r} is not live: it cannot join the ISR"),
+        ));
+    }
+    p.isr = p
+        .replicas
+        .iter()
+        .copied()
+        .filter(|r| isr.contains(r))
+        .collect();
+    Ok(())
 }
 
 type Refusal = (i16, String);
@@ -265,43 +395,94 @@ fn is_live(catalog: &Catalog, id: i32) -> bool {
     catalog.brokers.get(&id).is_some_and(|b| !b.fenced)
 }
 
-/// Partitions led by `fenced` get the next live replica as leader (no data replication yet:
-/// every replica is as good as another), or no leader.
-fn move_leaders_off(catalog: &mut Catalog, fenced: i32) {
+fn unclean_allowed(topic: &Topic) -> bool {
+    topic
+        .configs
+        .get("unclean.leader.election.enable")
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+/// Broker `gone` stops serving (fenced, or shutting down): it leaves every ISR that has
+/// other members (Kafka keeps the last member of an offline partition's ISR, so it is
+/// elected again when it returns), and each partition it led gets a leader from the rest of
+/// its ISR.
+fn remove_broker(catalog: &mut Catalog, gone: i32) {
     let live: BTreeSet<i32> = live_ids(catalog).into_iter().collect();
     for topic in catalog.topics.values_mut() {
+        let unclean = unclean_allowed(topic);
         for p in &mut topic.placement {
-            if p.leader == fenced {
-                let next = p.replicas.iter().copied().find(|r| live.contains(r));
-                set_leader(p, next);
+            if p.isr.len() > 1 {
+                p.isr.retain(|r| *r != gone);
+            }
+            if p.leader == gone {
+                elect(p, &live, unclean);
             }
         }
     }
 }
 
-/// Partitions without a leader get their first live replica.
+/// A new incarnation of broker `id` (its data dir was replaced): it leaves every ISR, even
+/// as the last member, and partitions it led have no leader until another ISR member (or,
+/// where the topic allows it, an unclean election) takes over.
+fn leave_every_isr(catalog: &mut Catalog, id: i32) {
+    let live: BTreeSet<i32> = live_ids(catalog).into_iter().filter(|r| *r != id).collect();
+    for topic in catalog.topics.values_mut() {
+        let unclean = unclean_allowed(topic);
+        for p in &mut topic.placement {
+            p.isr.retain(|r| *r != id);
+            if p.leader == id {
+                elect(p, &live, unclean);
+            }
+        }
+    }
+}
+
+/// Partitions without a leader get one, if an ISR member is live (or the topic allows an
+/// unclean election and any replica is).
 fn elect_offline(catalog: &mut Catalog) {
     let live: BTreeSet<i32> = live_ids(catalog).into_iter().collect();
     for topic in catalog.topics.values_mut() {
+        let unclean = unclean_allowed(topic);
         for p in &mut topic.placement {
             if p.leader == NO_LEADER {
-                if let Some(next) = p.replicas.iter().copied().find(|r| live.contains(r)) {
-                    set_leader(p, Some(next));
-                }
+                elect(p, &live, unclean);
             }
         }
     }
 }
 
-fn set_leader(p: &mut Placement, leader: Option<i32>) {
-    p.leader_epoch += 1;
-    match leader {
+/// Choose a partition's leader among its live ISR members, in preference order, other than
+/// the current one; with `unclean`, any live replica when no ISR member is (it becomes the
+/// whole ISR). The leader epoch is bumped whenever the leader changes.
+fn elect(p: &mut Placement, live: &BTreeSet<i32>, unclean: bool) {
+    let current = p.leader;
+    let in_sync = p
+        .replicas
+        .iter()
+        .copied()
+        .find(|r| *r != current && p.isr.contains(r) && live.contains(r));
+    let next = match in_sync {
+        Some(id) => Some(id),
+        None if unclean => p
+            .replicas
+            .iter()
+            .copied()
+            .find(|r| *r != current && live.contains(r)),
+        None => None,
+    };
+    match next {
         Some(id) => {
+            if !p.isr.contains(&id) {
+                p.isr = vec![id];
+            }
             p.leader = id;
-            p.isr = vec![id];
+            p.leader_epoch += 1;
         }
-        // Kafka keeps the last ISR member of an offline partition in its ISR.
-        None => p.leader = NO_LEADER,
+        None if current != NO_LEADER => {
+            p.leader = NO_LEADER;
+            p.leader_epoch += 1;
+        }
+        None => {}
     }
 }
 
@@ -348,7 +529,8 @@ fn new_topic(catalog: &Catalog, spec: &NewTopicSpec) -> Result<Topic, Refusal> {
     })
 }
 
-/// A new partition's placement: led by its first live replica.
+/// A new partition's placement: led by its first live replica; every live replica is in
+/// sync (all its logs are empty).
 fn placed(catalog: &Catalog, replicas: Vec<i32>) -> Placement {
     let leader = replicas
         .iter()
@@ -356,11 +538,11 @@ fn placed(catalog: &Catalog, replicas: Vec<i32>) -> Placement {
         .find(|r| is_live(catalog, *r))
         .unwrap_or(NO_LEADER);
     Placement {
-        isr: if leader == NO_LEADER {
-            vec![]
-        } else {
-            vec![leader]
-        },
+        isr: replicas
+            .iter()
+            .copied()
+            .filter(|r| is_live(catalog, *r))
+            .collect(),
         replicas,
         leader,
         leader_epoch: 0,

@@ -42,6 +42,9 @@ const LOG_EVERY: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
     pub node_id: i32,
+    /// How often the quorum leader gives partitions back to their preferred leaders
+    /// (None: never).
+    pub leader_rebalance_interval: Option<Duration>,
     /// Voters and their controller addresses. One voter with an empty address: a one-node
     /// cluster (no cluster flags given), which needs no controller port.
     pub voters: BTreeMap<i32, String>,
@@ -86,6 +89,8 @@ pub struct Applied {
 
 enum Job {
     Propose(Command, oneshot::Sender<Result<Applied, ProposeError>>),
+    /// Controlled shutdown: stop heartbeating, then give up this broker's leaderships.
+    Shutdown(std::sync::mpsc::Sender<Result<(), String>>),
 }
 
 /// The shards' side of the control plane (Send + Sync; each shard may hold a clone).
@@ -111,6 +116,27 @@ impl ControlHandle {
             .send(Job::Propose(command, tx))
             .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
+    }
+
+    /// Controlled shutdown (blocking; call from a plain thread): stop this broker's
+    /// heartbeats and have the quorum fence it at once, so its leaderships move to other
+    /// in-sync replicas and it leaves every ISR while it still serves what is in flight.
+    /// Waits (at most `max`) until this node applied the change. A node that is the only
+    /// live broker skips it: there is nowhere to move leaderships to.
+    pub fn controlled_shutdown(&self, max: Duration) -> Result<(), String> {
+        let catalog = self.view.borrow().clone();
+        let others = catalog.live_brokers().any(|b| b.id != self.node_id);
+        if !others {
+            return Ok(());
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.jobs
+            .send(Job::Shutdown(tx))
+            .map_err(|_| "the control plane has stopped".to_string())?;
+        match rx.recv_timeout(max) {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!("not done within {} ms", max.as_millis())),
+        }
     }
 
     /// The catalog as this node last applied it, with the quorum leader filled in.
@@ -180,6 +206,10 @@ struct Controller {
     peers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Peer>>>>,
     /// When a leader's AppendEntries (or heartbeat) last arrived here.
     last_append: Mutex<Option<Instant>>,
+    /// A controlled shutdown began: no more heartbeats or registrations.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Leader only: when leaders were last given back to their preferred replicas.
+    last_rebalance: Mutex<Option<Instant>>,
 }
 
 impl Controller {
@@ -260,6 +290,8 @@ impl Controller {
             leader_since: Mutex::new(None),
             peers: Mutex::new(HashMap::new()),
             last_append: Mutex::new(None),
+            stopping: Default::default(),
+            last_rebalance: Mutex::new(None),
         });
         if let Some(listener) = listener {
             tokio::spawn(controller.clone().accept(listener));
@@ -277,6 +309,9 @@ impl Controller {
                 match job {
                     Job::Propose(command, reply) => {
                         let _ = reply.send(this.propose_anywhere(command).await);
+                    }
+                    Job::Shutdown(reply) => {
+                        let _ = reply.send(this.shut_down().await);
                     }
                 }
             });

@@ -27,6 +27,8 @@ use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
     let body: FetchRequest = decode_body(request)?;
+    // A follower names itself (Fetch <= v14 carries it in the body); consumers send -1.
+    let replica = body.replica_id.0.max(-1);
     let mut wanted: Vec<FetchPartition> = Vec::new();
     let mut topic_names: Vec<(TopicName, usize)> = Vec::with_capacity(body.topics.len());
     for topic in &body.topics {
@@ -39,6 +41,9 @@ pub async fn handle(shard: &Rc<Shard>, request: &Request) -> Result<Reply, Strin
                 // The request-wide limit bounds each partition too: a partition past it
                 // still returns its first batch whole (the log always gives one), no more.
                 max_bytes: p.partition_max_bytes.min(body.max_bytes).max(0) as usize,
+                current_leader_epoch: p.current_leader_epoch,
+                last_fetched_epoch: p.last_fetched_epoch,
+                replica,
             });
         }
     }
@@ -88,6 +93,7 @@ pub async fn handle(shard: &Rc<Shard>, request: &Request) -> Result<Reply, Strin
                 high_watermark: result.high_watermark,
                 log_start_offset: result.log_start_offset,
                 records: result.chunks,
+                diverging: result.diverging,
             });
         }
         topics.push(TopicOut {
@@ -119,7 +125,7 @@ async fn read_all(
 ) -> Vec<FetchResult> {
     let mut results: Vec<FetchResult> = owners
         .iter()
-        .map(|o| error_result(o.err().unwrap_or(codes::NONE)))
+        .map(|o| FetchResult::error(o.err().unwrap_or(codes::NONE)))
         .collect();
     let (slots, work): (Vec<usize>, Vec<(usize, FetchPartition)>) = wanted
         .iter()
@@ -133,19 +139,9 @@ async fn read_all(
         })
         .await;
     for (slot, answer) in slots.into_iter().zip(answers) {
-        results[slot] = answer.unwrap_or_else(|_| error_result(codes::KAFKA_STORAGE_ERROR));
+        results[slot] = answer.unwrap_or_else(|_| FetchResult::error(codes::KAFKA_STORAGE_ERROR));
     }
     results
-}
-
-fn error_result(error: i16) -> FetchResult {
-    FetchResult {
-        error,
-        high_watermark: -1,
-        log_start_offset: -1,
-        chunks: Vec::new(),
-        bytes: 0,
-    }
 }
 
 /// One owner's share of a long-poll pass: the result slots it answers for, and each
@@ -199,7 +195,7 @@ async fn wait_and_reread(
         }
         Err(_) => {
             for slot in slots {
-                results[slot] = error_result(codes::KAFKA_STORAGE_ERROR);
+                results[slot] = FetchResult::error(codes::KAFKA_STORAGE_ERROR);
             }
         }
     }
@@ -215,6 +211,7 @@ pub async fn handle_list_offsets(shard: &Rc<Shard>, request: &Request) -> Result
             let shard = shard.clone();
             let name = name.clone();
             let (partition, timestamp) = (p.partition_index, p.timestamp);
+            let current_epoch = p.current_leader_epoch;
             let leader_epoch = shard
                 .catalog()
                 .placement(&name, partition)
@@ -224,7 +221,8 @@ pub async fn handle_list_offsets(shard: &Rc<Shard>, request: &Request) -> Result
                     Err(code) => (code, -1, -1),
                     Ok(owner) => shard
                         .call(owner, move |s| async move {
-                            s.list_offset_local(&name, partition, timestamp).await
+                            s.list_offset_local(&name, partition, timestamp, current_epoch)
+                                .await
                         })
                         .await
                         .unwrap_or((codes::KAFKA_STORAGE_ERROR, -1, -1)),

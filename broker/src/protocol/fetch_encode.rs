@@ -16,6 +16,8 @@ pub struct PartitionOut {
     pub log_start_offset: i64,
     /// Whole record batches, as the log returned them.
     pub records: Vec<Bytes>,
+    /// A follower's divergence (epoch, end offset): the v12+ `diverging_epoch` tagged field.
+    pub diverging: Option<(i32, i64)>,
 }
 
 /// One topic of the response.
@@ -98,7 +100,19 @@ pub fn encode(correlation_id: i32, version: i16, topics: Vec<TopicOut>) -> Vec<B
                 splices.push((meta.len(), r.records));
             }
             if flexible {
-                put_uvarint(&mut meta, 0); // partition tagged fields
+                // Partition tagged fields: diverging_epoch (tag 0) when a follower's log
+                // no longer continues the leader's.
+                match r.diverging {
+                    Some((epoch, end_offset)) => {
+                        put_uvarint(&mut meta, 1); // one tagged field
+                        put_uvarint(&mut meta, 0); // tag 0
+                        put_uvarint(&mut meta, 13); // its size: i32 + i64 + no tags
+                        meta.put_i32(epoch);
+                        meta.put_i64(end_offset);
+                        put_uvarint(&mut meta, 0);
+                    }
+                    None => put_uvarint(&mut meta, 0),
+                }
             }
         }
         if flexible {
@@ -135,6 +149,7 @@ mod tests {
             high_watermark: 42,
             log_start_offset: 7,
             records,
+            diverging: None,
         }
     }
 
@@ -148,7 +163,10 @@ mod tests {
                         vec![Bytes::from_static(b"abc"), Bytes::from_static(b"defg")],
                         0,
                     ),
-                    partition(3, vec![], 1),
+                    PartitionOut {
+                        diverging: Some((3, 99)),
+                        ..partition(3, vec![], 1)
+                    },
                 ],
             },
             TopicOut {
@@ -186,6 +204,13 @@ mod tests {
             let p1 = &body.responses[0].partitions[1];
             assert_eq!((p1.partition_index, p1.error_code), (3, 1));
             assert_eq!(p1.records.as_deref(), Some(&b""[..]));
+            if version >= 12 {
+                assert_eq!(
+                    (p1.diverging_epoch.epoch, p1.diverging_epoch.end_offset),
+                    (3, 99)
+                );
+                assert_eq!(p0.diverging_epoch.epoch, -1, "absent: the default");
+            }
             assert_eq!(
                 body.responses[1].partitions[0]
                     .records

@@ -7,6 +7,7 @@
 //! connection, never a panic.
 
 pub mod admin;
+pub mod epochs;
 pub mod fetch;
 pub mod fetch_encode;
 pub mod groups;
@@ -154,6 +155,7 @@ async fn dispatch(shard: &Rc<Shard>, request: Request, turn: Option<Turn>) -> Re
         ApiKey::Produce => produce::handle(shard, &request, turn).await,
         ApiKey::Fetch => fetch::handle(shard, &request).await,
         ApiKey::ListOffsets => fetch::handle_list_offsets(shard, &request).await,
+        ApiKey::OffsetForLeaderEpoch => epochs::handle(shard, &request).await,
         ApiKey::CreateTopics => admin::handle_create_topics(shard, &request).await,
         ApiKey::DeleteTopics => admin::handle_delete_topics(shard, &request).await,
         ApiKey::CreatePartitions => admin::handle_create_partitions(shard, &request).await,

@@ -29,6 +29,7 @@ pub async fn handle(
 ) -> Result<Reply, String> {
     let body: ProduceRequest = decode_body(request)?;
     let acks = body.acks;
+    let timeout_ms = body.timeout_ms;
     // Index of every partition in request order, and the work per owner shard.
     let mut slots: Vec<(usize, usize, i32)> = Vec::new();
     let mut results: Vec<Vec<PartitionProduceResponse>> = Vec::with_capacity(body.topic_data.len());
@@ -72,7 +73,7 @@ pub async fn handle(
     // it, so the appends follow request order while still overlapping other requests'.
     let answers = shard
         .fan_out(work, turn, move |s, partitions| {
-            s.produce_local(partitions, acks)
+            s.produce_local(partitions, acks, timeout_ms)
         })
         .await;
     for (slot, answer) in work_slots.into_iter().zip(answers) {

@@ -15,6 +15,7 @@ const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::Produce, 0, 9, 3),
     (ApiKey::Fetch, 4, 12, 4),
     (ApiKey::ListOffsets, 1, 6, 1),
+    (ApiKey::OffsetForLeaderEpoch, 0, 4, 0),
     (ApiKey::Metadata, 1, 12, 1),
     (ApiKey::DescribeCluster, 0, 2, 0),
     (ApiKey::ApiVersions, 0, 3, 0),

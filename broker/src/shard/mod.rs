@@ -16,6 +16,7 @@
 //! Shard 0 is also the controller of the catalog (see `catalog/`): it applies topic changes,
 //! persists them, and pushes a copy to every shard with [`Shard::apply_catalog`].
 
+mod leading;
 pub mod ops;
 
 use std::cell::{Cell, RefCell};
@@ -98,6 +99,8 @@ pub struct Shard {
     last_reopen: Cell<Option<std::time::Instant>>,
     /// This shard's counters for `/metrics` (see `crate::metrics`).
     pub metrics: crate::metrics::ShardMetrics,
+    /// What this shard, as leader of partitions, knows of their followers.
+    pub leaders: crate::replicas::Leaders,
 }
 
 impl Shard {
@@ -128,6 +131,7 @@ impl Shard {
             requests_in_flight: Cell::new(0),
             last_reopen: Cell::new(None),
             metrics: Default::default(),
+            leaders: Default::default(),
         })
     }
 
@@ -380,6 +384,23 @@ impl Shard {
                 }
             }
         }
+        let me = self.node_id();
+        for (name, topic) in &self.catalog().topics {
+            for (p, placement) in topic.placement.iter().enumerate() {
+                if placement.leader != me || placement.replicas.len() < 2 {
+                    continue;
+                }
+                if let Some(log) = self.log(name, p as i32) {
+                    snapshot.led.push((
+                        name.clone(),
+                        p as i32,
+                        log.high_watermark(),
+                        placement.isr.len(),
+                        placement.replicas.len(),
+                    ));
+                }
+            }
+        }
         snapshot
     }
 
@@ -457,6 +478,7 @@ impl Shard {
                 slots[partition as usize] = Some(log);
             }
         }
+        self.adopt_roles(&catalog);
         self.adopted_version
             .set(self.adopted_version.get().max(catalog.version));
         self.catalog_event.notify();

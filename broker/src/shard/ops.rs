@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::leading::not_enough_replicas;
 use super::Shard;
 use crate::catalog;
 use crate::clock::now_ms;
@@ -35,6 +36,14 @@ pub struct FetchPartition {
     pub partition: i32,
     pub offset: i64,
     pub max_bytes: usize,
+    /// The leader epoch the fetcher knows (-1: none; else checked, KIP-320).
+    pub current_leader_epoch: i32,
+    /// A follower's: the epoch of the last batch it holds (-1: none), for the divergence
+    /// check (KIP-320 via Fetch v12).
+    pub last_fetched_epoch: i32,
+    /// The fetching follower's broker id, or -1 for a consumer (reads stop at the high
+    /// watermark).
+    pub replica: i32,
 }
 
 /// Outcome of reading one partition.
@@ -45,6 +54,21 @@ pub struct FetchResult {
     pub log_start_offset: i64,
     pub chunks: Vec<Bytes>,
     pub bytes: usize,
+    /// For a follower whose log diverged: the leader's (epoch, end offset) to truncate by.
+    pub diverging: Option<(i32, i64)>,
+}
+
+impl FetchResult {
+    pub fn error(error: i16) -> FetchResult {
+        FetchResult {
+            error,
+            high_watermark: -1,
+            log_start_offset: -1,
+            chunks: Vec::new(),
+            bytes: 0,
+            diverging: None,
+        }
+    }
 }
 
 /// A topic to create.
@@ -87,15 +111,21 @@ impl Shard {
         self: &Rc<Self>,
         partitions: Vec<(String, i32, Option<Bytes>)>,
         acks: i16,
+        timeout_ms: i32,
     ) -> impl Future<Output = Vec<ProduceResult>> + 'static {
+        let deadline = fetch_deadline(timeout_ms);
         let placed: Vec<_> = partitions
             .into_iter()
             .map(|(topic, partition, records)| {
+                // acks=all with fewer in-sync replicas than the topic's minimum: refused
+                // before anything is appended (Kafka's NOT_ENOUGH_REPLICAS).
+                let refused = acks == -1 && !self.enough_in_sync(&topic, partition);
                 let place = self
                     .log(&topic, partition)
-                    .filter(|log| !log.is_failed())
+                    .filter(|log| !log.is_failed() && !refused)
                     .map(|log| (log.reserve_append(), log));
-                (topic, partition, records, place)
+                let records = if refused { None } else { records };
+                (topic, partition, records, place, refused)
             })
             .collect();
         let shard = self.clone();
@@ -104,10 +134,16 @@ impl Shard {
         async move {
             let appends = placed
                 .into_iter()
-                .map(|(topic, partition, records, place)| {
-                    shard
-                        .clone()
-                        .append_partition(topic, partition, records, place)
+                .map(|(topic, partition, records, place, refused)| {
+                    let shard = shard.clone();
+                    async move {
+                        if refused {
+                            return (not_enough_replicas(partition), None);
+                        }
+                        shard
+                            .append_partition(topic, partition, records, place)
+                            .await
+                    }
                 });
             let mut appended = futures_util::future::join_all(appends).await;
             if acks != -1 {
@@ -123,7 +159,7 @@ impl Shard {
                 let storage = storage.clone();
                 async move {
                     match durable {
-                        Some((log, last)) => storage.wait_durable(log, *last).await,
+                        Some((log, last, _)) => storage.wait_durable(log, *last).await,
                         None => Ok(()),
                     }
                 }
@@ -134,6 +170,26 @@ impl Shard {
                     tracing::error!("sync failed: {e}");
                     result.error = codes::KAFKA_STORAGE_ERROR;
                     result.message = Some(e.to_string());
+                }
+            }
+            // Then every in-sync replica must hold it durably: the high watermark covers it.
+            let replicated = appended.iter().map(|(result, durable)| {
+                let shard = shard.clone();
+                async move {
+                    match durable {
+                        Some((log, last, topic)) if result.error == codes::NONE => {
+                            let at = (topic.as_str(), result.partition);
+                            shard.wait_replicated(at, log, *last, deadline).await
+                        }
+                        _ => codes::NONE,
+                    }
+                }
+            });
+            let outcomes = futures_util::future::join_all(replicated).await;
+            for ((result, _), outcome) in appended.iter_mut().zip(outcomes) {
+                if outcome != codes::NONE {
+                    result.error = outcome;
+                    result.message = None;
                 }
             }
             appended.into_iter().map(|(result, _)| result).collect()
@@ -150,7 +206,7 @@ impl Shard {
         partition: i32,
         records: Option<Bytes>,
         place: Option<(Place, Rc<PartitionLog>)>,
-    ) -> (ProduceResult, Option<(Rc<PartitionLog>, i64)>) {
+    ) -> (ProduceResult, Option<(Rc<PartitionLog>, i64, String)>) {
         let mut result = ProduceResult {
             partition,
             error: codes::NONE,
@@ -197,7 +253,7 @@ impl Shard {
                 result.base_offset = info.base_offset;
                 result.log_append_time_ms = info.log_append_time_ms;
                 result.log_start_offset = info.log_start_offset;
-                let durable = (!info.duplicate).then_some((log, info.last_offset));
+                let durable = (!info.duplicate).then_some((log, info.last_offset, topic));
                 (result, durable)
             }
             Err(e) => {
@@ -211,30 +267,36 @@ impl Shard {
         }
     }
 
-    /// Read each partition (this shard owns them all).
-    pub async fn fetch_local(&self, partitions: Vec<FetchPartition>) -> Vec<FetchResult> {
+    /// Read each partition (this shard owns them all): a consumer up to the high watermark,
+    /// a follower up to the log end, after checking its epochs (see `leading`).
+    pub async fn fetch_local(self: &Rc<Self>, partitions: Vec<FetchPartition>) -> Vec<FetchResult> {
         let mut results = Vec::with_capacity(partitions.len());
         for p in partitions {
             let Some(log) = self.log(&p.topic, p.partition) else {
-                results.push(FetchResult {
-                    error: codes::UNKNOWN_TOPIC_OR_PARTITION,
-                    high_watermark: -1,
-                    log_start_offset: -1,
-                    chunks: Vec::new(),
-                    bytes: 0,
-                });
+                results.push(FetchResult::error(codes::UNKNOWN_TOPIC_OR_PARTITION));
                 continue;
             };
+            if let Err(code) =
+                self.check_leader_epoch(&p.topic, p.partition, p.current_leader_epoch)
+            {
+                results.push(FetchResult::error(code));
+                continue;
+            }
+            if p.replica >= 0 {
+                results.push(self.follower_read(&log, &p).await);
+                continue;
+            }
+            let high_watermark = log.high_watermark();
             let mut result = FetchResult {
                 error: codes::NONE,
-                high_watermark: log.log_end_offset(),
+                high_watermark,
                 log_start_offset: log.log_start_offset(),
                 chunks: Vec::new(),
                 bytes: 0,
+                diverging: None,
             };
-            match log.read(p.offset, p.max_bytes).await {
+            match log.read_upto(p.offset, p.max_bytes, high_watermark).await {
                 Ok(read) => {
-                    result.high_watermark = read.log_end_offset;
                     result.log_start_offset = read.log_start_offset;
                     result.chunks = read.chunks;
                     result.bytes = read.bytes;
@@ -249,32 +311,37 @@ impl Shard {
     /// Long-poll step of a fetch, on the owner: wait until any partition has data past its
     /// wait offset (or the deadline), then read every partition again.
     pub async fn fetch_when_grown(
-        &self,
+        self: &Rc<Self>,
         partitions: Vec<(FetchPartition, i64)>,
         deadline: Instant,
     ) -> Vec<FetchResult> {
         let waits = partitions
             .iter()
-            .map(|(p, wait_at)| (p.topic.clone(), p.partition, *wait_at))
+            .map(|(p, wait_at)| (p.topic.clone(), p.partition, *wait_at, p.replica < 0))
             .collect();
         self.wait_any_local(waits, deadline).await;
         self.fetch_local(partitions.into_iter().map(|(p, _)| p).collect())
             .await
     }
 
-    /// Resolve as soon as any partition has data past its offset, or at the deadline.
-    /// A shutdown ends the wait at once: the requests a shard took must finish promptly.
-    pub async fn wait_any_local(&self, partitions: Vec<(String, i32, i64)>, deadline: Instant) {
+    /// Resolve as soon as any partition has data past its offset (for a consumer, past the
+    /// high watermark: the flag), or at the deadline. A shutdown ends the wait at once: the
+    /// requests a shard took must finish promptly.
+    pub async fn wait_any_local(
+        &self,
+        partitions: Vec<(String, i32, i64, bool)>,
+        deadline: Instant,
+    ) {
         if self.is_shutting_down() {
             return;
         }
         let shutdown = std::pin::pin!(self.shutdown_event.listen());
         let waits: Vec<_> = partitions
             .into_iter()
-            .filter_map(|(topic, partition, offset)| {
+            .filter_map(|(topic, partition, offset, consumer)| {
                 let log = self.log(&topic, partition)?;
                 Some(Box::pin(async move {
-                    log.wait_for_data(offset, deadline).await
+                    log.wait_for_data_upto(offset, deadline, consumer).await
                 }))
             })
             .collect();
@@ -296,16 +363,21 @@ impl Shard {
         topic: &str,
         partition: i32,
         timestamp: i64,
+        current_leader_epoch: i32,
     ) -> (i16, i64, i64) {
         let Some(log) = self.log(topic, partition) else {
             return (codes::UNKNOWN_TOPIC_OR_PARTITION, -1, -1);
         };
+        if let Err(code) = self.check_leader_epoch(topic, partition, current_leader_epoch) {
+            return (code, -1, -1);
+        }
         match timestamp {
-            -1 => (codes::NONE, -1, log.log_end_offset()),
+            // Consumers see the log up to the high watermark only.
+            -1 => (codes::NONE, -1, log.high_watermark()),
             -2 => (codes::NONE, -1, log.log_start_offset()),
             -3 => match log.offset_for_timestamp(i64::MIN + 1).await {
                 // Max-timestamp lookup (KIP-734) is not indexed: answer the latest batch.
-                Ok(_) => (codes::NONE, -1, (log.log_end_offset() - 1).max(-1)),
+                Ok(_) => (codes::NONE, -1, (log.high_watermark() - 1).max(-1)),
                 Err(e) => (log_error_code(&e), -1, -1),
             },
             ts => match log.offset_for_timestamp(ts).await {
@@ -485,7 +557,10 @@ impl Shard {
     /// Commit a metadata change through the quorum, then wait (bounded) until every shard
     /// of this node has adopted a catalog that includes it (logs opened or deleted), so the
     /// answer and what this broker serves next agree. Err holds a Kafka error code and why.
-    async fn change_metadata(self: &Rc<Self>, command: Command) -> Result<Reply, (i16, String)> {
+    pub async fn change_metadata(
+        self: &Rc<Self>,
+        command: Command,
+    ) -> Result<Reply, (i16, String)> {
         let applied = self
             .control
             .propose(command)

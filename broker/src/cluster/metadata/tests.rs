@@ -66,7 +66,10 @@ fn twelve_partitions_rf3_spread_replicas_and_leaders_evenly() {
         assert_eq!(p.replicas.len(), 3);
         assert_eq!(p.replicas.iter().collect::<BTreeSet<_>>().len(), 3);
         assert_eq!(p.leader, p.replicas[0]);
-        assert_eq!(p.isr, vec![p.leader]);
+        assert_eq!(
+            p.isr, p.replicas,
+            "every replica of a new partition is in sync"
+        );
         *leaders.entry(p.leader).or_insert(0) += 1;
     }
     assert_eq!(leaders, BTreeMap::from([(1, 4), (2, 4), (3, 4)]));
@@ -107,8 +110,12 @@ fn fencing_moves_leaders_and_bumps_epochs_unfencing_fills_offline() {
             assert!(new.replicas.contains(&new.leader));
             assert_eq!(new.leader_epoch, old.leader_epoch + 1);
         } else {
-            assert_eq!(new, old);
+            assert_eq!(
+                (new.leader, new.leader_epoch),
+                (old.leader, old.leader_epoch)
+            );
         }
+        assert!(!new.isr.contains(&2), "a fenced broker leaves every ISR");
     }
     // Fence the rest of partition 1's replicas ([2, 3]): it goes offline.
     let epoch3 = c.brokers[&3].epoch;
@@ -123,6 +130,11 @@ fn fencing_moves_leaders_and_bumps_epochs_unfencing_fills_offline() {
     let p1 = c.topics["t"].placement[1].clone();
     assert_eq!(p1.replicas, vec![2, 3]);
     assert_eq!(p1.leader, NO_LEADER);
+    assert_eq!(
+        p1.isr,
+        vec![3],
+        "the last ISR member stays, to be elected on return"
+    );
     apply(
         &mut c,
         14,
@@ -294,4 +306,160 @@ fn create_partitions_takes_an_assignment_of_the_topics_replication_factor() {
     assert_eq!(grow(&mut c, vec![vec![3, 2], vec![1, 3]]), codes::NONE);
     assert_eq!(c.topics["t"].placement[2].replicas, vec![1, 3]);
     assert_eq!(c.topics["t"].placement[1].leader, 3);
+}
+
+fn alter(c: &mut Catalog, index: u64, p: i32, leader: i32, epoch: i32, isr: Vec<i32>) -> i16 {
+    let broker_epoch = c.brokers[&leader].epoch;
+    match apply(
+        c,
+        index,
+        &Command::AlterIsr {
+            topic: "t".into(),
+            partition: p,
+            leader,
+            leader_epoch: epoch,
+            broker_epoch,
+            isr,
+        },
+    ) {
+        Reply::Outcomes(out) => out[0].0,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn fence(c: &mut Catalog, index: u64, id: i32) {
+    let epoch = c.brokers[&id].epoch;
+    apply(c, index, &Command::FenceBroker { id, epoch });
+}
+
+#[test]
+fn only_the_current_leader_at_its_epoch_changes_the_isr() {
+    let mut c = three();
+    create(&mut c, 10, "t", 1, 3);
+    let p = c.topics["t"].placement[0].clone();
+    assert_eq!((p.leader, p.isr.clone()), (1, vec![1, 2, 3]));
+    // A follower, or the leader at an old epoch, is refused.
+    assert_eq!(
+        alter(&mut c, 11, 0, 2, 0, vec![2, 3]),
+        codes::FENCED_LEADER_EPOCH
+    );
+    assert_eq!(
+        alter(&mut c, 12, 0, 1, 7, vec![1]),
+        codes::FENCED_LEADER_EPOCH
+    );
+    // The ISR must keep the leader and name replicas only.
+    assert_eq!(
+        alter(&mut c, 13, 0, 1, 0, vec![2, 3]),
+        codes::INVALID_REQUEST
+    );
+    assert_eq!(
+        alter(&mut c, 14, 0, 1, 0, vec![1, 4]),
+        codes::INVALID_REQUEST
+    );
+    assert_eq!(alter(&mut c, 15, 0, 1, 0, vec![3, 1]), codes::NONE);
+    assert_eq!(
+        c.topics["t"].placement[0].isr,
+        vec![1, 3],
+        "kept in replica order"
+    );
+    // A fenced broker cannot join; once live again it can.
+    fence(&mut c, 16, 2);
+    assert_eq!(
+        alter(&mut c, 17, 0, 1, 0, vec![1, 2, 3]),
+        codes::INELIGIBLE_REPLICA
+    );
+    let e2 = c.brokers[&2].epoch;
+    apply(&mut c, 18, &Command::UnfenceBroker { id: 2, epoch: e2 });
+    assert_eq!(alter(&mut c, 19, 0, 1, 0, vec![1, 2, 3]), codes::NONE);
+    // A fenced leader's change is refused (its registration is no longer live).
+    fence(&mut c, 20, 1);
+    let p = c.topics["t"].placement[0].clone();
+    assert_eq!((p.leader, p.leader_epoch), (2, 1));
+    assert_eq!(
+        alter(&mut c, 21, 0, 1, 0, vec![1]),
+        codes::STALE_BROKER_EPOCH
+    );
+}
+
+#[test]
+fn a_new_leader_comes_from_the_isr_only_unless_unclean_is_allowed() {
+    for unclean in [false, true] {
+        let mut c = three();
+        create(&mut c, 10, "t", 1, 3);
+        if unclean {
+            apply(
+                &mut c,
+                11,
+                &Command::SetTopicConfigs {
+                    topic: "t".into(),
+                    set: vec![("unclean.leader.election.enable".into(), Some("true".into()))],
+                    validate_only: false,
+                },
+            );
+        }
+        // Followers 2 and 3 fell behind: the ISR is the leader alone.
+        assert_eq!(alter(&mut c, 12, 0, 1, 0, vec![1]), codes::NONE);
+        fence(&mut c, 13, 1);
+        let p = c.topics["t"].placement[0].clone();
+        if unclean {
+            assert_eq!((p.leader, p.isr), (2, vec![2]));
+        } else {
+            assert_eq!((p.leader, p.isr), (NO_LEADER, vec![1]));
+            // Broker 1 returns: it is the ISR, so it leads again.
+            register(&mut c, 14, 1);
+            assert_eq!(c.topics["t"].placement[0].leader, 1);
+        }
+    }
+}
+
+#[test]
+fn a_wiped_broker_leaves_every_isr_even_as_the_last_member() {
+    let mut c = three();
+    create(&mut c, 10, "t", 1, 3);
+    assert_eq!(alter(&mut c, 11, 0, 1, 0, vec![1]), codes::NONE);
+    fence(&mut c, 12, 1);
+    assert_eq!(c.topics["t"].placement[0].leader, NO_LEADER);
+    // Broker 1 comes back with an empty data dir (another incarnation): electing it would
+    // lose everything acknowledged (KIP-903), so the partition stays offline.
+    apply(
+        &mut c,
+        13,
+        &Command::RegisterBroker(Registration {
+            id: 1,
+            incarnation: "wiped".into(),
+            host: "127.0.0.1".into(),
+            port: 9001,
+            controller_addr: "127.0.0.1:9101".into(),
+        }),
+    );
+    let p = c.topics["t"].placement[0].clone();
+    assert_eq!((p.leader, p.isr), (NO_LEADER, vec![]));
+}
+
+#[test]
+fn controlled_shutdown_moves_leaders_and_preferred_leaders_come_back() {
+    let mut c = three();
+    create(&mut c, 10, "t", 3, 3);
+    let e1 = c.brokers[&1].epoch;
+    apply(&mut c, 11, &Command::ShutdownBroker { id: 1, epoch: e1 });
+    assert!(c.brokers[&1].fenced);
+    for p in &c.topics["t"].placement {
+        assert_ne!(p.leader, 1);
+        assert!(!p.isr.contains(&1));
+    }
+    register(&mut c, 12, 1);
+    assert!(
+        !leaders_imbalanced(&c),
+        "not in sync yet: nothing to give back"
+    );
+    let p0 = c.topics["t"].placement[0].clone();
+    assert_eq!(
+        alter(&mut c, 13, 0, p0.leader, p0.leader_epoch, vec![1, 2, 3]),
+        codes::NONE
+    );
+    assert!(leaders_imbalanced(&c));
+    apply(&mut c, 14, &Command::ElectPreferredLeaders);
+    let p = &c.topics["t"].placement[0];
+    assert_eq!((p.leader, p.leader_epoch), (1, p0.leader_epoch + 1));
+    assert!(!leaders_imbalanced(&c));
 }

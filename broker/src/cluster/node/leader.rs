@@ -82,6 +82,7 @@ impl Controller {
                     })
                     .collect()
             };
+            self.rebalance_leaders(&catalog).await;
             for (id, epoch, silent) in expired {
                 tracing::warn!(
                     "fencing broker {id}: no heartbeat for {} ms (broker-session-timeout-ms {})",
@@ -91,6 +92,28 @@ impl Controller {
                 if let Err(e) = self.write(Command::FenceBroker { id, epoch }).await {
                     tracing::warn!("fencing broker {id}: {}", e.message);
                 }
+            }
+        }
+    }
+
+    /// Every `leader_rebalance_interval`: give partitions back to their preferred leaders
+    /// where those are live and in sync (Kafka's auto leader rebalance).
+    async fn rebalance_leaders(&self, catalog: &catalog::Catalog) {
+        let Some(interval) = self.config.leader_rebalance_interval else {
+            return;
+        };
+        {
+            let mut last = self.last_rebalance.lock().unwrap();
+            let now = Instant::now();
+            match *last {
+                Some(at) if now.duration_since(at) < interval => return,
+                _ => *last = Some(now),
+            }
+        }
+        if crate::cluster::metadata::leaders_imbalanced(catalog) {
+            tracing::info!("giving partitions back to their preferred leaders");
+            if let Err(e) = self.write(Command::ElectPreferredLeaders).await {
+                tracing::warn!("preferred leader election: {}", e.message);
             }
         }
     }

@@ -123,6 +123,9 @@ impl Controller {
             }
         };
         loop {
+            if self.is_stopping() {
+                return;
+            }
             let cluster_id = self.meta.lock().unwrap().cluster_id.clone();
             let request = Request::Register {
                 registration: registration.clone(),
@@ -164,6 +167,9 @@ impl Controller {
             );
             loop {
                 tokio::time::sleep(self.config.heartbeat_interval).await;
+                if self.is_stopping() {
+                    return;
+                }
                 let deadline = Instant::now() + self.config.heartbeat_interval * 2;
                 let request = Request::Heartbeat {
                     id: self.config.node_id,
@@ -181,5 +187,31 @@ impl Controller {
                 }
             }
         }
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Controlled shutdown: no more heartbeats (which would unfence this broker again),
+    /// then a ShutdownBroker record for the current registration, applied on this node.
+    pub(super) async fn shut_down(&self) -> Result<(), String> {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let id = self.config.node_id;
+        let Some(epoch) = self.catalog().brokers.get(&id).map(|b| b.epoch) else {
+            return Ok(());
+        };
+        let applied = self
+            .propose_anywhere(Command::ShutdownBroker { id, epoch })
+            .await
+            .map_err(|e| e.message)?;
+        let mut view = self.view.subscribe();
+        while view.borrow_and_update().version < applied.index {
+            if view.changed().await.is_err() {
+                break;
+            }
+        }
+        Ok(())
     }
 }

@@ -271,7 +271,7 @@ impl PartitionLog {
         }
     }
 
-    /// True once the replication layer set a high watermark (the log is replicated).
+    /// Whether a high watermark was set (the partition is replicated).
     pub fn has_high_watermark(&self) -> bool {
         self.high_watermark.get().is_some()
     }
