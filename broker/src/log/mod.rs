@@ -2,8 +2,11 @@
 //! O_DIRECT through io_uring (glommio `DmaFile`), with group commit and crash recovery.
 //!
 //! This module owns the files of a partition directory (`<base offset>.log`, `.index`,
-//! `.timeindex`, the producer-state snapshot and the clean-shutdown marker), the aligned
-//! write buffers, the tail cache, and the per-producer idempotence state.
+//! `.timeindex`, the producer-state snapshot, the leader epoch checkpoint and the
+//! clean-shutdown marker), the aligned write buffers, the tail cache, the per-producer
+//! idempotence state and the leader epoch cache. It stamps leader epochs, cuts itself back
+//! and limits consumers' reads to a high watermark when told to, but knows nothing of
+//! replication: who leads, the ISR and the high watermark's value are decided above it.
 //!
 //! It must never know Kafka requests: it sees only RecordBatch v2 headers (see [`batch`]),
 //! never decodes or decompresses records, and never shares state across shards (every type
