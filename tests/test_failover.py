@@ -53,7 +53,27 @@ IN_SYNC_DEADLINE_S = 40.0
 PROGRESS_DEADLINE_S = 45.0
 # Undelivered messages a stopping producer waits for before calling them unknown.
 FLUSH_DEADLINE_S = 45.0
+# The same at teardown of a test that failed first: it only has to end the thread.
+ABANDON_DEADLINE_S = 5.0
 CLIENT_TIMEOUT_S = 30.0
+
+
+@pytest.fixture
+def background():
+    """Starts a client thread (LoadProducer, Reader) and stops every one at teardown, also
+    when the test failed first: a leftover client would keep logging into later tests. The
+    test's own `stop()` is where it asserts on what the thread saw."""
+    threads = []
+
+    def start(thread):
+        threads.append(thread)
+        thread.start()
+        return thread
+    yield start
+    for thread in threads:
+        thread.abandon()
+    for thread in threads:
+        thread.join(ABANDON_DEADLINE_S + 5)
 
 
 @pytest.fixture
@@ -205,6 +225,7 @@ class LoadProducer(threading.Thread):
         self.client_errors = []
         self.crash = None
         self.undelivered = None
+        self.flush_s = FLUSH_DEADLINE_S
 
     def _on_error(self, err):
         (self.fatal if err.fatal() else self.client_errors).append(err)
@@ -245,7 +266,11 @@ class LoadProducer(threading.Thread):
             while (left := next_s - time.monotonic()) > 0:
                 producer.poll(left)
             producer.poll(0)
-        self.undelivered = producer.flush(FLUSH_DEADLINE_S)
+        self.undelivered = producer.flush(self.flush_s)
+
+    def abandon(self):
+        self.flush_s = min(self.flush_s, ABANDON_DEADLINE_S)
+        self.stopping.set()
 
     def stop(self):
         self.stopping.set()
@@ -324,6 +349,9 @@ class Reader(threading.Thread):
                 missing = sorted(wanted - self.seen)
             raise AssertionError(f"{self.name} never saw {len(missing)} acknowledged messages, "
                                  f"e.g. {missing[:5]}; consumer errors: {self.errors[:5]}")
+
+    def abandon(self):
+        self.stopping.set()
 
     def stop(self):
         self.stopping.set()
@@ -420,7 +448,8 @@ def new_leader(old_leader_id, old_epoch):
 
 # --- 1. failover under load ---------------------------------------------------------------------
 @pytest.mark.timeout(90 + 40 * FAILOVER_KILLS)
-def test_acknowledged_messages_survive_sigkills_of_leaders_under_load(start_cluster, report):
+def test_acknowledged_messages_survive_sigkills_of_leaders_under_load(start_cluster, background,
+                                                                     report):
     cluster = start_cluster(3, extra_args=GROUP_ARGS)
     topic, partitions = "failover", range(3)
     cluster.create_topic(topic, partitions=3, replication_factor=3)
@@ -429,8 +458,8 @@ def test_acknowledged_messages_survive_sigkills_of_leaders_under_load(start_clus
     producer = LoadProducer(cluster.bootstrap, topic, partitions, history, "load",
                             enable_idempotence=True, acks="all", message_timeout_ms=60000)
     group = Reader(cluster.bootstrap, topic, partitions, group="failover-group")
-    producer.start()
-    group.start()
+    background(producer)
+    background(group)
     stalls = []
     try:
         producer.wait_progress(partitions, time.monotonic(), "the first acknowledgements")
@@ -471,3 +500,295 @@ def test_acknowledged_messages_survive_sigkills_of_leaders_under_load(start_clus
     report(f"{FAILOVER_KILLS} leader kills: {history.acked_total()} acknowledged, "
            f"{len(history.unknown)} unknown, longest stall per kill "
            f"{[round(s, 2) for s in stalls]} (max {max(stalls, default=0):.2f}s)")
+
+
+def one_voter_and_two_brokers(start_cluster):
+    """Node 1 is the whole metadata quorum, nodes 2 and 3 brokers only: two nodes can be down
+    at once and the quorum still fences them and elects leaders (with three voters, two
+    down would leave no majority to record anything)."""
+    cluster = start_cluster(1)
+    cluster.add_broker()
+    cluster.add_broker()
+    cluster.wait_brokers({1, 2, 3}, timeout_s=ELECTION_DEADLINE_S)
+    return cluster
+
+
+def values_of(log, partition=0):
+    return [v for _, v in log[partition]]
+
+
+# --- 2. min.insync.replicas ---------------------------------------------------------------------
+def test_below_min_insync_replicas_acks_all_is_refused_and_acks_1_waits_for_the_isr(
+        start_cluster):
+    cluster = one_voter_and_two_brokers(start_cluster)
+    topic = "min-isr"
+    cluster.create_topic(topic, assignment={0: [1, 2, 3]},
+                         config={"min.insync.replicas": "2"})
+    wait_fully_in_sync(cluster, topic, [0])
+    leader = cluster.node(1)
+    base = [f"base-{i}".encode() for i in range(10)]
+    reports = ck_produce(ck_producer(leader, acks="all"), topic, base)
+    assert reports == [(None, 0, i) for i in range(10)]
+
+    for follower in cluster.others(leader):
+        follower.kill()
+    wait_partition(cluster, topic, 0, lambda info: info["leader"] == 1 and info["isr"] == [1],
+                   "ISR shrunk to the leader alone", nodes=[leader])
+
+    # acks=all, no retries: librdkafka reports the broker's refusal as it is.
+    refuser = ck_producer(leader, acks="all", enable_idempotence=False, retries=0,
+                          message_timeout_ms=20000)
+    refused = [f"refused-{i}".encode() for i in range(5)]
+    reports = ck_produce(refuser, topic, refused)
+    assert [(e and e.name(), p) for e, p, _ in reports] == [("NOT_ENOUGH_REPLICAS", 0)] * 5
+    assert all(e.code() == KafkaError.NOT_ENOUGH_REPLICAS for e, _, _ in reports)
+    with wire.Conn(leader.address) as conn:
+        answer = wire.produce(conn, topic, {0: wire.record_batch([b"refused-raw"])}, acks=-1)
+    assert answer[0][0] == wire.NOT_ENOUGH_REPLICAS, answer
+
+    # acks=1 appends on the leader alone, right after the base: nothing refused was appended.
+    single = [f"single-{i}".encode() for i in range(5)]
+    reports = ck_produce(ck_producer(leader, acks=1), topic, single)
+    assert reports == [(None, 0, 10 + i) for i in range(5)]
+    # Below min.insync.replicas the high watermark stays: consumers do not see them yet.
+    assert ck_offsets(leader, topic, 0) == (0, 10)
+    with wire.Conn(leader.address) as conn:
+        error, hw, batches = wire.fetch(conn, topic, 0, 10)
+    assert (error, hw, batches) == (wire.NONE, 10, [])
+
+    cluster.start_nodes([n for n in cluster.nodes if not n.is_running()])
+    wait_fully_in_sync(cluster, topic, [0])
+    log = read_back(cluster.bootstrap, topic, [0])
+    assert log[0] == list(enumerate(base + single)), log
+    for node in cluster.nodes:
+        assert not any(v in log_bytes(node, topic, 0) for v in refused + [b"refused-raw"]), node
+
+
+# --- 3. a paused leader ---------------------------------------------------------------------------
+def test_a_leader_paused_past_the_session_timeout_is_deposed_and_rejoins_identical(
+        start_cluster, background, report):
+    cluster = start_cluster(3)
+    topic = "paused"
+    view = cluster.create_topic(topic, partitions=1, replication_factor=3)
+    wait_fully_in_sync(cluster, topic, [0])
+    old = cluster.node(view[0]["leader"])
+    survivors = cluster.others(old)
+    history = History()
+    # Bootstrapped at the survivors only; requests stuck at the paused leader time out (5 s)
+    # and are retried at the new one, deduplicated by the idempotent producer's sequence.
+    producer = LoadProducer(",".join(n.bootstrap for n in survivors), topic, [0], history,
+                            "paused", enable_idempotence=True, acks="all",
+                            message_timeout_ms=60000, request_timeout_ms=5000,
+                            socket_timeout_ms=5000)
+    probe_answer = None
+    background(producer)
+    try:
+        producer.wait_progress([0], time.monotonic(), "the first acknowledgements")
+        old.pause()
+        paused_s = time.monotonic()
+        # A produce waiting in the paused leader's socket: the first thing it reads on waking,
+        # before it can hear that it was deposed. It must not be acknowledged, nor kept.
+        probe = wire.Conn(old.address, timeout_s=30)
+        probe.send_raw(wire.produce_request(topic, 0, wire.record_batch([b"probe"]), acks=-1,
+                                            timeout_ms=5000))
+        moved = wait_partition(cluster, topic, 0, new_leader(old.node_id,
+                                                             view[0]["leader_epoch"]),
+                               f"a leader other than the paused {old.node_id}", survivors)
+        assert old.node_id not in moved["isr"], moved
+        elected_s = time.monotonic()
+        producer.wait_progress([0], elected_s, "acks=all at the new leader")
+        old.resume()
+        answer = probe.recv_frame(timeout_s=20)
+        probe.close()
+        wait_fully_in_sync(cluster, topic, [0])
+        probe_answer = answer and wire.produce_answer(answer)[0]
+        report(f"SIGSTOP of leader {old.node_id}: new leader {moved['leader']} after "
+               f"{elected_s - paused_s:.2f}s, longest produce stall "
+               f"{history.longest_gap_s(0, paused_s, elected_s) or 0:.2f}s; a produce "
+               f"waiting at the paused leader got (error, offset) {probe_answer}")
+    finally:
+        producer.stop()
+    assert not producer.fatal, f"producer fatal errors: {producer.fatal}"
+    data = wait_identical(cluster, topic, 0, cluster.nodes)
+    log = read_back(cluster.bootstrap, topic, [0])
+    assert_history_holds(history, {0: [(o, v) for o, v in log[0] if v != b"probe"]})
+    if probe_answer and probe_answer[0] == wire.NONE:
+        # Whatever else: an acknowledged acks=all message must be where it was acknowledged.
+        assert (probe_answer[1], b"probe") in log[0], (
+            f"the deposed leader acknowledged the probe at offset {probe_answer[1]} and it "
+            "is gone")
+    assert probe_answer and probe_answer[0] != wire.NONE, (
+        f"the deposed leader answered an acks=all produce with {probe_answer}")
+    assert b"probe" not in data
+
+
+# --- 4. rolling restart -----------------------------------------------------------------------------
+def test_a_rolling_restart_by_sigterm_shows_the_producer_no_error(start_cluster, background,
+                                                                  report):
+    cluster = start_cluster(3)
+    topic, partitions = "rolling", range(3)
+    cluster.create_topic(topic, partitions=3, replication_factor=3)
+    wait_fully_in_sync(cluster, topic, partitions)
+    history = History()
+    # librdkafka's defaults (retries, message.timeout.ms 300 s): what an application runs.
+    producer = LoadProducer(cluster.bootstrap, topic, partitions, history, "rolling",
+                            enable_idempotence=True, acks="all")
+    reader = Reader(cluster.bootstrap, topic, partitions)
+    background(producer)
+    background(reader)
+    try:
+        producer.wait_progress(partitions, time.monotonic(), "the first acknowledgements")
+        for node in cluster.nodes:
+            stopped_s = node.stop()  # SIGTERM: controlled shutdown, must exit 0
+            node.start()
+            cluster.wait_brokers({1, 2, 3}, timeout_s=ELECTION_DEADLINE_S)
+            wait_fully_in_sync(cluster, topic, partitions)
+            producer.wait_progress(partitions, time.monotonic(),
+                                   f"acks=all after node {node.node_id} is back")
+            report(f"rolling restart: node {node.node_id} stopped in {stopped_s:.2f}s; "
+                   f"failed deliveries so far {len(producer.failures)}")
+    finally:
+        producer.stop()
+    assert not producer.fatal, f"producer fatal errors: {producer.fatal}"
+    assert producer.failures == [] and history.unknown == {}, (
+        f"delivery errors: {producer.failures[:10]}; unknown: {list(history.unknown)[:10]}")
+    try:
+        reader.wait_seen(history.acked_values())
+    finally:
+        reader.stop()
+    assert_history_holds(history, read_back(cluster.bootstrap, topic, partitions))
+
+
+# --- 5. a divergent tail is truncated ------------------------------------------------------------
+def test_a_deposed_leaders_divergent_tail_is_truncated_when_it_rejoins(start_cluster):
+    cluster = one_voter_and_two_brokers(start_cluster)
+    topic = "diverge"
+    a, b = cluster.node(2), cluster.node(3)
+    # min.insync.replicas 1 lets the leader alone acknowledge; the unclean election lets B
+    # lead although it left the ISR, so A's acks=1 tail is what B never had.
+    cluster.create_topic(topic, assignment={0: [a.node_id, b.node_id]},
+                         config={"min.insync.replicas": "1",
+                                 "unclean.leader.election.enable": "true"})
+    wait_fully_in_sync(cluster, topic, [0])
+    base = [f"base-{i}".encode() for i in range(20)]
+    assert ck_produce(ck_producer(a, acks="all"), topic, base) == [(None, 0, i)
+                                                                  for i in range(20)]
+    wait_identical(cluster, topic, 0, [a, b])
+
+    b.kill()
+    wait_partition(cluster, topic, 0, lambda info: info["isr"] == [a.node_id],
+                   f"ISR shrunk to {a.node_id}", nodes=[cluster.node(1), a])
+    # Longer in bytes than what B will write in its place, so a tail that is not truncated
+    # cannot hide under the new batches.
+    divergent = [f"divergent-{i:04d}".encode() for i in range(10)]
+    reports = ck_produce(ck_producer(a, acks=1, linger_ms=0), topic, divergent)
+    assert reports == [(None, 0, 20 + i) for i in range(10)]
+    epoch_a = partitions_of(cluster, topic, a)[0]["leader_epoch"]
+
+    a.kill()
+    b.start()
+    led = wait_partition(cluster, topic, 0, lambda info: info["leader"] == b.node_id,
+                         f"the unclean election of {b.node_id}",
+                         nodes=[cluster.node(1), b])
+    assert led["leader_epoch"] > epoch_a, led
+    replacement = [f"new-{i}".encode() for i in range(5)]
+    reports = ck_produce(ck_producer(b, acks="all"), topic, replacement)
+    assert reports == [(None, 0, 20 + i) for i in range(5)]
+
+    a.start()
+    wait_fully_in_sync(cluster, topic, [0])
+    data = wait_identical(cluster, topic, 0, [a, b])
+    assert not any(v in data for v in divergent)
+    assert values_of(read_back(cluster.bootstrap, topic, [0])) == base + replacement
+
+
+# --- 6. leader epochs on the wire ------------------------------------------------------------------
+def produce_failover_produce(cluster, topic):
+    """A partition with 5 messages from its first leader (epoch e0) and 3 from the one
+    elected after that leader's SIGKILL (epoch e1): (first node, e0, second node, e1)."""
+    view = cluster.create_topic(topic, partitions=1, replication_factor=3)
+    wait_fully_in_sync(cluster, topic, [0])
+    first, e0 = cluster.node(view[0]["leader"]), view[0]["leader_epoch"]
+    assert ck_produce(ck_producer(first, acks="all"), topic,
+                      [f"e0-{i}".encode() for i in range(5)]) == [(None, 0, i) for i in range(5)]
+    first.kill()
+    view = wait_partition(cluster, topic, 0, new_leader(first.node_id, e0),
+                          f"a leader other than {first.node_id}", cluster.others(first))
+    second, e1 = cluster.node(view["leader"]), view["leader_epoch"]
+    assert ck_produce(ck_producer(second, acks="all"), topic,
+                      [f"e1-{i}".encode() for i in range(3)]) == [(None, 0, 5 + i)
+                                                                  for i in range(3)]
+    return first, e0, second, e1
+
+
+def test_metadata_leader_epochs_grow_with_failover_and_stale_ones_are_fenced(start_cluster):
+    cluster = start_cluster(3)
+    first, e0, second, e1 = produce_failover_produce(cluster, "fencing")
+    assert e1 > e0
+    for node in cluster.others(first):  # every survivor tells the new epoch
+        info = partitions_of(cluster, "fencing", node)[0]
+        assert (info["leader"], info["leader_epoch"]) == (second.node_id, e1), (node, info)
+    with wire.Conn(second.address) as conn:
+        assert wire.list_offset_v4(conn, "fencing", 0, -1, e0)[0] == wire.FENCED_LEADER_EPOCH
+        assert wire.list_offset_v4(conn, "fencing", 0, -1, e1 + 1)[0] == (
+            wire.UNKNOWN_LEADER_EPOCH)
+        assert wire.list_offset_v4(conn, "fencing", 0, -1, e1)[:2] == (wire.NONE, 8)
+        assert wire.list_offset_v4(conn, "fencing", 0, -2, e1)[:2] == (wire.NONE, 0)
+        error, _, _ = wire.fetch(conn, "fencing", 0, 0, current_leader_epoch=e0)
+        assert error == wire.FENCED_LEADER_EPOCH
+        error, _, _ = wire.fetch(conn, "fencing", 0, 0, current_leader_epoch=e1 + 1)
+        assert error == wire.UNKNOWN_LEADER_EPOCH
+        error, hw, batches = wire.fetch(conn, "fencing", 0, 0, current_leader_epoch=e1)
+        assert (error, hw, [v for b in batches for v in b["values"]]) == (
+            wire.NONE, 8, [f"e0-{i}".encode() for i in range(5)]
+            + [f"e1-{i}".encode() for i in range(3)])
+
+
+def test_offset_for_leader_epoch_tells_where_each_epoch_ended(start_cluster):
+    cluster = start_cluster(3)
+    first, e0, second, e1 = produce_failover_produce(cluster, "epoch-ends")
+    with wire.Conn(second.address) as conn:
+        # Epoch e0 ended where e1 began; the current epoch ends at the log end.
+        assert wire.offset_for_leader_epoch(conn, "epoch-ends", 0, e0, e1) == (wire.NONE, e0, 5)
+        assert wire.offset_for_leader_epoch(conn, "epoch-ends", 0, e1, e1) == (wire.NONE, e1, 8)
+        error, _, _ = wire.offset_for_leader_epoch(conn, "epoch-ends", 0, e1, e0)
+        assert error == wire.FENCED_LEADER_EPOCH
+        # The batches carry the epoch of the leader that appended them.
+        _, _, batches = wire.fetch(conn, "epoch-ends", 0, 0)
+    stamped = {v: b["partition_leader_epoch"] for b in batches for v in b["values"]}
+    assert stamped == {**{f"e0-{i}".encode(): e0 for i in range(5)},
+                       **{f"e1-{i}".encode(): e1 for i in range(3)}}, stamped
+    # Only the leader answers.
+    for follower in cluster.others(second):
+        with wire.Conn(follower.address) as conn:
+            error, _, _ = wire.offset_for_leader_epoch(conn, "epoch-ends", 0, e0, e1)
+        assert error == wire.NOT_LEADER_OR_FOLLOWER, (follower, error)
+
+
+# --- 7. the preferred leader comes back -------------------------------------------------------------
+def test_the_preferred_leader_takes_its_partition_back_once_in_sync(start_cluster, report):
+    cluster = start_cluster(3, extra_args=["--leader-imbalance-check-interval-ms", "1000"])
+    topic = "preferred"
+    view = cluster.create_topic(topic, partitions=1, replication_factor=3)
+    preferred = cluster.node(view[0]["replicas"][0])
+    view = wait_partition(cluster, topic, 0, lambda info: info["leader"] == preferred.node_id
+                          and sorted(info["isr"]) == [1, 2, 3], "led by its first replica")
+
+    preferred.kill()
+    survivors = cluster.others(preferred)
+    moved = wait_partition(cluster, topic, 0,
+                           new_leader(preferred.node_id, view["leader_epoch"]),
+                           f"a leader other than {preferred.node_id}", survivors)
+    values = [f"while-away-{i}".encode() for i in range(20)]
+    assert ck_produce(ck_producer(cluster.node(moved["leader"]), acks="all"), topic,
+                      values) == [(None, 0, i) for i in range(20)]
+
+    preferred.start()
+    started_s = time.monotonic()
+    back = wait_partition(cluster, topic, 0, lambda info: info["leader"] == preferred.node_id
+                          and sorted(info["isr"]) == [1, 2, 3],
+                          f"leadership back at {preferred.node_id}", timeout_s=30)
+    report(f"preferred leader {preferred.node_id} led again {time.monotonic() - started_s:.2f}s "
+           "after its restart")
+    assert back["leader_epoch"] > moved["leader_epoch"], back
+    assert values_of(read_back(cluster.bootstrap, topic, [0])) == values

@@ -212,13 +212,14 @@ def parse_batches(data):
         length = r.i32()
         if len(data) - pos < 12 + length:
             break
-        r.i32()  # partition leader epoch
+        leader_epoch = r.i32()
         magic = r.i8()
         crc = r.u32()
         body = data[pos + 21:pos + 12 + length]
         b = {
             "base_offset": base_offset,
             "length": length,
+            "partition_leader_epoch": leader_epoch,
             "magic": magic,
             "crc_ok": crc32c(body) == crc,
             "attributes": r.i16(),
