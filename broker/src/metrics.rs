@@ -97,6 +97,9 @@ pub struct Snapshot {
     pub buffered_bytes_limit: u64,
     /// (topic, partition, log start offset, log end offset) of the partitions it owns.
     pub partitions: Vec<(String, i32, i64, i64)>,
+    /// Partitions this node leads with followers: (topic, partition, high watermark, ISR
+    /// size, replicas).
+    pub led: Vec<(String, i32, i64, usize, usize)>,
 }
 
 impl ShardMetrics {
@@ -140,6 +143,7 @@ impl ShardMetrics {
             buffered_bytes,
             buffered_bytes_limit,
             partitions: Vec::new(),
+            led: Vec::new(),
         }
     }
 }
@@ -278,6 +282,44 @@ pub fn render(snapshots: &[Snapshot]) -> String {
         "gauge",
         "Offset of a partition's next record.",
         &ends,
+    );
+    let mut marks = Vec::new();
+    let mut isr_sizes = Vec::new();
+    let mut under = Vec::new();
+    for s in snapshots {
+        let mut short = 0u64;
+        for (topic, p, hw, isr, replicas) in &s.led {
+            let labels = format!(
+                "shard=\"{}\",topic=\"{}\",partition=\"{p}\"",
+                s.shard,
+                label(topic)
+            );
+            marks.push((labels.clone(), hw.to_string()));
+            isr_sizes.push((labels, isr.to_string()));
+            short += u64::from(isr < replicas);
+        }
+        under.push((format!("shard=\"{}\"", s.shard), short.to_string()));
+    }
+    family(
+        &mut out,
+        "shardlog_partition_high_watermark",
+        "gauge",
+        "High watermark of a partition this broker leads with followers: what consumers see.",
+        &marks,
+    );
+    family(
+        &mut out,
+        "shardlog_partition_isr_size",
+        "gauge",
+        "In-sync replicas of a partition this broker leads with followers.",
+        &isr_sizes,
+    );
+    family(
+        &mut out,
+        "shardlog_under_replicated_partitions",
+        "gauge",
+        "Partitions this broker leads whose ISR is smaller than their replica set.",
+        &under,
     );
     out
 }

@@ -144,7 +144,7 @@ pub const TOPIC_CONFIGS: &[TopicConfig] = &[
     spec("message.timestamp.type", T::String, "CreateTime", Applied, C::OneOf(TIMESTAMP_TYPES)),
     spec("min.cleanable.dirty.ratio", T::Double, "0.5", Applied, C::Double(0.0, 1.0)),
     spec("min.compaction.lag.ms", T::Long, "0", Applied, C::Long(0, i64::MAX)),
-    spec("min.insync.replicas", T::Int, "1", StoredOnly, C::Int(1, i32::MAX)),
+    spec("min.insync.replicas", T::Int, "1", Applied, C::Int(1, i32::MAX)),
     spec("preallocate", T::Boolean, "false", StoredOnly, C::Boolean),
     spec("remote.log.copy.disable", T::Boolean, "false", StoredOnly, C::Boolean),
     spec("remote.log.delete.on.disable", T::Boolean, "false", StoredOnly, C::Boolean),
@@ -156,7 +156,7 @@ pub const TOPIC_CONFIGS: &[TopicConfig] = &[
     spec("segment.index.bytes", T::Int, "10485760", StoredOnly, C::Int(4, i32::MAX)),
     spec("segment.jitter.ms", T::Long, "0", StoredOnly, C::Long(0, i64::MAX)),
     spec("segment.ms", T::Long, "604800000", Applied, C::Long(1, i64::MAX)),
-    spec("unclean.leader.election.enable", T::Boolean, "false", StoredOnly, C::Boolean),
+    spec("unclean.leader.election.enable", T::Boolean, "false", Applied, C::Boolean),
 ];
 
 /// The definition of a topic config, if Kafka defines one by that name.

@@ -295,6 +295,7 @@ fn broker_topic_default(shard: &Shard, name: &str) -> Option<String> {
         "segment.ms" => c.segment_ms.to_string(),
         "max.message.bytes" => c.max_message_bytes.to_string(),
         "index.interval.bytes" => c.index_interval_bytes.to_string(),
+        "min.insync.replicas" => c.min_insync_replicas.to_string(),
         _ => return None,
     })
 }

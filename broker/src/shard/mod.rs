@@ -384,6 +384,23 @@ impl Shard {
                 }
             }
         }
+        let me = self.node_id();
+        for (name, topic) in &self.catalog().topics {
+            for (p, placement) in topic.placement.iter().enumerate() {
+                if placement.leader != me || placement.replicas.len() < 2 {
+                    continue;
+                }
+                if let Some(log) = self.log(name, p as i32) {
+                    snapshot.led.push((
+                        name.clone(),
+                        p as i32,
+                        log.high_watermark(),
+                        placement.isr.len(),
+                        placement.replicas.len(),
+                    ));
+                }
+            }
+        }
         snapshot
     }
 
