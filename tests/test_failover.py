@@ -600,12 +600,12 @@ def test_a_leader_paused_past_the_session_timeout_is_deposed_and_rejoins_identic
         old.resume()
         answer = probe.recv_frame(timeout_s=20)
         probe.close()
-        wait_fully_in_sync(cluster, topic, [0])
         probe_answer = answer and wire.produce_answer(answer)[0]
         report(f"SIGSTOP of leader {old.node_id}: new leader {moved['leader']} after "
                f"{elected_s - paused_s:.2f}s, longest produce stall "
                f"{history.longest_gap_s(0, paused_s, elected_s) or 0:.2f}s; a produce "
                f"waiting at the paused leader got (error, offset) {probe_answer}")
+        wait_fully_in_sync(cluster, topic, [0])
     finally:
         producer.stop()
     assert not producer.fatal, f"producer fatal errors: {producer.fatal}"
@@ -711,6 +711,9 @@ def produce_failover_produce(cluster, topic):
     first, e0 = cluster.node(view[0]["leader"]), view[0]["leader_epoch"]
     assert ck_produce(ck_producer(first, acks="all"), topic,
                       [f"e0-{i}".encode() for i in range(5)]) == [(None, 0, i) for i in range(5)]
+    # On every replica before the kill: this is about epochs, not about what acks=all waits
+    # for (the failover tests above judge that).
+    wait_identical(cluster, topic, 0, cluster.nodes)
     first.kill()
     view = wait_partition(cluster, topic, 0, new_leader(first.node_id, e0),
                           f"a leader other than {first.node_id}", cluster.others(first))
