@@ -684,6 +684,10 @@ def test_a_deposed_leaders_divergent_tail_is_truncated_when_it_rejoins(start_clu
     reports = ck_produce(ck_producer(a, acks=1, linger_ms=0), topic, divergent)
     assert reports == [(None, 0, 20 + i) for i in range(10)]
     epoch_a = partitions_of(cluster, topic, a)[0]["leader_epoch"]
+    # acks=1 answers once appended, maybe before the write reaches the file: wait until the
+    # tail is in A's file, so that the SIGKILL leaves it there to be truncated.
+    cluster.wait_for(lambda: all(v in log_bytes(a, topic, 0) for v in divergent), 10,
+                     f"the divergent tail in {a.name}'s log file")
 
     a.kill()
     b.start()
@@ -696,6 +700,7 @@ def test_a_deposed_leaders_divergent_tail_is_truncated_when_it_rejoins(start_clu
     assert reports == [(None, 0, 20 + i) for i in range(5)]
 
     a.start()
+    assert a.recovered_end_offsets()[f"{topic}-0"] == 30, a.run_log()
     wait_fully_in_sync(cluster, topic, [0])
     data = wait_identical(cluster, topic, 0, [a, b])
     assert not any(v in data for v in divergent)
