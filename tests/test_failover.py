@@ -85,7 +85,7 @@ def report(capsys):
     return say
 
 
-# --- the history of a run, and its judge -------------------------------------------------------
+# --- the history of a run, and its judge ------------------------------------------------------
 class History:
     """What producers were told, per partition: `sent` values in production order, `acked`
     (offset, value) from successful delivery reports with `ack_times` (monotonic seconds),
@@ -202,7 +202,7 @@ def test_the_history_checker_reports_a_lost_a_duplicated_and_a_reordered_message
         "p0: offset 1 after 2"]
 
 
-# --- clients that run while the test breaks the cluster ----------------------------------------
+# --- clients that run while the test breaks the cluster ---------------------------------------
 class ProducerDied(AssertionError):
     """A LoadProducer met a fatal error while the test waited for it to make progress: the
     test stops breaking the cluster and judges what was acknowledged until then."""
@@ -415,7 +415,7 @@ def assert_history_holds(history, log):
                                    for kind, items in problems.items())
 
 
-# --- what the cluster says ---------------------------------------------------------------------
+# --- what the cluster says --------------------------------------------------------------------
 def partitions_of(cluster, topic, node=None):
     """{partition: {"leader", "leader_epoch", "replicas", "isr", ...}} as `node` (default
     the first running one) answers Metadata v7."""
@@ -457,7 +457,7 @@ def new_leader(old_leader_id, old_epoch):
     return moved
 
 
-# --- 1. failover under load ---------------------------------------------------------------------
+# --- 1. failover under load -------------------------------------------------------------------
 @pytest.mark.timeout(90 + 40 * FAILOVER_KILLS)
 def test_acknowledged_messages_survive_sigkills_of_leaders_under_load(start_cluster, background,
                                                                      report):
@@ -537,7 +537,7 @@ def values_of(log, partition=0):
     return [v for _, v in log[partition]]
 
 
-# --- 2. min.insync.replicas ---------------------------------------------------------------------
+# --- 2. min.insync.replicas -------------------------------------------------------------------
 def test_below_min_insync_replicas_acks_all_is_refused_and_acks_1_waits_for_the_isr(
         start_cluster):
     cluster = one_voter_and_two_brokers(start_cluster)
@@ -588,7 +588,7 @@ def test_below_min_insync_replicas_acks_all_is_refused_and_acks_1_waits_for_the_
         assert not any(v in log_bytes(node, topic, 0) for v in refused + [b"refused-raw"]), node
 
 
-# --- 3. a paused leader ---------------------------------------------------------------------------
+# --- 3. a paused leader -----------------------------------------------------------------------
 def test_a_leader_paused_past_the_session_timeout_is_deposed_and_rejoins_identical(
         start_cluster, background, report):
     cluster = start_cluster(3)
@@ -648,7 +648,7 @@ def test_a_leader_paused_past_the_session_timeout_is_deposed_and_rejoins_identic
     assert b"probe" not in data
 
 
-# --- 4. rolling restart -----------------------------------------------------------------------------
+# --- 4. rolling restart -----------------------------------------------------------------------
 def test_a_rolling_restart_by_sigterm_shows_the_producer_no_error(start_cluster, background,
                                                                   report):
     cluster = start_cluster(3)
@@ -687,7 +687,7 @@ def test_a_rolling_restart_by_sigterm_shows_the_producer_no_error(start_cluster,
         reader.stop()
 
 
-# --- 5. a divergent tail is truncated ------------------------------------------------------------
+# --- 5. a divergent tail is truncated ---------------------------------------------------------
 def test_a_deposed_leaders_divergent_tail_is_truncated_when_it_rejoins(start_cluster):
     cluster = one_voter_and_two_brokers(start_cluster)
     topic = "diverge"
@@ -735,7 +735,7 @@ def test_a_deposed_leaders_divergent_tail_is_truncated_when_it_rejoins(start_clu
     assert values_of(read_back(cluster.bootstrap, topic, [0])) == base + replacement
 
 
-# --- 6. leader epochs on the wire ------------------------------------------------------------------
+# --- 6. leader epochs on the wire -------------------------------------------------------------
 def produce_failover_produce(cluster, topic):
     """A partition with 5 messages from its first leader (epoch e0) and 3 from the one
     elected after that leader's SIGKILL (epoch e1): (first node, e0, second node, e1)."""
@@ -801,7 +801,7 @@ def test_offset_for_leader_epoch_tells_where_each_epoch_ended(start_cluster):
         assert error == wire.NOT_LEADER_OR_FOLLOWER, (follower, error)
 
 
-# --- 7. the preferred leader comes back -------------------------------------------------------------
+# --- 7. the preferred leader comes back -------------------------------------------------------
 def test_the_preferred_leader_takes_its_partition_back_once_in_sync(start_cluster, report):
     cluster = start_cluster(3, extra_args=["--leader-imbalance-check-interval-ms", "1000"])
     topic = "preferred"
