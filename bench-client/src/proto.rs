@@ -192,7 +192,11 @@ impl Control {
     /// Connects to the first of `addresses` (comma-separated) that answers.
     pub fn connect_any(addresses: &str, timeout: Duration) -> Result<Control> {
         let mut last = None;
-        for address in addresses.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        for address in addresses
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
             match Control::connect(address, timeout) {
                 Ok(c) => return Ok(c),
                 Err(e) => last = Some(e),

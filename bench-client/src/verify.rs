@@ -273,7 +273,10 @@ pub fn forgive_resends(
         };
         let covered: u64 = ranges
             .iter()
-            .map(|&(first, end)| end.min(s.range.end).saturating_sub(first.max(s.range.first)))
+            .map(|&(first, end)| {
+                end.min(s.range.end)
+                    .saturating_sub(first.max(s.range.first))
+            })
             .sum::<u64>()
             .min(s.range.end - s.range.first);
         if s.filled {
@@ -334,11 +337,11 @@ pub fn check_consumed_all(
 mod tests {
     use super::*;
     use crate::batch::{encode_batch, BatchSpec, Payloads};
-    use std::collections::HashSet;
     use bytes::BytesMut;
     use kafka_protocol::records::{
         Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };
+    use std::collections::HashSet;
 
     fn value(p: &Payloads, pid: u32, seq: u64) -> Vec<u8> {
         let mut v = Vec::new();
@@ -403,6 +406,7 @@ mod tests {
         assert_eq!(c.faults.total(), 0);
         let mut strict = PartitionCheck::new(0, true);
         strict.record(0, &value(&p, 3, 77));
+        strict.settle();
         assert_eq!(strict.faults.lost, 77);
     }
 
@@ -601,7 +605,9 @@ mod tests {
             batch(&p, 30, 1, 30),
             batch(&p, 40, 1, 20),
         ];
-        let c = consume(&[fetch(&batches.iter().map(Vec::as_slice).collect::<Vec<_>>())]);
+        let c = consume(&[fetch(
+            &batches.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+        )]);
         let mut f = c.faults;
         assert_eq!(
             f,

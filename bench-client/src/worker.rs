@@ -490,7 +490,11 @@ fn run_loop(
             for p in producers.iter().filter(|p| !p.done) {
                 for link in &p.links {
                     if let Some(stream) = &link.stream {
-                        let out = if link.out.is_empty() { 0 } else { libc::POLLOUT };
+                        let out = if link.out.is_empty() {
+                            0
+                        } else {
+                            libc::POLLOUT
+                        };
                         fds.push(libc::pollfd {
                             fd: stream.as_raw_fd(),
                             events: libc::POLLIN | out,

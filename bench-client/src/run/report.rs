@@ -60,7 +60,10 @@ pub(super) fn report(
     for r in results {
         recovery.add(&r.recovery);
         for (partition, pid, first, end) in r.resent {
-            resent.entry((partition, pid)).or_default().push((first, end));
+            resent
+                .entry((partition, pid))
+                .or_default()
+                .push((first, end));
         }
         steps_back.extend(r.steps_back);
         if let Some(e) = &r.error {
@@ -187,11 +190,7 @@ pub(super) fn cpu_seconds() -> f64 {
 
 /// Manifest lines: `partition producer_id next_sequence`, one per acknowledged stream, then
 /// `resent partition producer_id first end` per resent range (what a reader may see twice).
-fn write_manifest(
-    path: &std::path::Path,
-    acked: &HashMap<(i32, u32), u64>,
-    resent: &Resent,
-) -> Result<()> {
+fn write_manifest(path: &std::path::Path, acked: &AckedNext, resent: &Resent) -> Result<()> {
     let mut text = String::new();
     for ((partition, pid), next) in acked {
         text.push_str(&format!("{partition} {pid} {next}\n"));
@@ -204,7 +203,10 @@ fn write_manifest(
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-fn read_manifest(path: &std::path::Path) -> Result<(HashMap<(i32, u32), u64>, Resent)> {
+/// Next sequence after the last acknowledged message, per (partition, producer id).
+type AckedNext = HashMap<(i32, u32), u64>;
+
+fn read_manifest(path: &std::path::Path) -> Result<(AckedNext, Resent)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut acked = HashMap::new();

@@ -24,8 +24,8 @@ use kafka_protocol::protocol::Decodable;
 use kafka_protocol::records::Compression;
 
 use super::{
-    flush, now_ns, open, read_available, wall_ms, ProducerPlan, Shared, Tally, WorkerResult,
-    Recovery, Workload, OUT_BYTES_MAX, READ_BYTES, RECONNECT_TIMEOUT,
+    flush, now_ns, open, read_available, wall_ms, ProducerPlan, Recovery, Shared, Tally,
+    WorkerResult, Workload, OUT_BYTES_MAX, READ_BYTES, RECONNECT_TIMEOUT,
 };
 use crate::batch::{batch_bytes, encode_batch, encode_batch_compressed, BatchSpec, Payloads};
 use crate::leaders::Leaders;
@@ -222,7 +222,14 @@ impl ProducerConn {
     }
 
     /// A new batch of `count` messages for slot `s`, sent on link `l`.
-    fn encode_new(&mut self, now: u64, s: usize, l: usize, count: usize, w: &Workload) -> Result<()> {
+    fn encode_new(
+        &mut self,
+        now: u64,
+        s: usize,
+        l: usize,
+        count: usize,
+        w: &Workload,
+    ) -> Result<()> {
         let large = w.large.is_some() && super::is_large_batch(self.batches);
         self.batches += 1;
         self.next_slot = (s + 1) % self.slots.len();
@@ -259,8 +266,12 @@ impl ProducerConn {
         link.correlation_id = link.correlation_id.wrapping_add(1);
         f.correlation_id = link.correlation_id;
         f.sent_ns = now;
-        let (start_ns, ns_per, first_index, created_ns) =
-            (self.start_ns, self.ns_per_message, f.first_index, f.created_ns);
+        let (start_ns, ns_per, first_index, created_ns) = (
+            self.start_ns,
+            self.ns_per_message,
+            f.first_index,
+            f.created_ns,
+        );
         let send_time = move |i: usize| match ns_per {
             Some(ns) => start_ns + ((first_index + i as u64) as f64 * ns) as u64,
             None => created_ns,
@@ -309,7 +320,9 @@ impl ProducerConn {
     fn send_resends(&mut self, now: u64, w: &Workload, shared: &Shared) -> Result<bool> {
         let mut progress = false;
         for s in 0..self.slots.len() {
-            let Some(l) = self.slots[s].link else { continue };
+            let Some(l) = self.slots[s].link else {
+                continue;
+            };
             while self.links[l].has_room(w) && !shared.abort.load(Ordering::Relaxed) {
                 let Some(f) = self.slots[s].resend.pop_front() else {
                     break;
