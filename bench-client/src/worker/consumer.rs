@@ -254,6 +254,16 @@ impl ConsumerConn {
                         moved.push(pd.partition_index);
                         continue;
                     }
+                    // OFFSET_OUT_OF_RANGE where this consumer has read before: the leader's log
+                    // now ends below what it served (a failover to a replica that was behind,
+                    // or a crash that took back what was served before it was durable).
+                    ensure!(
+                        pd.error_code != 1 || part.check.messages == 0,
+                        "Fetch of partition {} at offset {}: OFFSET_OUT_OF_RANGE, but this consumer \
+                         already read up to there: the leader no longer holds offsets it served",
+                        pd.partition_index,
+                        part.check.next_offset
+                    );
                     // Any other error ends the run, counted.
                     ensure!(
                         pd.error_code == 0,
