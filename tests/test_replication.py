@@ -76,3 +76,50 @@ def test_a_new_leader_after_sigkill_serves_what_its_follower_copy_held(start_clu
     wait_identical(cluster, TOPIC, 0, [new_leader, old_leader])
     got = ck_read(new_leader, TOPIC, 0, MESSAGES_PER_PARTITION, 100)
     assert [value for _, _, value, _ in got] == more
+
+
+def test_a_follower_catches_up_across_a_compacted_leaders_gaps(start_cluster):
+    """A follower down while its leader's cleaner removed records fetches batches with
+    offset gaps between them when it returns; it keeps the leader's offsets (gaps
+    included), rejoins the ISR, and once it leads, consumers read every key's latest value
+    from it."""
+    from test_compaction import CLEANER_ARGS, SMALL_SEGMENTS, read_table
+
+    cluster = start_cluster(3, extra_args=CLEANER_ARGS)
+    config = {**SMALL_SEGMENTS, "min.cleanable.dirty.ratio": "0.01"}
+    cluster.create_topic("table", assignment={0: [1, 3, 2]}, config=config)
+    leader, late = cluster.node(1), cluster.node(3)
+    late.kill()
+    producer = ck_producer(leader, acks="all", linger_ms=20)
+    keys = [f"k{i:04}".encode() for i in range(2000)]
+    for round_ in range(10):
+        values = [f"v{round_}-{k.decode()}".encode() for k in keys]
+        assert all(e is None for e, _, _ in ck_produce(producer, "table", values, keys=keys))
+    want = {k: f"v9-{k.decode()}".encode() for k in keys}
+
+    def cleaned():
+        # Another key now and then rolls the active segment once it is older than
+        # segment.ms, so the last rounds become cleanable too.
+        ck_produce(producer, "table", [b"tick"], keys=[b"tick"])
+        count, table = read_table(leader, "table")
+        return count if count <= 2_500 else None
+    cluster.wait_for(cleaned, 60, "the leader's cleaner to remove old values")
+    want[b"tick"] = b"tick"
+
+    late.start()
+
+    def in_sync():
+        md = cluster.try_metadata(leader, ["table"])
+        return md and 3 in md["topics"]["table"]["partitions"][0]["isr"]
+    cluster.wait_for(in_sync, 30, "broker 3 back in the ISR")
+    assert "stops fetching" not in late.log_text()
+    # Broker 3 is next in line: it leads once broker 1 is gone, and serves the table.
+    leader.kill()
+
+    def led_by_3():
+        md = cluster.try_metadata(late, ["table"])
+        return md and md["topics"]["table"]["partitions"][0]["leader"] == 3
+    cluster.wait_for(led_by_3, 20, "broker 3 to lead")
+    count, table = read_table(late, "table")
+    assert table == want
+    assert count < 20_001, "the follower copied the cleaned log, not every write"

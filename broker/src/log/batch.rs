@@ -103,6 +103,22 @@ impl BatchHeader {
     /// Parses and fully validates the batch at the start of `buf` as a producer sent it:
     /// header, size limit, record count against LastOffsetDelta, and CRC-32C.
     pub fn validate(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, LogError> {
+        Self::validate_as(buf, max_batch_bytes, false)
+    }
+
+    /// [`validate`](Self::validate) for a batch as a log may hold it: a cleaned batch keeps
+    /// its LastOffsetDelta (and producer fields) with fewer records, or none (Kafka keeps
+    /// such batches for idempotent producers' state). What a follower gets from a
+    /// compacted leader.
+    pub fn validate_stored(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, LogError> {
+        Self::validate_as(buf, max_batch_bytes, true)
+    }
+
+    fn validate_as(
+        buf: &[u8],
+        max_batch_bytes: usize,
+        cleaned: bool,
+    ) -> Result<BatchHeader, LogError> {
         let header = BatchHeader::parse(buf)?;
         let total = header.total_bytes();
         if total > max_batch_bytes {
@@ -117,7 +133,12 @@ impl BatchHeader {
                 buf.len()
             )));
         }
-        if header.record_count < 1 || header.last_offset_delta != header.record_count - 1 {
+        let counted = if cleaned {
+            (0..=header.last_offset_delta.saturating_add(1)).contains(&header.record_count)
+        } else {
+            header.record_count >= 1 && header.last_offset_delta == header.record_count - 1
+        };
+        if !counted || header.last_offset_delta < 0 {
             return Err(LogError::CorruptBatch(format!(
                 "record count {} does not match last offset delta {}",
                 header.record_count, header.last_offset_delta
@@ -326,13 +347,27 @@ pub fn validate_all(
     buf: &[u8],
     max_batch_bytes: usize,
 ) -> Result<Vec<(usize, BatchHeader)>, LogError> {
+    validate_each(buf, max_batch_bytes, BatchHeader::validate)
+}
+
+/// [`validate_all`] for batches as a log holds them (a follower's fetch from a compacted
+/// leader: see [`BatchHeader::validate_stored`]).
+pub fn validate_all_stored(buf: &[u8]) -> Result<Vec<(usize, BatchHeader)>, LogError> {
+    validate_each(buf, usize::MAX, BatchHeader::validate_stored)
+}
+
+fn validate_each(
+    buf: &[u8],
+    max_batch_bytes: usize,
+    validate: fn(&[u8], usize) -> Result<BatchHeader, LogError>,
+) -> Result<Vec<(usize, BatchHeader)>, LogError> {
     if buf.is_empty() {
         return Err(LogError::CorruptBatch("no record batch".into()));
     }
     let mut batches = Vec::new();
     let mut at = 0;
     while at < buf.len() {
-        let header = BatchHeader::validate(&buf[at..], max_batch_bytes)?;
+        let header = validate(&buf[at..], max_batch_bytes)?;
         batches.push((at, header));
         at += header.total_bytes();
     }

@@ -345,3 +345,41 @@ fn a_consumers_long_poll_wakes_when_the_high_watermark_passes_its_offset() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_follower_keeps_a_compacted_leaders_gaps_and_refuses_an_overlap() {
+    let dir = tempdir();
+    let path = dir.path().join("f");
+    run(move || async move {
+        let (log, _) = PartitionLog::open(&path, small_config()).await.unwrap();
+        // A compacted leader serves offsets 0..3, then nothing until 10..12, then 20..21.
+        let fetched = [
+            stamped_with(&plain(3, 1), 0, 1),
+            stamped_with(&plain(2, 1), 10, 1),
+            stamped_with(&plain(1, 1), 20, 2),
+        ]
+        .concat();
+        assert_eq!(
+            log.append_replica(Bytes::from(fetched.clone()), 0)
+                .await
+                .unwrap(),
+            21
+        );
+        assert_eq!(log.epoch_entries(), vec![(1, 0), (2, 20)]);
+        // A read inside a gap answers the next batch, as on the leader.
+        let from_gap = concat(&log.read(5, 1 << 20).await.unwrap().chunks);
+        assert_eq!(
+            from_gap,
+            fetched[headers(&fetched)[0].total_bytes()..].to_vec()
+        );
+        // A batch overlapping what the log holds is refused.
+        let overlap = Bytes::from(stamped_with(&plain(3, 1), 19, 2));
+        assert!(log.append_replica(overlap, 0).await.is_err());
+        log.close().await.unwrap();
+        // Reopened, the log holds the same batches at the same offsets.
+        let (log, _) = PartitionLog::open(&path, small_config()).await.unwrap();
+        assert_eq!(log.log_end_offset(), 21);
+        assert_eq!(concat(&log.read(0, 1 << 20).await.unwrap().chunks), fetched);
+        log.close().await.unwrap();
+    });
+}

@@ -201,7 +201,14 @@ impl PartitionLog {
         let append_time_ms = self.config.borrow().log_append_time.then_some(now_ms);
         let leader_epoch = Some(self.leader_epoch.get()).filter(|e| *e >= 0);
         let base_offset = self
-            .write_batches(&batches, parsed, leader_epoch, append_time_ms, now_ms)
+            .write_batches(
+                &batches,
+                parsed,
+                leader_epoch,
+                append_time_ms,
+                now_ms,
+                false,
+            )
             .await?;
         Ok(AppendInfo {
             base_offset,
@@ -223,15 +230,23 @@ impl PartitionLog {
         leader_epoch: Option<i32>,
         append_time_ms: Option<i64>,
         now_ms: i64,
+        keep_offsets: bool,
     ) -> Result<i64, LogError> {
         let base_offset = self.log_end_offset.get();
         // Before any byte of the batches can reach the device: a batch on disk always has
         // its epoch in the checkpoint (see `epochs`).
-        self.note_epochs(&parsed, leader_epoch, base_offset).await?;
+        self.note_epochs(&parsed, leader_epoch, base_offset, keep_offsets)
+            .await?;
         let interval = self.config.borrow().index_interval_bytes.max(1) as u64;
         for (at, header) in parsed {
             let size = header.total_bytes();
-            let offset = self.log_end_offset.get();
+            // A follower keeps the leader's offsets, gaps included (a compacted leader has
+            // none between some batches); otherwise batches follow the log end.
+            let offset = if keep_offsets {
+                header.base_offset().max(self.log_end_offset.get())
+            } else {
+                self.log_end_offset.get()
+            };
             let (stamped, offset_chunk, body) =
                 batch::stamp(batches, at, header, offset, leader_epoch, append_time_ms);
             self.copy_into_staging(&offset_chunk).await?;

@@ -145,8 +145,8 @@ async fn follow(shard: &Rc<Shard>, leader: i32) {
 
 /// One Fetch to the leader for `partitions`, each from its follower log's durable end, and
 /// what came back applied: batches appended, divergences truncated, the high watermark kept.
-/// Returns the partitions that cannot follow (a gap the log refuses, as after compaction)
-/// and whether any partition was answered without error.
+/// Returns the partitions that cannot follow (a log that refuses both the leader's batches
+/// and a truncation) and whether any partition was answered without error.
 async fn fetch_round(
     shard: &Rc<Shard>,
     connection: &mut Option<TcpStream>,
@@ -232,15 +232,20 @@ async fn fetch_round(
                         log_end,
                         batch_base,
                     }) => {
+                        // The leader's batch overlaps what this log holds past its start: the
+                        // two logs disagree there although the epochs did not tell. Cut back
+                        // to where the leader's batch starts and fetch it again.
                         tracing::warn!(
                             topic = %name,
                             partition = p,
                             log_end,
                             batch_base,
-                            "leader's batches do not continue this follower's log \
-                             (a compacted leader): it stops fetching the partition"
+                            "leader's batch overlaps this follower's log: truncating to it"
                         );
-                        stuck.push((name.clone(), p));
+                        if let Err(e) = log.truncate_to(batch_base).await {
+                            tracing::warn!(topic = %name, partition = p, "truncating: {e}: it stops fetching the partition");
+                            stuck.push((name.clone(), p));
+                        }
                     }
                     Err(e) => tracing::warn!(topic = %name, partition = p, "replica append: {e}"),
                 }

@@ -56,11 +56,15 @@ impl PartitionLog {
         parsed: &[(usize, BatchHeader)],
         stamp: Option<i32>,
         base_offset: i64,
+        keep_offsets: bool,
     ) -> Result<(), LogError> {
         let mut latest = self.epochs.borrow().latest().unwrap_or(-1);
         let mut offset = base_offset;
         let mut changed = false;
         for (_, h) in parsed {
+            if keep_offsets {
+                offset = h.base_offset();
+            }
             let epoch = stamp.unwrap_or(h.partition_leader_epoch());
             if epoch > latest {
                 changed |= self.epochs.borrow_mut().assign(epoch, offset);
