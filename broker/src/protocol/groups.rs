@@ -2,7 +2,8 @@
 //! OffsetFetch, ListGroups, DescribeGroups, DeleteGroups, OffsetDelete.
 //!
 //! Each handler decodes its request into plain data, forwards it to the group's coordinator
-//! shard (`groups::coordinator_shard`), and encodes the answer for the request's version.
+//! shard (the owner of the group's `__consumer_offsets` partition, when this node leads
+//! it), and encodes the answer for the request's version.
 //! The crate refuses to encode a field set to a non-default value at a version without it,
 //! so version-dependent fields are set only at versions that have them.
 //!
@@ -18,7 +19,8 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::codes;
 use crate::groups::group::GROUP_ID_MAX_BYTES;
-use crate::groups::{coordinator_node, coordinator_shard, GroupCoordinator};
+use crate::catalog::OFFSETS_TOPIC;
+use crate::groups::{partition_for, GroupCoordinator};
 use crate::shard::Shard;
 
 mod admin;
@@ -40,28 +42,41 @@ fn invalid_group_id(group_id: &str) -> bool {
     group_id.is_empty() || group_id.len() > GROUP_ID_MAX_BYTES
 }
 
-/// Run `f` with the group coordinator of `group_id`'s shard. Err(NOT_COORDINATOR) if
-/// another broker coordinates the group; Err(COORDINATOR_NOT_AVAILABLE) if that shard has
-/// no coordinator (still starting, or stopping) or is gone.
+/// Run `f` with the group coordinator of `group_id`: the shard owning the group's offsets
+/// partition, if this node leads it. Err(NOT_COORDINATOR) if another broker leads it (or
+/// the offsets topic does not exist yet: FindCoordinator creates it);
+/// Err(COORDINATOR_NOT_AVAILABLE) if it has no leader or the shard has no coordinator
+/// (starting, stopping); Err(COORDINATOR_LOAD_IN_PROGRESS) while the partition loads.
 async fn on_coordinator<R, F, Fut>(shard: &Rc<Shard>, group_id: &str, f: F) -> Result<R, i16>
 where
     R: Send + 'static,
     F: FnOnce(Rc<Shard>, Rc<GroupCoordinator>) -> Fut + Send + 'static,
     Fut: Future<Output = R> + 'static,
 {
-    if coordinator_node(group_id, &shard.catalog()) != Some(shard.node_id()) {
-        return Err(codes::NOT_COORDINATOR);
-    }
-    let target = coordinator_shard(group_id, shard.nr_shards);
+    let count = shard
+        .catalog()
+        .topics
+        .get(OFFSETS_TOPIC)
+        .map(|t| t.partition_count())
+        .ok_or(codes::NOT_COORDINATOR)?;
+    let partition = partition_for(group_id, count);
+    let target = shard
+        .route(OFFSETS_TOPIC, partition)
+        .map_err(|code| match code {
+            codes::LEADER_NOT_AVAILABLE => codes::COORDINATOR_NOT_AVAILABLE,
+            _ => codes::NOT_COORDINATOR,
+        })?;
+    let group_id = group_id.to_string();
     shard
         .call(target, move |s| async move {
-            let coordinator = s.groups.get().cloned()?;
-            Some(f(s, coordinator).await)
+            let Some(coordinator) = s.groups.get().cloned() else {
+                return Err(codes::COORDINATOR_NOT_AVAILABLE);
+            };
+            coordinator.serving(&group_id)?;
+            Ok(f(s, coordinator).await)
         })
         .await
-        .ok()
-        .flatten()
-        .ok_or(codes::COORDINATOR_NOT_AVAILABLE)
+        .unwrap_or(Err(codes::COORDINATOR_NOT_AVAILABLE))
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! Shard 0 is also the controller of the catalog (see `catalog/`): it applies topic changes,
 //! persists them, and pushes a copy to every shard with [`Shard::apply_catalog`].
 
+mod groups;
 mod leading;
 pub mod ops;
 
@@ -91,8 +92,11 @@ pub struct Shard {
     pub(crate) shutting_down: Cell<bool>,
     /// Notified when the shutdown begins (wakes long polls).
     pub(crate) shutdown_event: crate::log::event::Event,
-    /// Coordinator of the consumer groups that hash to this shard (set once at start).
+    /// Coordinator of the groups of the offsets partitions this shard owns and this node
+    /// leads (set once at start; see `groups.rs`).
     pub groups: std::cell::OnceCell<Rc<GroupCoordinator>>,
+    /// Shard 0: committed offsets of an earlier version, until imported into the topic.
+    legacy_offsets: RefCell<Option<crate::groups::legacy::LegacyOffsets>>,
     /// Requests being handled on this shard right now (for a clean shutdown).
     pub(crate) requests_in_flight: Cell<usize>,
     /// When this shard last tried to reopen a failed log.
@@ -128,6 +132,7 @@ impl Shard {
             shutting_down: Cell::new(false),
             shutdown_event: Default::default(),
             groups: std::cell::OnceCell::new(),
+            legacy_offsets: RefCell::new(None),
             requests_in_flight: Cell::new(0),
             last_reopen: Cell::new(None),
             metrics: Default::default(),
@@ -479,6 +484,7 @@ impl Shard {
             }
         }
         self.adopt_roles(&catalog);
+        self.adopt_offsets_partitions(&catalog);
         self.adopted_version
             .set(self.adopted_version.get().max(catalog.version));
         self.catalog_event.notify();
@@ -597,55 +603,6 @@ impl Shard {
             .and_then(|slots| slots.get_mut(partition as usize))
         {
             *slot = Some(reopened);
-        }
-    }
-
-    /// Open this shard's group coordinator (replaying its offsets log), start its timers,
-    /// and move offsets found here that belong to other shards' coordinators (after a change
-    /// of `cores`). Called once per shard at start, before the shard accepts connections.
-    pub async fn start_groups(self: &Rc<Self>) -> Result<(), String> {
-        let (coordinator, migration) = GroupCoordinator::open(
-            self.id,
-            self.nr_shards,
-            &self.config.data_dir,
-            self.config.log_config(),
-            self.storage.clone(),
-            self.config.groups.clone(),
-        )
-        .await?;
-        coordinator.spawn_timers();
-        self.groups
-            .set(coordinator.clone())
-            .map_err(|_| "group coordinator started twice".to_string())?;
-        // Set before migrating: other shards may be moving offsets here at the same time.
-        let shard = self.clone();
-        coordinator
-            .migrate(migration, move |target, records| {
-                let shard = shard.clone();
-                async move {
-                    shard
-                        .call(target, move |s| async move {
-                            let coordinator = s.groups.get().cloned()?;
-                            Some(coordinator.write_all(records).await)
-                        })
-                        .await
-                        .map_err(|_| format!("shard {target} is gone"))
-                }
-            })
-            .await
-    }
-
-    /// Shutdown, before the drain of in-flight requests: waiting joins and syncs answer now.
-    pub fn quiesce_groups(&self) {
-        if let Some(coordinator) = self.groups.get() {
-            coordinator.quiesce();
-        }
-    }
-
-    /// Stop this shard's group coordinator: fail waiting requests, close the offsets log.
-    pub async fn stop_groups(&self) {
-        if let Some(coordinator) = self.groups.get() {
-            coordinator.close().await;
         }
     }
 
