@@ -32,8 +32,8 @@ use super::{partition_for, GroupsConfig};
 use crate::clock::now_ms;
 use crate::codes;
 
-use offsets_store::tombstones;
 pub(crate) use offsets_store::read_log;
+use offsets_store::tombstones;
 
 mod offsets_store;
 
@@ -48,7 +48,11 @@ pub trait OffsetsAppender {
     /// Append `batch` to offsets partition `partition`; resolves once the partition's high
     /// watermark covers it, with its base offset, or with the Kafka error code to answer
     /// (NOT_COORDINATOR once deposed, COORDINATOR_NOT_AVAILABLE on a timeout).
-    fn append(&self, partition: i32, batch: Bytes) -> Pin<Box<dyn Future<Output = Result<i64, i16>>>>;
+    fn append(
+        &self,
+        partition: i32,
+        batch: Bytes,
+    ) -> Pin<Box<dyn Future<Output = Result<i64, i16>>>>;
 }
 
 /// One partition of an OffsetCommit.

@@ -35,7 +35,10 @@ pub struct LegacyOffsets {
 }
 
 /// Read every legacy offsets log under `data_dir`; None if there is none.
-pub async fn read(data_dir: &Path, log_config: &LogConfig) -> Result<Option<LegacyOffsets>, String> {
+pub async fn read(
+    data_dir: &Path,
+    log_config: &LogConfig,
+) -> Result<Option<LegacyOffsets>, String> {
     let dir = data_dir.join(LEGACY_DIR);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(None);
@@ -50,7 +53,11 @@ pub async fn read(data_dir: &Path, log_config: &LogConfig) -> Result<Option<Lega
     for shard_dir in &shards {
         let generation = match std::fs::read_to_string(shard_dir.join("CURRENT")) {
             Ok(text) => text.trim().parse::<u64>().map_err(|_| {
-                format!("{}/CURRENT: bad generation '{}'", shard_dir.display(), text.trim())
+                format!(
+                    "{}/CURRENT: bad generation '{}'",
+                    shard_dir.display(),
+                    text.trim()
+                )
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(format!("reading {}/CURRENT: {e}", shard_dir.display())),
@@ -90,7 +97,8 @@ pub async fn read(data_dir: &Path, log_config: &LogConfig) -> Result<Option<Lega
             })
         })
         .collect();
-    records.sort_by(|a, b| (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition)));
+    records
+        .sort_by(|a, b| (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition)));
     tracing::info!(
         dir = %dir.display(),
         offsets = records.len(),
@@ -180,7 +188,11 @@ mod tests {
             assert!(taken.iter().all(|r| partition_for(&r.group, count) == p));
             seen += taken.len();
         }
-        assert_eq!(seen, groups.len(), "every legacy offset goes to exactly one partition");
+        assert_eq!(
+            seen,
+            groups.len(),
+            "every legacy offset goes to exactly one partition"
+        );
         let mut finished = false;
         for p in &partitions {
             assert!(!finished, "not done before every partition imported");

@@ -41,8 +41,9 @@ pub use crate::catalog::OFFSETS_TOPIC;
 
 /// Java's `String.hashCode` (over UTF-16 code units, wrapping), as Kafka hashes group ids.
 pub fn java_string_hash(text: &str) -> i32 {
-    text.encode_utf16()
-        .fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(i32::from(unit)))
+    text.encode_utf16().fold(0i32, |h, unit| {
+        h.wrapping_mul(31).wrapping_add(i32::from(unit))
+    })
 }
 
 /// The offsets partition of a group: Kafka's `Utils.abs(groupId.hashCode) % partitions`
@@ -229,7 +230,11 @@ mod tests {
         assert_eq!(java_string_hash("orders"), -1008770331);
         assert_eq!(java_string_hash("polygenelubricants"), i32::MIN);
         assert_eq!(partition_for("orders", 50), 31);
-        assert_eq!(partition_for("polygenelubricants", 50), 0, "Utils.abs(MIN) is 0");
+        assert_eq!(
+            partition_for("polygenelubricants", 50),
+            0,
+            "Utils.abs(MIN) is 0"
+        );
         // UTF-16 code units, as Java: a character outside the BMP is two units.
         assert_eq!(java_string_hash("\u{1F600}"), 0xD83D * 31 + 0xDE00);
         for n in 1..60 {

@@ -17,9 +17,9 @@ use std::rc::Rc;
 
 use kafka_protocol::protocol::StrBytes;
 
+use crate::catalog::OFFSETS_TOPIC;
 use crate::codes;
 use crate::groups::group::GROUP_ID_MAX_BYTES;
-use crate::catalog::OFFSETS_TOPIC;
 use crate::groups::{partition_for, GroupCoordinator};
 use crate::shard::Shard;
 

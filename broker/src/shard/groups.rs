@@ -212,7 +212,10 @@ impl Shard {
                     Ok(_) => {
                         if had_imports {
                             let _ = shard
-                                .call(0, move |s| async move { s.legacy_imported(partition, count) })
+                                .call(
+                                    0,
+                                    move |s| async move { s.legacy_imported(partition, count) },
+                                )
                                 .await;
                         }
                         return;

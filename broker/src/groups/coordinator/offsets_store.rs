@@ -293,8 +293,18 @@ impl GroupCoordinator {
         for (partition, records) in by_partition {
             let count = records.len();
             match self.write_all(partition, records).await {
-                Ok(()) => tracing::info!(shard = self.shard_id, partition, count, "expired committed offsets"),
-                Err(code) => tracing::warn!(shard = self.shard_id, partition, code, "expiring offsets failed"),
+                Ok(()) => tracing::info!(
+                    shard = self.shard_id,
+                    partition,
+                    count,
+                    "expired committed offsets"
+                ),
+                Err(code) => tracing::warn!(
+                    shard = self.shard_id,
+                    partition,
+                    code,
+                    "expiring offsets failed"
+                ),
             }
         }
     }

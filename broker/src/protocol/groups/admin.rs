@@ -16,10 +16,10 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::{on_coordinator, str_bytes};
-use crate::codes;
 use crate::catalog::OFFSETS_TOPIC;
-use crate::groups::partition_for;
+use crate::codes;
 use crate::groups::group::GroupDescription;
+use crate::groups::partition_for;
 use crate::protocol::{decode_body, encode_response, Reply, Request};
 use crate::shard::Shard;
 
@@ -63,7 +63,10 @@ pub async fn handle_find_coordinator(
         .iter()
         .map(|key| {
             let broker = offsets
-                .and_then(|t| t.placement.get(partition_for(key, t.partition_count()) as usize))
+                .and_then(|t| {
+                    t.placement
+                        .get(partition_for(key, t.partition_count()) as usize)
+                })
                 .and_then(|p| catalog.brokers.get(&p.leader))
                 .filter(|b| !b.fenced);
             match broker {
