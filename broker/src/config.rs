@@ -74,6 +74,18 @@ pub struct Cli {
     /// (Kafka: replica.lag.time.max.ms).
     #[arg(long, env = "SHARDLOG_REPLICA_LAG_TIME_MAX_MS")]
     pub replica_lag_time_max_ms: Option<u64>,
+    /// Bytes a follower asks its leader for per partition and fetch (Kafka:
+    /// replica.fetch.max.bytes; a larger first batch still comes whole).
+    #[arg(long, env = "SHARDLOG_REPLICA_FETCH_MAX_BYTES")]
+    pub replica_fetch_max_bytes: Option<u32>,
+    /// Bytes a follower asks for per fetch over all its partitions of one leader (Kafka:
+    /// replica.fetch.response.max.bytes).
+    #[arg(long, env = "SHARDLOG_REPLICA_FETCH_RESPONSE_MAX_BYTES")]
+    pub replica_fetch_response_max_bytes: Option<u32>,
+    /// How long a leader holds a follower's fetch when it has nothing new (Kafka:
+    /// replica.fetch.wait.max.ms).
+    #[arg(long, env = "SHARDLOG_REPLICA_FETCH_WAIT_MAX_MS")]
+    pub replica_fetch_wait_max_ms: Option<u32>,
     /// How often the metadata quorum's leader gives partitions back to their preferred
     /// leaders (Kafka: leader.imbalance.check.interval.seconds, with
     /// auto.leader.rebalance.enable); 0 turns it off.
@@ -204,6 +216,9 @@ pub struct Config {
     pub min_insync_replicas: usize,
     pub replica_lag_time_max_ms: u64,
     pub leader_imbalance_check_interval_ms: u64,
+    pub replica_fetch_max_bytes: u32,
+    pub replica_fetch_response_max_bytes: u32,
+    pub replica_fetch_wait_max_ms: u32,
     pub auto_create_topics: bool,
     pub num_partitions: i32,
     pub max_frame_bytes: usize,
@@ -330,6 +345,9 @@ impl Config {
             min_insync_replicas: pick!(min_insync_replicas, 1),
             replica_lag_time_max_ms: pick!(replica_lag_time_max_ms, 10_000),
             leader_imbalance_check_interval_ms: pick!(leader_imbalance_check_interval_ms, 30_000),
+            replica_fetch_max_bytes: pick!(replica_fetch_max_bytes, 4 << 20),
+            replica_fetch_response_max_bytes: pick!(replica_fetch_response_max_bytes, 32 << 20),
+            replica_fetch_wait_max_ms: pick!(replica_fetch_wait_max_ms, 250),
             listen,
             advertise_host,
             advertise_port,
@@ -429,6 +447,25 @@ impl Config {
             format!(
                 "min_insync_replicas: must be at least 1, got {}",
                 self.min_insync_replicas
+            ),
+        )?;
+        check(
+            self.replica_fetch_max_bytes >= 1024
+                && self.replica_fetch_response_max_bytes >= self.replica_fetch_max_bytes
+                && (self.replica_fetch_response_max_bytes as usize) < self.max_frame_bytes,
+            format!(
+                "replica_fetch_response_max_bytes: {} must be at least replica_fetch_max_bytes \
+                 {} (itself at least 1024) and below max_frame_bytes {}",
+                self.replica_fetch_response_max_bytes,
+                self.replica_fetch_max_bytes,
+                self.max_frame_bytes
+            ),
+        )?;
+        check(
+            self.replica_fetch_wait_max_ms < self.replica_lag_time_max_ms as u32,
+            format!(
+                "replica_fetch_wait_max_ms: {} must be below replica_lag_time_max_ms {}",
+                self.replica_fetch_wait_max_ms, self.replica_lag_time_max_ms
             ),
         )?;
         check(

@@ -244,28 +244,40 @@ pub fn attributes_of_each(chunks: &[impl AsRef<[u8]>]) -> impl Iterator<Item = i
 const ATTRIBUTES_KEPT_ON_RESTAMP: i16 = 0x77;
 
 /// The chunks a log stores and serves for one validated batch of `batches` (at byte `at`):
-/// its header stamped with `base_offset` and, for a LogAppendTime topic, with the append
+/// its head stamped with `base_offset`, with `leader_epoch` when given (a leader stamps its
+/// epoch; a follower keeps the leader's) and, for a LogAppendTime topic, with the append
 /// time; and the rest of the batch as a slice of `batches` (never copied here). Returns the
 /// stamped header too.
 ///
-/// Without an append time only the 8-byte BaseOffset changes, which the CRC does not cover,
-/// so the head is those 8 bytes. With one, the head is the whole header rewritten as
-/// Kafka's LogValidator does for magic 2: the timestamp-type attribute set, MaxTimestamp =
-/// the append time (BaseTimestamp and the records' deltas untouched: a consumer reads every
-/// record's timestamp as MaxTimestamp under LogAppendTime), and the CRC-32C recomputed over
-/// the new header fields and the records, which it reads once but does not copy.
+/// Without an append time only BaseOffset and PartitionLeaderEpoch may change, which the CRC
+/// does not cover, so the head is the first 16 bytes (BaseOffset, Length, the epoch): one
+/// small copy per batch whether or not an epoch is stamped. With an append time, the head
+/// is the whole header rewritten as Kafka's LogValidator does for magic 2: the
+/// timestamp-type attribute set, MaxTimestamp = the append time (BaseTimestamp and the
+/// records' deltas untouched: a consumer reads every record's timestamp as MaxTimestamp
+/// under LogAppendTime), and the CRC-32C recomputed over the new header fields and the
+/// records, which it reads once but does not copy.
 pub fn stamp(
     batches: &bytes::Bytes,
     at: usize,
     header: BatchHeader,
     base_offset: i64,
+    leader_epoch: Option<i32>,
     log_append_time_ms: Option<i64>,
 ) -> (BatchHeader, bytes::Bytes, bytes::Bytes) {
     let end = at + header.total_bytes();
-    let header = header.with_base_offset(base_offset);
+    let mut header = header.with_base_offset(base_offset);
+    if let Some(epoch) = leader_epoch {
+        header.partition_leader_epoch = epoch;
+    }
     let Some(append_time_ms) = log_append_time_ms else {
-        let head = bytes::Bytes::copy_from_slice(&base_offset.to_be_bytes());
-        return (header, head, batches.slice(at + OFF_LENGTH..end));
+        let mut head = [0u8; OFF_MAGIC];
+        head[OFF_BASE_OFFSET..OFF_LENGTH].copy_from_slice(&base_offset.to_be_bytes());
+        head[OFF_LENGTH..OFF_PARTITION_LEADER_EPOCH].copy_from_slice(&header.length.to_be_bytes());
+        head[OFF_PARTITION_LEADER_EPOCH..OFF_MAGIC]
+            .copy_from_slice(&header.partition_leader_epoch.to_be_bytes());
+        let head = bytes::Bytes::copy_from_slice(&head);
+        return (header, head, batches.slice(at + OFF_MAGIC..end));
     };
     let (header, head) = with_log_append_time(&batches[at..end], header, append_time_ms);
     let head = bytes::Bytes::copy_from_slice(&head);
@@ -285,6 +297,8 @@ fn with_log_append_time(
         .expect("a validated batch holds a whole header");
     let attributes = (header.attributes & ATTRIBUTES_KEPT_ON_RESTAMP) | ATTRIBUTE_LOG_APPEND_TIME;
     head[OFF_BASE_OFFSET..OFF_LENGTH].copy_from_slice(&header.base_offset.to_be_bytes());
+    head[OFF_PARTITION_LEADER_EPOCH..OFF_MAGIC]
+        .copy_from_slice(&header.partition_leader_epoch.to_be_bytes());
     head[OFF_ATTRIBUTES..OFF_LAST_OFFSET_DELTA].copy_from_slice(&attributes.to_be_bytes());
     head[OFF_MAX_TIMESTAMP..OFF_PRODUCER_ID].copy_from_slice(&append_time_ms.to_be_bytes());
     let crc = crc32c::crc32c_append(
@@ -510,7 +524,7 @@ pub(crate) mod tests {
     /// `stamp`'s two chunks joined: the bytes the log stores and serves for the batch.
     fn stamped_bytes(batches: &Bytes, at: usize, offset: i64, time: Option<i64>) -> Vec<u8> {
         let header = BatchHeader::parse(&batches[at..]).unwrap();
-        let (_, head, rest) = stamp(batches, at, header, offset, time);
+        let (_, head, rest) = stamp(batches, at, header, offset, None, time);
         [head.as_ref(), rest.as_ref()].concat()
     }
 
@@ -519,7 +533,7 @@ pub(crate) mod tests {
         let batch = encode_batch(5, 100, 1_000, (7, 3, 42), Compression::Gzip);
         let header = BatchHeader::validate(&batch, 1 << 20).unwrap();
 
-        let (stamped, head, rest) = stamp(&batch, 0, header, 500, Some(1_700_000_000_123));
+        let (stamped, head, rest) = stamp(&batch, 0, header, 500, None, Some(1_700_000_000_123));
 
         assert_eq!(head.len(), BATCH_HEADER_BYTES);
         assert_eq!(
@@ -581,13 +595,38 @@ pub(crate) mod tests {
         let at = plain(3, 1).len();
         let header = BatchHeader::parse(&all[at..]).unwrap();
 
-        let (stamped, head, rest) = stamp(&all, at, header, 77, None);
+        let (stamped, head, rest) = stamp(&all, at, header, 77, None, None);
 
-        assert_eq!(head.as_ref(), &77i64.to_be_bytes());
+        assert_eq!(head.len(), 16, "BaseOffset, Length and the epoch");
+        assert_eq!(&head[..8], &77i64.to_be_bytes());
         let mut expected = all[at..].to_vec();
         expected[..8].copy_from_slice(&77i64.to_be_bytes());
         assert_eq!([head.as_ref(), rest.as_ref()].concat(), expected);
         assert_eq!(stamped, header.with_base_offset(77));
+    }
+
+    #[test]
+    fn a_leader_epoch_is_stamped_outside_the_crc_with_or_without_an_append_time() {
+        let batch = encode_batch(4, 50, 1_000, (7, 3, 42), Compression::Lz4);
+        let header = BatchHeader::validate(&batch, 1 << 20).unwrap();
+        for time in [None, Some(9_999)] {
+            let (stamped, head, rest) = stamp(&batch, 0, header, 300, Some(17), time);
+
+            let bytes = [head.as_ref(), rest.as_ref()].concat();
+            let read = BatchHeader::validate(&bytes, 1 << 20).expect("CRC-32C still valid");
+            assert_eq!(read, stamped, "{time:?}");
+            assert_eq!(read.partition_leader_epoch(), 17);
+            assert_eq!(read.base_offset(), 300);
+            if time.is_none() {
+                assert_eq!(&bytes[16..], &batch[16..], "nothing past the epoch changes");
+            }
+        }
+        // Without an epoch to stamp, the batch keeps the one it carries (a follower's copy).
+        let (kept, _, _) = stamp(&batch, 0, header, 300, None, None);
+        assert_eq!(
+            kept.partition_leader_epoch(),
+            header.partition_leader_epoch()
+        );
     }
 
     #[test]

@@ -17,6 +17,11 @@ pub(crate) const PRODUCER_SNAPSHOT_FILE: &str = "producer.snapshot";
 /// file while appends wait.
 pub(crate) const NEXT_SEGMENT_FILE: &str = "next-segment.log.tmp";
 
+/// The leader epoch cache (Kafka's text format, see `epochs`), replaced atomically.
+pub(crate) const LEADER_EPOCH_FILE: &str = "leader-epoch-checkpoint";
+/// The empty segment a reset starts the log with, until it gets its name.
+pub(crate) const RESET_SEGMENT_FILE: &str = "reset-segment.log.tmp";
+
 /// Extension of the empty file that marks a segment the cleaner rewrote (gaps allowed).
 pub(crate) const COMPACTED_EXT: &str = "compacted";
 

@@ -31,6 +31,7 @@
 
 pub mod batch;
 pub mod cleaner;
+mod epochs;
 pub(crate) mod event;
 mod files;
 mod partition;
@@ -41,11 +42,16 @@ mod shard;
 #[cfg(test)]
 mod cleaner_tests;
 #[cfg(test)]
+mod epoch_tests;
+#[cfg(test)]
 mod order_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod truncate_tests;
 
 pub use cleaner::{CleanStats, CleanerSettings, CompactionConfig};
+pub use epochs::EpochCache;
 pub use partition::PartitionLog;
 pub use segment::probe_direct_io;
 pub use shard::{ShardStorage, RETENTION_CHECK_INTERVAL_MS_DEFAULT};
@@ -199,6 +205,9 @@ pub struct ReadResult {
     pub log_start_offset: i64,
     /// Log end offset at the time of the read.
     pub log_end_offset: i64,
+    /// High watermark at the time of the read (the log end for a log that is not
+    /// replicated): what a Fetch reports to consumers and followers alike.
+    pub high_watermark: i64,
 }
 
 /// What `open` found on disk and what it did about it.

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use glommio::io::DmaFile;
 
 use super::batch::{self, BatchHeader};
+use super::epochs::EpochCache;
 use super::event::Event;
 use super::files::{self, CleanShutdown};
 use super::producer::{ProducerStates, SequenceCheck};
@@ -30,19 +31,20 @@ use crate::sync::{FifoLock, Place};
 use write_queue::WriteQueue;
 
 pub(super) mod clean;
+mod epochs;
 mod open;
 mod read;
 mod replica;
 mod roll;
-mod shim;
+mod truncate;
 mod write_queue;
 
 /// Relative offsets and positions are u32 in the index files, as in Kafka.
 const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
 
-/// A batch kept in memory for readers near the head: the stamped head (the base offset, or
-/// the whole header under LogAppendTime) and the rest of the batch as received, so serving
-/// it copies nothing.
+/// A batch kept in memory for readers near the head: the stamped head (base offset, length
+/// and leader epoch, or the whole header under LogAppendTime) and the rest of the batch as
+/// received, so serving it copies nothing.
 struct CachedBatch {
     header: BatchHeader,
     segment_base: i64,
@@ -97,6 +99,14 @@ pub struct PartitionLog {
     /// When the earliest tombstone the last pass kept expires: a pass is due then even if
     /// nothing else is dirty (Kafka KIP-534).
     tombstone_expiry_ms: Cell<Option<i64>>,
+    /// The epoch producer appends stamp into their batches; -1 stamps nothing.
+    leader_epoch: Cell<i32>,
+    /// Where each leader epoch starts (see `epochs`); changed only in the append line.
+    epochs: RefCell<EpochCache>,
+    /// The replication layer's high watermark; `None` for a log that is not replicated.
+    high_watermark: Cell<Option<i64>>,
+    /// A truncation or reset is running: no cleaning pass, retention or sync starts.
+    truncating: Cell<bool>,
 }
 
 impl PartitionLog {
@@ -185,8 +195,9 @@ impl PartitionLog {
             self.roll().await.inspect_err(|e| self.fail(e))?;
         }
         let append_time_ms = self.config.borrow().log_append_time.then_some(now_ms);
+        let leader_epoch = Some(self.leader_epoch.get()).filter(|e| *e >= 0);
         let base_offset = self
-            .write_batches(&batches, parsed, append_time_ms, now_ms)
+            .write_batches(&batches, parsed, leader_epoch, append_time_ms, now_ms)
             .await?;
         Ok(AppendInfo {
             base_offset,
@@ -198,22 +209,26 @@ impl PartitionLog {
     }
 
     /// Write validated batches at the log end, each at the next offset (stamped with
-    /// `append_time_ms` if given), into the cache and the write queue. Returns the first
-    /// batch's offset. The caller holds this log's place in line.
+    /// `leader_epoch` and `append_time_ms` if given), into the cache and the write queue.
+    /// Returns the first batch's offset. The caller holds this log's place in line.
     async fn write_batches(
         &self,
         batches: &Bytes,
         parsed: Vec<(usize, BatchHeader)>,
+        leader_epoch: Option<i32>,
         append_time_ms: Option<i64>,
         now_ms: i64,
     ) -> Result<i64, LogError> {
         let base_offset = self.log_end_offset.get();
+        // Before any byte of the batches can reach the device: a batch on disk always has
+        // its epoch in the checkpoint (see `epochs`).
+        self.note_epochs(&parsed, leader_epoch, base_offset).await?;
         let interval = self.config.borrow().index_interval_bytes.max(1) as u64;
         for (at, header) in parsed {
             let size = header.total_bytes();
             let offset = self.log_end_offset.get();
             let (stamped, offset_chunk, body) =
-                batch::stamp(batches, at, header, offset, append_time_ms);
+                batch::stamp(batches, at, header, offset, leader_epoch, append_time_ms);
             self.copy_into_staging(&offset_chunk).await?;
             self.copy_into_staging(&body).await?;
             let next = stamped.last_offset() + 1;
@@ -295,9 +310,11 @@ impl PartitionLog {
     /// fdatasyncs the active file until everything written so far is durable; callers that
     /// arrive during a sync wait for it and then share the next one (group commit).
     async fn sync_written(&self) -> Result<i64, LogError> {
-        let target = self.written_offset.get();
+        let mut target = self.written_offset.get();
         loop {
             self.check_failed()?;
+            // A truncation may have moved the written offset back below the target.
+            target = target.min(self.written_offset.get());
             if self.durable_offset.get() >= target {
                 return Ok(self.durable_offset.get());
             }
@@ -305,9 +322,10 @@ impl PartitionLog {
                 self.sync_event.listen().await;
                 continue;
             }
-            if self.finishing.get() {
+            if self.finishing.get() || self.truncating.get() {
                 // A rolled segment's data is durable only once its finish synced it, and
-                // syncing the active file covers only what is in that file.
+                // syncing the active file covers only what is in that file. A truncation
+                // swaps the active file and syncs it itself.
                 self.finish_event.listen().await;
                 continue;
             }
@@ -404,8 +422,9 @@ impl PartitionLog {
         self.check_usable()?;
         // A segment being finished is not deleted under its finish.
         self.wait_finished().await?;
-        if self.cleaning.get() {
-            // The pass swaps the segments it read; retention runs at its next check.
+        if self.cleaning.get() || self.truncating.get() {
+            // The pass swaps the segments it read, a truncation cuts or replaces them;
+            // retention runs at its next check.
             return Ok(0);
         }
         let config = self.config.borrow().clone();

@@ -48,7 +48,7 @@ pub(crate) enum SequenceCheck {
 }
 
 /// All producers of one partition.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct ProducerStates {
     producers: HashMap<i64, ProducerEntry>,
 }

@@ -207,6 +207,9 @@ pub(super) struct ScanOutcome {
     pub(super) batches: u64,
     pub(super) reason: Option<String>,
     pub(super) garbage_bytes: u64,
+    /// `(epoch, base offset)` of each batch whose leader epoch is above all before it in
+    /// the scan: what the epoch cache must hold for the scanned part.
+    pub(super) epochs: Vec<(i32, i64)>,
 }
 
 thread_local! {
@@ -349,6 +352,8 @@ pub(super) async fn scan_segment(
     let mut batches = 0;
     let mut reason = None;
     let mut buf = None;
+    let mut epochs = Vec::new();
+    let mut epoch_max = -1;
     loop {
         if pos >= file_end {
             break;
@@ -404,6 +409,10 @@ pub(super) async fn scan_segment(
             break;
         }
         seg.note_batch(pos, &h, index_interval_bytes);
+        if h.partition_leader_epoch() > epoch_max {
+            epoch_max = h.partition_leader_epoch();
+            epochs.push((epoch_max, h.base_offset()));
+        }
         pos += h.total_bytes() as u64;
         expected = h.last_offset() + 1;
         batches += 1;
@@ -415,15 +424,57 @@ pub(super) async fn scan_segment(
         batches,
         reason,
         garbage_bytes,
+        epochs,
     })
 }
 
-/// Batches containing and following `offset`, parsed from `pos` (where the batch with base
-/// offset `expected` starts) up to `disk_end`.
+/// Where cutting a segment's data at `offset` falls: the position of the first batch whose
+/// last offset is at or past `offset`, searched from `position` (where the batch at
+/// `entry_offset` starts, an index entry) up to `size`, or `size` when there is none; and
+/// the offset just after the last batch before it (`entry_offset` when there is none).
+/// Reads headers only; the caller rescans what stays (`scan_segment`), CRCs included.
+pub(super) async fn find_cut(
+    file: &DmaFile,
+    offset: i64,
+    entry_offset: i64,
+    mut position: u64,
+    size: u64,
+) -> Result<(u64, i64), LogError> {
+    let mut end = entry_offset;
+    let mut buf = None;
+    while position < size {
+        if !ensure_read(
+            file,
+            &mut buf,
+            position,
+            BATCH_HEADER_BYTES,
+            DISK_READ_CHUNK_BYTES,
+            size,
+        )
+        .await?
+        {
+            return Err(LogError::CorruptBatch(format!(
+                "a batch header at byte {position} runs past the segment's data"
+            )));
+        }
+        let h = BatchHeader::parse(slice_of(&buf, position, BATCH_HEADER_BYTES))?;
+        if h.last_offset() >= offset {
+            return Ok((position, end));
+        }
+        end = h.last_offset() + 1;
+        position += h.total_bytes() as u64;
+    }
+    Ok((size, end))
+}
+
+/// Batches containing and following `offset` and ending before `limit`, parsed from `pos`
+/// (where the batch with base offset `expected` starts) up to `disk_end`.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn read_batches_at(
     file: &DmaFile,
     offset: i64,
     max_bytes: usize,
+    limit: i64,
     mut expected: i64,
     mut pos: u64,
     disk_end: u64,
@@ -467,6 +518,11 @@ pub(super) async fn read_batches_at(
         if h.last_offset() < offset {
             pos += size as u64;
             continue;
+        }
+        if h.last_offset() >= limit {
+            // Nothing past the limit (a high watermark) is served, and a limit inside
+            // the first batch leaves nothing to serve: not damage.
+            return Ok(out);
         }
         if !out.is_empty() && bytes + size > max_bytes {
             break;

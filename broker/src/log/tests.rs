@@ -57,7 +57,7 @@ fn dir_of(p: &Path) -> &Path {
     p.parent().unwrap()
 }
 
-fn small_config() -> LogConfig {
+pub(crate) fn small_config() -> LogConfig {
     LogConfig {
         segment_bytes: 64 << 10,
         index_interval_bytes: 1024,
@@ -69,7 +69,7 @@ fn small_config() -> LogConfig {
 }
 
 /// The bytes a batch has in the log once stamped with `base_offset`.
-fn stamped(batch: &Bytes, base_offset: i64) -> Vec<u8> {
+pub(crate) fn stamped(batch: &Bytes, base_offset: i64) -> Vec<u8> {
     let mut v = batch.to_vec();
     v[..8].copy_from_slice(&base_offset.to_be_bytes());
     v
@@ -89,12 +89,12 @@ macro_rules! assert_bytes {
     }};
 }
 
-fn concat(chunks: &[Bytes]) -> Vec<u8> {
+pub(crate) fn concat(chunks: &[Bytes]) -> Vec<u8> {
     chunks.iter().flat_map(|c| c.iter().copied()).collect()
 }
 
 /// Reads the whole log from its start, batch by batch, stopping at the first error.
-async fn read_all(log: &PartitionLog) -> (Vec<u8>, Option<LogError>) {
+pub(crate) async fn read_all(log: &PartitionLog) -> (Vec<u8>, Option<LogError>) {
     let mut out = Vec::new();
     let mut offset = log.log_start_offset();
     while offset < log.log_end_offset() {
@@ -113,7 +113,7 @@ async fn read_all(log: &PartitionLog) -> (Vec<u8>, Option<LogError>) {
     (out, None)
 }
 
-fn tempdir() -> tempfile::TempDir {
+pub(crate) fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
 
@@ -688,7 +688,7 @@ fn concurrent_appends_flushes_and_reads_keep_every_batch_whole_and_in_offset_ord
 // ---------------------------------------------------------------------------------------
 // Idempotence
 
-fn idem(producer_id: i64, epoch: i16, sequence: i32, records: usize) -> Bytes {
+pub(crate) fn idem(producer_id: i64, epoch: i16, sequence: i32, records: usize) -> Bytes {
     encode_batch(
         records,
         20,
@@ -1246,7 +1246,7 @@ fn an_unclean_reopen_scans_only_from_the_last_index_entry() {
 }
 
 /// The `.log` files of a partition directory, oldest first.
-fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+pub(crate) fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut logs: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())

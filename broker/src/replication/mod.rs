@@ -44,12 +44,6 @@ use crate::shard::Shard;
 
 /// Fetch version the followers speak (replica_id in the request body; v15+ moves it).
 const FETCH_VERSION: i16 = 12;
-/// How long a leader holds a follower's fetch when it has nothing new.
-const MAX_WAIT_MS: i32 = 250;
-/// Bytes a follower asks for per partition and per fetch (Kafka: replica.fetch.max.bytes,
-/// replica.fetch.response.max.bytes).
-const PARTITION_MAX_BYTES: i32 = 4 << 20;
-const FETCH_MAX_BYTES: i32 = 32 << 20;
 /// Pause after a failed round (connection refused, leader unknown) before the next.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
@@ -188,14 +182,14 @@ async fn fetch_round(
                 .with_fetch_offset(log.log_end_offset())
                 .with_last_fetched_epoch(log.latest_epoch().unwrap_or(-1))
                 .with_log_start_offset(log.log_start_offset())
-                .with_partition_max_bytes(PARTITION_MAX_BYTES),
+                .with_partition_max_bytes(shard.config.replica_fetch_max_bytes as i32),
         );
     }
     let request = FetchRequest::default()
         .with_replica_id(BrokerId(shard.node_id()))
-        .with_max_wait_ms(MAX_WAIT_MS)
+        .with_max_wait_ms(shard.config.replica_fetch_wait_max_ms as i32)
         .with_min_bytes(1)
-        .with_max_bytes(FETCH_MAX_BYTES)
+        .with_max_bytes(shard.config.replica_fetch_response_max_bytes as i32)
         .with_session_epoch(-1)
         .with_topics(
             topics

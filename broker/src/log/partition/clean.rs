@@ -228,10 +228,15 @@ impl PartitionLog {
         stop: Option<StopAt>,
     ) -> Result<Option<CleanStats>, LogError> {
         self.check_usable()?;
-        if !self.is_compacted() || self.cleaning.get() {
+        if !self.is_compacted() || self.cleaning.get() || self.truncating.get() {
             return Ok(None);
         }
         self.wait_finished().await?;
+        // Checked again after the wait: a truncation (or another pass) may have begun, and
+        // it must not find its segments swapped under it.
+        if self.cleaning.get() || self.truncating.get() {
+            return Ok(None);
+        }
         self.cleaning.set(true);
         let result = self.clean_pass(settings, now_ms, stop).await;
         self.cleaning.set(false);

@@ -8,18 +8,20 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::rc::Rc;
 
-use super::write_queue::{Staging, WriteQueue};
+use super::epochs::{load_epochs, recover_epochs};
+use super::write_queue::{staging_over, WriteQueue};
 use super::{staging_capacity, PartitionLog, State};
 use crate::log::cleaner::swap;
+use crate::log::epochs::EpochCache;
 use crate::log::event::Event;
 use crate::log::files::{self, CleanShutdown};
 use crate::log::producer::{ProducerSnapshot, ProducerStates};
-use crate::log::segment::{align_down, open_segment_file, probe_direct_io, scan_segment, Segment};
+use crate::log::segment::{open_segment_file, probe_direct_io, scan_segment, Segment};
 use crate::log::{LogConfig, LogError, RecoveryReport};
 use crate::sync::FifoLock;
 
-/// Bytes read per step while replaying producer state on open.
-const REPLAY_READ_BYTES: usize = 1 << 20;
+/// Bytes read per step while replaying producer state (on open, after a truncation).
+pub(super) const REPLAY_READ_BYTES: usize = 1 << 20;
 
 impl PartitionLog {
     /// Opens (creating if missing) the log in `dir`, recovering after an unclean stop.
@@ -71,6 +73,9 @@ impl PartitionLog {
 
         let mut segments = Vec::with_capacity(bases.len());
         let mut log_end_offset = last_base;
+        // Epochs seen in the headers recovery reads: they restore a checkpoint write lost
+        // with the file (see `epochs`).
+        let mut epochs_seen = Vec::new();
         for (i, &base) in bases.iter().enumerate() {
             let is_last = i + 1 == bases.len();
             let file = Rc::new(open_segment_file(&files::segment_path(&dir, base, "log")).await?);
@@ -105,6 +110,7 @@ impl PartitionLog {
                     seg.time_index.clear();
                 }
                 let outcome = scan_segment(&mut seg, file_len, !trusted, interval).await?;
+                epochs_seen.extend_from_slice(&outcome.epochs);
                 // Data missing at the end of an unfinished segment while the next one has
                 // data: what follows a hole was never durable, so the log ends at the hole.
                 hole = !trusted && !is_last && outcome.next_offset < bases[i + 1];
@@ -165,28 +171,12 @@ impl PartitionLog {
         let log_start_offset = segments[0].base_offset;
 
         let active = segments.last().expect("one segment");
-        let file_start = align_down(active.size_bytes);
         let capacity = staging_capacity(&config);
-        let mut buf = active.file.alloc_dma_buffer(capacity);
-        let carried = (active.size_bytes - file_start) as usize;
-        if carried > 0 {
-            let page = active.file.read_at(file_start, carried).await?;
-            if page.len() != carried {
-                return Err(LogError::CorruptBatch("short read of the last page".into()));
-            }
-            buf.as_bytes_mut()[..carried].copy_from_slice(&page);
-        }
-        let staging = Staging {
-            buf: Some(buf),
-            capacity,
-            segment_base: active.base_offset,
-            file: active.file.clone(),
-            file_start,
-            len: carried,
-            carried,
-            complete_offset: log_end_offset,
-            complete_total: 0,
-        };
+        let (file, base, size) = (&active.file, active.base_offset, active.size_bytes);
+        let staging = staging_over(file, base, size, capacity, log_end_offset, 0).await?;
+        let mut epochs = load_epochs(&dir);
+        // Epochs of batches recovery cut off (or a truncation's crash left behind).
+        let mut epochs_changed = epochs.truncate_from_end(log_end_offset);
 
         let mut producers = ProducerStates::default();
         let snapshot: Option<ProducerSnapshot> =
@@ -230,12 +220,17 @@ impl PartitionLog {
             cleaning: Cell::new(false),
             clean_point: Cell::new(log_start_offset),
             tombstone_expiry_ms: Cell::new(None),
+            leader_epoch: Cell::new(-1),
+            epochs: RefCell::new(EpochCache::default()),
+            high_watermark: Cell::new(None),
+            truncating: Cell::new(false),
         });
 
         // Producer state: whatever the snapshot does not cover is replayed from headers.
         let mut offset = replay_from;
+        let mut replay_epoch_max = -1;
         while offset < log_end_offset {
-            let batches = match log.read_batches(offset, REPLAY_READ_BYTES).await {
+            let batches = match log.read_batches(offset, REPLAY_READ_BYTES, i64::MAX).await {
                 Ok(batches) => batches,
                 Err(e) => {
                     // A batch damaged at rest below the scanned tail: reads refuse it too.
@@ -248,9 +243,18 @@ impl PartitionLog {
             let mut st = log.state.borrow_mut();
             for (h, _) in &batches {
                 st.producers.record(h, h.base_offset());
+                if h.partition_leader_epoch() > replay_epoch_max {
+                    replay_epoch_max = h.partition_leader_epoch();
+                    epochs_seen.push((replay_epoch_max, h.base_offset()));
+                }
             }
             report.producer_batches_replayed += batches.len() as u64;
         }
+        epochs_changed |= recover_epochs(&mut epochs, epochs_seen);
+        if epochs_changed {
+            files::write_atomic(&log.dir, files::LEADER_EPOCH_FILE, &epochs.encode())?;
+        }
+        *log.epochs.borrow_mut() = epochs;
         report.log_start_offset = log_start_offset;
         report.log_end_offset = log_end_offset;
         if report.clean_shutdown {

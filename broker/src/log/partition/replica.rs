@@ -42,7 +42,9 @@ impl PartitionLog {
         if self.should_roll(bytes as u64, records, now_ms) {
             self.roll().await.inspect_err(|e| self.fail(e))?;
         }
-        self.write_batches(&batches, fresh, None, now_ms).await?;
+        // The leader's epochs stay as stamped (no epoch of ours); the epoch cache learns them.
+        self.write_batches(&batches, fresh, None, None, now_ms)
+            .await?;
         Ok(self.log_end_offset.get())
     }
 }

@@ -3,9 +3,9 @@
 //! written. Never decides offsets or producer state (the append front in `partition.rs` does),
 //! and never reports anything written before every earlier write completed.
 //!
-//! Write path: a batch is validated, its base offset stamped into an 8-byte chunk, and its
-//! bytes copied once into the current staging `DmaBuffer` (`write_buffer_bytes`). A full
-//! buffer is handed to the issuer task, which starts its write at once: up to
+//! Write path: a batch is validated, its base offset (and leader epoch) stamped into a
+//! 16-byte head, and its bytes copied once into the current staging `DmaBuffer`
+//! (`write_buffer_bytes`). A full buffer is handed to the issuer task, which starts its write at once: up to
 //! `max_writes_in_flight` buffers are on their way to the device while the next one fills,
 //! and when that many are sealed and unfinished `append` waits (backpressure). Writes may
 //! complete out of order; a write counts as written (readers, `flush`, recovery of the
@@ -102,6 +102,40 @@ impl WriteQueue {
             write_event: Event::default(),
         }
     }
+}
+
+/// A staging buffer that continues the active segment (`file`, at `segment_base`) at its
+/// end, `size_bytes`, after recovery or a truncation: its partially filled last page is read
+/// back, so the next write rewrites that page whole.
+pub(super) async fn staging_over(
+    file: &Rc<DmaFile>,
+    segment_base: i64,
+    size_bytes: u64,
+    capacity: usize,
+    log_end_offset: i64,
+    complete_total: u64,
+) -> Result<Staging, LogError> {
+    let file_start = align_down(size_bytes);
+    let mut buf = file.alloc_dma_buffer(capacity);
+    let carried = (size_bytes - file_start) as usize;
+    if carried > 0 {
+        let page = file.read_at(file_start, carried).await?;
+        if page.len() != carried {
+            return Err(LogError::CorruptBatch("short read of the last page".into()));
+        }
+        buf.as_bytes_mut()[..carried].copy_from_slice(&page);
+    }
+    Ok(Staging {
+        buf: Some(buf),
+        capacity,
+        segment_base,
+        file: file.clone(),
+        file_start,
+        len: carried,
+        carried,
+        complete_offset: log_end_offset,
+        complete_total,
+    })
 }
 
 impl PartitionLog {
