@@ -157,11 +157,20 @@ impl GroupCoordinator {
     }
 
     /// Whether this coordinator answers for a group now: Ok(its offsets partition), else
-    /// COORDINATOR_LOAD_IN_PROGRESS while loading it, NOT_COORDINATOR when not leading it.
+    /// as [`Self::serving_partition`] (NOT_COORDINATOR also before the topic is known here).
     pub fn serving(&self, group_id: &str) -> Result<i32, i16> {
         let partition = self.partition_of(group_id).ok_or(codes::NOT_COORDINATOR)?;
+        self.serving_partition(partition).map(|()| partition)
+    }
+
+    /// Whether this coordinator serves offsets partition `partition` now: Ok once loaded,
+    /// COORDINATOR_LOAD_IN_PROGRESS while loading, NOT_COORDINATOR when it does not hold it.
+    /// "Not held" is only this coordinator's view: the shard's catalog says whether another
+    /// broker leads the partition or this shard has not adopted it yet (see
+    /// `protocol::groups::on_coordinator`).
+    pub fn serving_partition(&self, partition: i32) -> Result<(), i16> {
         match self.partitions.borrow().get(&partition) {
-            Some(Serving::Loaded(_)) => Ok(partition),
+            Some(Serving::Loaded(_)) => Ok(()),
             Some(Serving::Loading(_)) => Err(codes::COORDINATOR_LOAD_IN_PROGRESS),
             None => Err(codes::NOT_COORDINATOR),
         }

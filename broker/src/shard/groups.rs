@@ -30,6 +30,9 @@ const OFFSETS_COMMIT_TIMEOUT_MS: i32 = 5_000;
 /// compacts closed segments only, so this bounds what stays uncompacted.
 const OFFSETS_SEGMENT_BYTES: u64 = 100 << 20;
 
+/// How long FindCoordinator waits for this node's shards to adopt the offsets topic.
+const CATALOG_WAIT: Duration = Duration::from_secs(5);
+
 /// Pause before retrying a failed load of an offsets partition.
 const LOAD_RETRY: Duration = Duration::from_millis(500);
 
@@ -111,15 +114,33 @@ impl Shard {
     }
 
     /// Create `__consumer_offsets` if it does not exist yet (at the first group request, as
-    /// Kafka does). Its replication factor is `offsets_topic_replication_factor` capped at
-    /// the live brokers, so a 1-node cluster works with the default of 3 (Kafka refuses
-    /// instead, and groups never find a coordinator there). Err: the quorum's refusal.
+    /// Kafka does), and return once every shard of this node has adopted a catalog holding
+    /// it: a FindCoordinator answer naming this node must not reach a client before the
+    /// shard that will coordinate knows it does (shards adopt a catalog one after the other,
+    /// and this shard replaces its catalog before it finishes adopting it). Its replication
+    /// factor is `offsets_topic_replication_factor` capped at the live brokers, so a 1-node
+    /// cluster works with the default of 3 (Kafka refuses instead, and groups never find a
+    /// coordinator there). Err: the quorum's refusal, or the topic did not show up here.
     pub async fn ensure_offsets_topic(self: &Rc<Self>) -> Result<(), (i16, String)> {
-        let catalog = self.catalog();
-        if catalog.topics.contains_key(OFFSETS_TOPIC) {
-            return Ok(());
+        let has_topic = |c: &Catalog| c.topics.contains_key(OFFSETS_TOPIC);
+        if !has_topic(&self.catalog()) {
+            self.create_offsets_topic().await?;
+            // Created by another broker or shard: wait until this node applied it too.
+            if !self.wait_catalog(has_topic, CATALOG_WAIT).await {
+                return Err((
+                    codes::COORDINATOR_NOT_AVAILABLE,
+                    "the offsets topic is not in this broker's metadata yet".into(),
+                ));
+            }
         }
-        let live = catalog.live_brokers().count() as i32;
+        let version = self.catalog().version;
+        self.wait_node_adopted(version, CATALOG_WAIT).await;
+        Ok(())
+    }
+
+    /// Propose the creation of the offsets topic; Ok also if it exists already.
+    async fn create_offsets_topic(self: &Rc<Self>) -> Result<(), (i16, String)> {
+        let live = self.catalog().live_brokers().count() as i32;
         let groups = &self.config.groups;
         let replication_factor = groups.offsets_topic_replication_factor.min(live).max(1);
         let segment_bytes = OFFSETS_SEGMENT_BYTES.min(self.config.segment_bytes);

@@ -510,6 +510,41 @@ impl Shard {
         true
     }
 
+    /// Wait (at most `max` per shard) until every shard of this node has adopted catalog
+    /// `version` or a later one, so what this shard answers next is what every shard serves.
+    pub(crate) async fn wait_node_adopted(self: &Rc<Self>, version: u64, max: std::time::Duration) {
+        for target in 0..self.nr_shards {
+            let _ = self
+                .call(target, move |s| async move {
+                    s.wait_adopted(version, max).await
+                })
+                .await;
+        }
+    }
+
+    /// Wait (at most `max`) until this shard's catalog satisfies `ready`; whether it does.
+    pub(crate) async fn wait_catalog(
+        &self,
+        ready: impl Fn(&Catalog) -> bool,
+        max: std::time::Duration,
+    ) -> bool {
+        let deadline = std::time::Instant::now() + max;
+        while !ready(&self.catalog.borrow()) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let wait = self.catalog_event.listen();
+            let _ =
+                glommio::timer::timeout(left.min(std::time::Duration::from_millis(100)), async {
+                    wait.await;
+                    Ok(())
+                })
+                .await;
+        }
+        true
+    }
+
     /// Shard 0 only: follow the control plane, handing every new catalog to every shard in
     /// order (a burst of changes is handed over as its latest state).
     pub fn follow_control_plane(self: &Rc<Self>) {

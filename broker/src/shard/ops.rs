@@ -581,14 +581,8 @@ impl Shard {
             .propose(command)
             .await
             .map_err(|e| (e.code, e.message))?;
-        let index = applied.index;
-        for target in 0..self.nr_shards {
-            let _ = self
-                .call(target, move |s| async move {
-                    s.wait_adopted(index, Duration::from_secs(5)).await
-                })
-                .await;
-        }
+        self.wait_node_adopted(applied.index, Duration::from_secs(5))
+            .await;
         Ok(applied.reply)
     }
 }
