@@ -145,6 +145,18 @@ impl GroupCoordinator {
         imports: Vec<OffsetRecord>,
     ) -> Result<usize, String> {
         let records = read_log(&log).await?;
+        self.replay(partition, epoch, records, imports).await
+    }
+
+    /// The load once the log is read: apply `records` (offset, record) in log order, write
+    /// the imports the partition lacks, then serve it, unless the load was overtaken.
+    pub(super) async fn replay(
+        &self,
+        partition: i32,
+        epoch: i32,
+        records: Vec<(i64, OffsetRecord)>,
+        imports: Vec<OffsetRecord>,
+    ) -> Result<usize, String> {
         if self.partition_state(partition) != Some(Serving::Loading(epoch)) {
             return Err(format!("offsets partition {partition}: load overtaken"));
         }
