@@ -100,6 +100,8 @@ impl Shard {
             };
             let found = legacy::read(&self.config.data_dir, &log_config).await?;
             *self.legacy_offsets.borrow_mut() = found;
+            self.legacy_read.set(true);
+            self.legacy_event.notify();
         }
         let appender = Rc::new(ShardAppender {
             shard: Rc::downgrade(self),
@@ -220,6 +222,11 @@ impl Shard {
                 };
                 let imports = shard
                     .call(0, move |s| async move {
+                        // Other shards start (and may load a partition) while shard 0
+                        // still reads the legacy logs.
+                        while !s.legacy_read.get() {
+                            s.legacy_event.listen().await;
+                        }
                         s.legacy_offsets
                             .borrow()
                             .as_ref()

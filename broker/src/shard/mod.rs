@@ -97,6 +97,10 @@ pub struct Shard {
     pub groups: std::cell::OnceCell<Rc<GroupCoordinator>>,
     /// Shard 0: committed offsets of an earlier version, until imported into the topic.
     legacy_offsets: RefCell<Option<crate::groups::legacy::LegacyOffsets>>,
+    /// Shard 0: set once `legacy_offsets` was read at start (`legacy_event` tells waiters);
+    /// a load that asked before would import nothing and never import its share.
+    legacy_read: Cell<bool>,
+    legacy_event: crate::log::event::Event,
     /// Requests being handled on this shard right now (for a clean shutdown).
     pub(crate) requests_in_flight: Cell<usize>,
     /// When this shard last tried to reopen a failed log.
@@ -133,6 +137,8 @@ impl Shard {
             shutdown_event: Default::default(),
             groups: std::cell::OnceCell::new(),
             legacy_offsets: RefCell::new(None),
+            legacy_read: Cell::new(false),
+            legacy_event: Default::default(),
             requests_in_flight: Cell::new(0),
             last_reopen: Cell::new(None),
             metrics: Default::default(),
