@@ -7,9 +7,14 @@
 - how long a new quorum leader takes to be elected after a SIGKILL of the leader: from the
   SIGKILL until both survivors' Metadata name the same new controller, and until a first
   CreateTopics succeeds (median of --kills kills; the killed node is restarted and the
-  cluster serves again before the next kill).
+  cluster serves again before the next kill);
+- partition failover (--failovers N): a topic with replication factor 3, a librdkafka
+  producer (acks=all, idempotent) sending one message at a time; the partition's leader is
+  SIGKILLed and the time from the kill to the first acks=all produce acknowledged after it
+  is measured (median and max of N); the node is restarted and back in the ISR before the
+  next kill.
 
-Usage: scripts/cluster_timing.py [--kills 10] [--starts 3] [--voters 3] [--settle-s 1]
+Usage: scripts/cluster_timing.py [--kills 10] [--starts 3] [--failovers 20] [--voters 3] [--settle-s 1]
        [--session-timeout-ms 1500] [--heartbeat-interval-ms 250]
 Env:   SHARDLOG_BIN, else <CARGO_TARGET_DIR or target>/release/shardlog (as the tests find
        it; build it first: cargo build --release -p shardlog). The data dirs go to a
@@ -37,10 +42,56 @@ def summary(values):
             f"(min {min(values):.3f}, max {max(values):.3f}, n={len(values)})")
 
 
+def partition_failovers(cluster, count):
+    """Kill the leader of a replicated partition `count` times; for each, the seconds from
+    the SIGKILL to the first acks=all produce acknowledged after it."""
+    if count <= 0:
+        return []
+    from confluent_kafka import KafkaException, Producer
+
+    topic = "failover-timing"
+    cluster.create_topic(topic, partitions=1, replication_factor=3)
+    bootstrap = ",".join(n.bootstrap for n in cluster.nodes)
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
+                         "enable.idempotence": True, "linger.ms": 0,
+                         "retry.backoff.ms": 10, "retry.backoff.max.ms": 100,
+                         "topic.metadata.refresh.interval.ms": 1000})
+
+    def produce_one(value, timeout_s):
+        outcome = []
+        producer.produce(topic, value, partition=0,
+                         on_delivery=lambda err, msg: outcome.append(err))
+        producer.flush(timeout_s)
+        if not outcome or outcome[0] is not None:
+            raise KafkaException(outcome[0] if outcome else "not delivered in time")
+
+    def isr_full():
+        md = cluster.try_metadata(topics=[topic])
+        part = md and md["topics"][topic]["partitions"][0]
+        return part if part and len(part.get("isr", [])) == 3 and part["leader"] >= 0 else None
+
+    stalls = []
+    for i in range(count):
+        part = cluster.wait_for(isr_full, 60, "the ISR back to 3")
+        produce_one(b"warm-%d" % i, 30)
+        leader = cluster.node(part["leader"])
+        leader.kill()
+        killed_at = time.monotonic()
+        produce_one(b"after-%d" % i, 60)
+        stalls.append(time.monotonic() - killed_at)
+        print(f"  failover {i + 1}: leader {leader.node_id} killed, next acks=all produce "
+              f"acknowledged after {stalls[-1]:.3f} s", flush=True)
+        leader.start()
+        cluster.wait_serving()
+    producer.flush(10)
+    return stalls
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--failovers", type=int, default=0)
     parser.add_argument("--voters", type=int, default=3)
     parser.add_argument("--session-timeout-ms", type=int, default=1500)
     parser.add_argument("--heartbeat-interval-ms", type=int, default=250)
@@ -87,6 +138,7 @@ def main():
                 # Steady state before the next kill: the restarted node has heard the
                 # leader for a while (see --settle-s; 0 kills right after it serves).
                 time.sleep(args.settle_s)
+            failovers = partition_failovers(cluster, args.failovers)
         finally:
             problems = fleet.close(together=True)
 
@@ -96,6 +148,9 @@ def main():
     if elected:
         print(f"SIGKILL of the quorum leader to a new one elected: {summary(elected)}")
         print(f"SIGKILL of the quorum leader to a topic created:   {summary(created)}")
+    if failovers:
+        print(f"SIGKILL of a partition leader to the next acks=all produce acknowledged: "
+              f"{summary(failovers)}")
     if problems:
         sys.exit("teardown: " + "; ".join(problems))
 

@@ -212,13 +212,14 @@ def parse_batches(data):
         length = r.i32()
         if len(data) - pos < 12 + length:
             break
-        r.i32()  # partition leader epoch
+        leader_epoch = r.i32()
         magic = r.i8()
         crc = r.u32()
         body = data[pos + 21:pos + 12 + length]
         b = {
             "base_offset": base_offset,
             "length": length,
+            "partition_leader_epoch": leader_epoch,
             "magic": magic,
             "crc_ok": crc32c(body) == crc,
             "attributes": r.i16(),
@@ -263,6 +264,7 @@ API_HEARTBEAT = 12
 API_API_VERSIONS = 18
 API_CREATE_TOPICS = 19
 API_INIT_PRODUCER_ID = 22
+API_OFFSET_FOR_LEADER_EPOCH = 23
 API_DESCRIBE_CLUSTER = 60
 
 NONE = 0
@@ -272,12 +274,16 @@ NOT_LEADER_OR_FOLLOWER = 6
 REQUEST_TIMED_OUT = 7
 MESSAGE_TOO_LARGE = 10
 NOT_COORDINATOR = 16
+NOT_ENOUGH_REPLICAS = 19
+NOT_ENOUGH_REPLICAS_AFTER_APPEND = 20
 TOPIC_ALREADY_EXISTS = 36
 INVALID_REPLICATION_FACTOR = 38
 NOT_CONTROLLER = 41
 UNSUPPORTED_VERSION = 35
 OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 DUPLICATE_SEQUENCE_NUMBER = 46
+FENCED_LEADER_EPOCH = 74
+UNKNOWN_LEADER_EPOCH = 75
 
 
 def frame(api_key, version, correlation_id, body, client_id="wire-test"):
@@ -590,12 +596,14 @@ def _produce_answer(r):
     return out
 
 
-def fetch(conn, topic, partition, offset, max_bytes=1 << 20, max_wait_ms=0, min_bytes=0):
+def fetch(conn, topic, partition, offset, max_bytes=1 << 20, max_wait_ms=0, min_bytes=0,
+          current_leader_epoch=-1):
     """Fetch v10 (the first version that may carry zstd batches) of one partition:
-    (error_code, high_watermark, batches)."""
+    (error_code, high_watermark, batches). `current_leader_epoch` -1 skips the epoch check."""
     body = (i32(-1) + i32(max_wait_ms) + i32(min_bytes) + i32(max_bytes) + i8(0)
             + i32(0) + i32(-1)  # no fetch session
-            + array([string(topic) + array([i32(partition) + i32(-1) + i64(offset)
+            + array([string(topic) + array([i32(partition) + i32(current_leader_epoch)
+                                            + i64(offset)
                                             + i64(-1) + i32(max_bytes)])])
             + array([]))  # forgotten topics
     r = conn.request(API_FETCH, 10, body)
@@ -617,6 +625,37 @@ def list_offset(conn, topic, partition, timestamp):
         lambda r: (r.i32(), r.i16(), r.i64(), r.i64()))))
     (_name, [(_p, error, _ts, offset)]) = topics[0]
     return error, offset
+
+
+def list_offset_v4(conn, topic, partition, timestamp, current_leader_epoch=-1):
+    """ListOffsets v4 (the first with leader epochs), read_uncommitted: (error_code, offset,
+    leader_epoch); timestamp -2 earliest, -1 latest. `current_leader_epoch` -1 skips the
+    check; an older one than the partition's is FENCED_LEADER_EPOCH, a newer one
+    UNKNOWN_LEADER_EPOCH."""
+    body = (i32(-1) + i8(0)
+            + array([string(topic) + array([i32(partition) + i32(current_leader_epoch)
+                                            + i64(timestamp)])]))
+    r = conn.request(API_LIST_OFFSETS, 4, body)
+    r.i32()  # throttle
+    topics = r.array(lambda r: (r.string(), r.array(
+        lambda r: (r.i32(), r.i16(), r.i64(), r.i64(), r.i32()))))
+    (_name, [(_p, error, _ts, offset, leader_epoch)]) = topics[0]
+    return error, offset, leader_epoch
+
+
+def offset_for_leader_epoch(conn, topic, partition, leader_epoch, current_leader_epoch=-1):
+    """OffsetForLeaderEpoch v3 (KIP-279), as a consumer asks it (replica id -1): the
+    (error_code, leader_epoch, end_offset) of the largest epoch <= `leader_epoch` the leader
+    knows and the offset where the next epoch starts (its log end for its current epoch)."""
+    body = (i32(-1)
+            + array([string(topic) + array([i32(partition) + i32(current_leader_epoch)
+                                            + i32(leader_epoch)])]))
+    r = conn.request(API_OFFSET_FOR_LEADER_EPOCH, 3, body)
+    r.i32()  # throttle
+    topics = r.array(lambda r: (r.string(), r.array(
+        lambda r: (r.i16(), r.i32(), r.i32(), r.i64()))))
+    (_name, [(error, _p, epoch, end_offset)]) = topics[0]
+    return error, epoch, end_offset
 
 
 def init_producer_id(conn):

@@ -13,6 +13,7 @@
 
 mod batch;
 mod compare;
+mod leaders;
 mod proto;
 mod raw;
 mod run;

@@ -147,8 +147,25 @@ fn put_uvarint(out: &mut Vec<u8>, mut u: u64) {
 /// Where each partition of a topic lives.
 #[derive(Debug, Clone)]
 pub struct TopicLayout {
-    /// Leader address per partition index.
+    /// Leader address per partition index; empty when the partition has no leader now.
     pub leaders: Vec<String>,
+    /// Every broker the Metadata response listed.
+    pub brokers: Vec<String>,
+}
+
+/// Kafka error codes after which a client asks for Metadata again and retries: the request
+/// reached a broker that does not lead the partition (any more), or could not be answered now.
+pub fn retriable(error_code: i16) -> bool {
+    matches!(
+        error_code,
+        3   // UNKNOWN_TOPIC_OR_PARTITION: a restarted broker that has not caught up yet
+        | 5 // LEADER_NOT_AVAILABLE
+        | 6 // NOT_LEADER_OR_FOLLOWER
+        | 7 // REQUEST_TIMED_OUT
+        | 19 // NOT_ENOUGH_REPLICAS
+        | 20 // NOT_ENOUGH_REPLICAS_AFTER_APPEND
+        | 74 // FENCED_LEADER_EPOCH
+    )
 }
 
 /// A blocking connection for the control plane: one request at a time.
@@ -170,6 +187,22 @@ impl Control {
         let versions =
             negotiate(client.versions()).with_context(|| format!("broker at {address}"))?;
         Ok(Control { client, versions })
+    }
+
+    /// Connects to the first of `addresses` (comma-separated) that answers.
+    pub fn connect_any(addresses: &str, timeout: Duration) -> Result<Control> {
+        let mut last = None;
+        for address in addresses
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            match Control::connect(address, timeout) {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no bootstrap address in {addresses:?}")))
     }
 
     /// Metadata for `topic`; `None` if the broker does not know it.
@@ -196,6 +229,7 @@ impl Control {
             5 => {
                 return Ok(Some(TopicLayout {
                     leaders: Vec::new(),
+                    brokers: brokers.into_values().collect(),
                 }))
             } // LEADER_NOT_AVAILABLE: retry
             e => bail!("Metadata for {topic}: error {e}"),
@@ -211,7 +245,8 @@ impl Control {
                 leaders[i] = brokers.get(&p.leader_id.0).cloned().unwrap_or_default();
             }
         }
-        Ok(Some(TopicLayout { leaders }))
+        let brokers = brokers.into_values().collect();
+        Ok(Some(TopicLayout { leaders, brokers }))
     }
 
     /// Creates `topic`; an existing topic is not an error.
@@ -265,13 +300,14 @@ impl Control {
         }
     }
 
-    /// Offsets of `partitions` at `timestamp` (-1 latest, -2 earliest).
-    pub fn list_offsets(
+    /// Per partition of `partitions`: its offset at `timestamp`, or the error code the broker
+    /// answered for it (a partition the broker did not answer for is an error of the call).
+    pub fn list_offsets_each(
         &mut self,
         topic: &str,
         partitions: &[i32],
         timestamp: i64,
-    ) -> Result<Vec<i64>> {
+    ) -> Result<Vec<std::result::Result<i64, i16>>> {
         let request = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_topics(vec![ListOffsetsTopic::default()
@@ -288,22 +324,19 @@ impl Control {
                         .collect(),
                 )]);
         let response = self.client.send_at(&request, self.versions.list_offsets)?;
-        let mut out = vec![-1i64; partitions.len()];
+        let mut out = vec![Ok(-1i64); partitions.len()];
         for t in &response.topics {
             for p in &t.partitions {
-                ensure!(
-                    p.error_code == 0,
-                    "ListOffsets {topic}/{}: error {}",
-                    p.partition_index,
-                    p.error_code
-                );
                 if let Some(i) = partitions.iter().position(|&q| q == p.partition_index) {
-                    out[i] = p.offset;
+                    out[i] = match p.error_code {
+                        0 => Ok(p.offset),
+                        code => Err(code),
+                    };
                 }
             }
         }
         ensure!(
-            out.iter().all(|&o| o >= 0),
+            out.iter().all(|o| o.map_or(true, |o| o >= 0)),
             "ListOffsets did not answer every partition of {topic}: {out:?}"
         );
         Ok(out)

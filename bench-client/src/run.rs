@@ -24,7 +24,8 @@ mod report;
 /// What to run and how hard.
 #[derive(Args, Debug, Clone)]
 pub struct WorkloadArgs {
-    /// Broker address to bootstrap from.
+    /// Broker addresses to bootstrap from (comma-separated). Each partition is then produced
+    /// and fetched at its leader, which Metadata names, following leader changes.
     #[arg(
         long,
         env = "SHARDLOG_BENCH_BOOTSTRAP",
@@ -95,6 +96,10 @@ pub struct WorkloadArgs {
     /// Seconds to wait for in-flight requests and consumers to catch up after producing stops.
     #[arg(long, default_value_t = 30.0)]
     pub drain_timeout_s: f64,
+    /// Seconds a partition may go without a reachable leader (a broker down, a failover)
+    /// before the run fails; until then its unacknowledged batches wait and are resent.
+    #[arg(long, default_value_t = 30.0)]
+    pub retry_timeout_s: f64,
     /// produce/e2e: write what the broker acknowledged here; consume: check that all of it is
     /// read back (for durability tests across a broker crash and restart).
     #[arg(long)]

@@ -5,6 +5,7 @@
 use hdrhistogram::Histogram;
 
 use crate::verify::Faults;
+use crate::worker::Recovery;
 
 /// A latency histogram in microseconds.
 pub fn new_histogram() -> Histogram<u64> {
@@ -104,6 +105,10 @@ pub struct RunResult {
     /// and the messages it handled in that time: whether the bench could be the bottleneck.
     pub bench_cpu_s: f64,
     pub handled: u64,
+    /// Retries, reconnects and the longest stall of following leaders.
+    pub recovery: Recovery,
+    /// Messages read twice or late because their batch was resent (not faults).
+    pub resend_duplicates: u64,
 }
 
 impl RunResult {
@@ -162,6 +167,18 @@ impl RunResult {
                 self.bench_cpu_s * 1e9 / self.handled as f64
             );
         }
+        let r = &self.recovery;
+        println!(
+            "leaders: {} retries ({} batches resent, {} fetch retries), {} reconnects, {} metadata refreshes; longest stall {} (partition {}); {} duplicates from resends",
+            r.retries(),
+            r.resent_batches,
+            r.fetch_retries,
+            r.reconnects,
+            r.metadata_refreshes,
+            fmt_us(r.stall_ns_max / 1000),
+            r.stall_partition,
+            self.resend_duplicates
+        );
         println!(
             "verification: {} ({} messages checked; {})",
             if self.verified { "PASSED" } else { "FAILED" },
@@ -199,12 +216,25 @@ impl RunResult {
             .map(|s| format!("\"{}\":{}", s.name, side_json(s)))
             .collect();
         let f = &self.faults;
+        let r = &self.recovery;
+        let recovery = format!(
+            "\"retries\":{},\"recovery\":{{\"resent_batches\":{},\"fetch_retries\":{},\"reconnects\":{},\"metadata_refreshes\":{},\"stall_ms_max\":{:.3},\"stall_partition\":{},\"resend_duplicates\":{}}}",
+            r.retries(),
+            r.resent_batches,
+            r.fetch_retries,
+            r.reconnects,
+            r.metadata_refreshes,
+            r.stall_ns_max as f64 / 1e6,
+            r.stall_partition,
+            self.resend_duplicates
+        );
         format!(
-            "{{\"mode\":\"{}\",{head},\"errors\":{},\"faults\":{{\"lost\":{},\"duplicated\":{},\"corrupted\":{},\"offset_errors\":{},\"request_errors\":{}}},\"verified\":{},\"checked\":{},\"bench_cpu_s\":{:.3},\"handled\":{},{}}}",
+            "{{\"mode\":\"{}\",{head},\"errors\":{},\"faults\":{{\"lost\":{},\"duplicated\":{},\"reordered\":{},\"corrupted\":{},\"offset_errors\":{},\"request_errors\":{}}},\"verified\":{},\"checked\":{},\"bench_cpu_s\":{:.3},\"handled\":{},{recovery},{}}}",
             self.mode,
             f.total(),
             f.lost,
             f.duplicated,
+            f.reordered,
             f.corrupted,
             f.offset_errors,
             f.request_errors,
@@ -240,6 +270,8 @@ mod tests {
             checked: 0,
             bench_cpu_s: 0.5,
             handled: 10,
+            recovery: Recovery::default(),
+            resend_duplicates: 0,
         };
         let j = r.to_json();
         for key in [
@@ -250,6 +282,8 @@ mod tests {
             "\"errors\":0",
             "\"verified\":true",
             "\"p99.99\"",
+            "\"retries\":0",
+            "\"stall_ms_max\":",
         ] {
             assert!(j.contains(key), "{key} missing in {j}");
         }

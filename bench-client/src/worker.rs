@@ -8,6 +8,12 @@
 //! message k of a connection is due at `start + k / rate`, and its latency is measured from
 //! that intended time, so a stalled broker cannot hide its stall (coordinated omission).
 //!
+//! Clusters: each partition is produced and fetched at its leader. A worker keeps its own
+//! view of the leaders (`Leaders`), asked for Metadata only after a retriable error or a lost
+//! connection; producers reroute and resend (`producer`), and consumer partitions move to a
+//! connection to their new leader (`consumer::Orphan`, re-homed here). Against one broker
+//! none of that runs: the loop is the same poll over the same connections as before.
+//!
 //! This file holds the workload, the plans and results, the socket helpers and the loop;
 //! the connections themselves are `producer::ProducerConn` and `consumer::ConsumerConn`.
 
@@ -25,11 +31,12 @@ use hdrhistogram::Histogram;
 use kafka_protocol::records::Compression;
 
 use crate::batch::Payloads;
+use crate::leaders::Leaders;
 use crate::proto;
 use crate::stats::{new_histogram, record_ns, Snapshot};
-use crate::verify::{Ack, Faults};
+use crate::verify::{Ack, Faults, StepBack};
 
-use consumer::ConsumerConn;
+use consumer::{ConsumerConn, Orphan};
 use producer::ProducerConn;
 
 mod consumer;
@@ -41,6 +48,9 @@ const OUT_BYTES_MAX: usize = 8 << 20;
 const READ_BYTES: usize = 1 << 20;
 /// Longest sleep in poll, so stop flags and reports are seen promptly.
 const POLL_MS_MAX: i32 = 5;
+/// Connect deadline when following a leader: a broker that does not accept in this long
+/// counts as unreachable until the next Metadata.
+const RECONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Monotonic clock in nanoseconds, comparable across threads and processes of this machine.
 pub fn now_ns() -> u64 {
@@ -80,6 +90,12 @@ pub struct Workload {
     pub fetch_max_wait_ms: i32,
     /// Consumers measure latency from each message's send time (e2e) rather than per fetch.
     pub end_to_end: bool,
+    /// Where to ask for Metadata after a leader change (comma-separated).
+    pub bootstrap: String,
+    /// Leader address per partition when the run was planned.
+    pub leaders_at_start: Vec<String>,
+    /// How long a partition may go without a reachable leader before the run fails.
+    pub retry_timeout_ns: u64,
 }
 
 /// Values of one size and the records a batch of them carries.
@@ -168,6 +184,47 @@ pub struct WorkerResult {
     pub checked: u64,
     pub last_consume_ns: u64,
     pub error: Option<String>,
+    pub recovery: Recovery,
+    /// Batches producers sent again: (partition, producer id, first sequence, end sequence).
+    pub resent: Vec<(i32, u32, u64, u64)>,
+    /// Messages consumers saw late or again, per partition (see `verify::StepBack`).
+    pub steps_back: Vec<(i32, StepBack)>,
+}
+
+/// What following leaders took: retries, reconnects, refreshes, and the longest stall.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Recovery {
+    /// Produce batches sent again after a retriable error or a lost connection.
+    pub resent_batches: u64,
+    /// Partitions whose fetching moved to another connection.
+    pub fetch_retries: u64,
+    /// Connections opened to follow a leader.
+    pub reconnects: u64,
+    /// Metadata requests answered after a failure.
+    pub metadata_refreshes: u64,
+    /// Longest time one partition had batches outstanding and no acknowledgement arrived.
+    pub stall_ns_max: u64,
+    /// The partition of that stall.
+    pub stall_partition: i32,
+}
+
+impl Recovery {
+    /// Adds `other` into `self`, keeping the longest stall.
+    pub fn add(&mut self, other: &Recovery) {
+        self.resent_batches += other.resent_batches;
+        self.fetch_retries += other.fetch_retries;
+        self.reconnects += other.reconnects;
+        self.metadata_refreshes += other.metadata_refreshes;
+        if other.stall_ns_max > self.stall_ns_max {
+            self.stall_ns_max = other.stall_ns_max;
+            self.stall_partition = other.stall_partition;
+        }
+    }
+
+    /// Every retry of either side.
+    pub fn retries(&self) -> u64 {
+        self.resent_batches + self.fetch_retries
+    }
 }
 
 /// Per-worker counters and histograms.
@@ -189,7 +246,11 @@ struct Tally {
 }
 
 fn open(address: &str) -> Result<TcpStream> {
-    let stream = proto::connect_with_deadline(address, std::time::Duration::from_secs(10))?;
+    open_with(address, std::time::Duration::from_secs(10))
+}
+
+fn open_with(address: &str, timeout: std::time::Duration) -> Result<TcpStream> {
+    let stream = proto::connect_with_deadline(address, timeout)?;
     stream.set_nodelay(true)?;
     stream.set_nonblocking(true)?;
     Ok(stream)
@@ -383,79 +444,174 @@ fn run_loop(
     for c in consumer_plans {
         consumers.push(ConsumerConn::new(c)?);
     }
+    let mut leaders = Leaders::new(&w.bootstrap, &w.topic, w.leaders_at_start.clone());
+    let mut orphans: Vec<Orphan> = Vec::new();
     let mut next_report_ns = start_ns + 1_000_000_000;
     let mut fds: Vec<libc::pollfd> = Vec::new();
-    loop {
-        if shared.abort.load(Ordering::Relaxed) {
-            break;
-        }
-        let mut progress = false;
-        for p in producers.iter_mut() {
-            progress |= p.step(w, shared, tally, result)?;
-        }
-        for c in consumers.iter_mut() {
-            progress |= c.step(w, shared, tally)?;
-        }
-        let now = now_ns();
-        if now >= next_report_ns {
-            let _ = reports.send(tally.snapshot(index));
-            next_report_ns += 1_000_000_000;
-        }
-        if producers.iter().all(|p| p.done) && consumers.iter().all(|c| c.done) {
-            break;
-        }
-        if progress {
-            continue;
-        }
-        let mut timeout_ns = POLL_MS_MAX as u64 * 1_000_000;
-        for p in &producers {
-            if let Some(due) = p.next_due_ns(now, w) {
-                timeout_ns = timeout_ns.min(due);
+    let outcome = (|| -> Result<()> {
+        loop {
+            if shared.abort.load(Ordering::Relaxed) {
+                break;
+            }
+            let mut progress = false;
+            for p in producers.iter_mut() {
+                progress |= p.step(w, shared, tally, result, &mut leaders)?;
+            }
+            for c in consumers.iter_mut() {
+                let before = orphans.len();
+                progress |= c.step(w, shared, tally, &mut orphans)?;
+                result.recovery.fetch_retries += (orphans.len() - before) as u64;
+            }
+            let now = now_ns();
+            if !orphans.is_empty() {
+                progress |= rehome(&mut orphans, &mut consumers, &mut leaders, w, now, result)?;
+            }
+            leaders.poll(now);
+            if now >= next_report_ns {
+                let _ = reports.send(tally.snapshot(index));
+                next_report_ns += 1_000_000_000;
+            }
+            if producers.iter().all(|p| p.done)
+                && consumers.iter().all(|c| c.done)
+                && orphans.is_empty()
+            {
+                break;
+            }
+            if progress {
+                continue;
+            }
+            let mut timeout_ns = POLL_MS_MAX as u64 * 1_000_000;
+            for p in &producers {
+                if let Some(due) = p.next_due_ns(now, w) {
+                    timeout_ns = timeout_ns.min(due);
+                }
+            }
+            fds.clear();
+            for p in producers.iter().filter(|p| !p.done) {
+                for link in &p.links {
+                    if let Some(stream) = &link.stream {
+                        let out = if link.out.is_empty() {
+                            0
+                        } else {
+                            libc::POLLOUT
+                        };
+                        fds.push(libc::pollfd {
+                            fd: stream.as_raw_fd(),
+                            events: libc::POLLIN | out,
+                            revents: 0,
+                        });
+                    }
+                }
+            }
+            for c in consumers.iter().filter(|c| !c.done) {
+                let events = libc::POLLIN | if c.out.is_empty() { 0 } else { libc::POLLOUT };
+                fds.push(libc::pollfd {
+                    fd: c.stream.as_raw_fd(),
+                    events,
+                    revents: 0,
+                });
+            }
+            let timeout_ms = timeout_ns.div_ceil(1_000_000) as i32;
+            if timeout_ms > 0 || fds.is_empty() {
+                // SAFETY: fds is a valid array of pollfd for the duration of the call.
+                unsafe {
+                    libc::poll(
+                        fds.as_mut_ptr(),
+                        fds.len() as libc::nfds_t,
+                        timeout_ms.max(1),
+                    )
+                };
             }
         }
-        fds.clear();
-        for p in producers.iter().filter(|p| !p.done) {
-            let events = libc::POLLIN | if p.out.is_empty() { 0 } else { libc::POLLOUT };
-            fds.push(libc::pollfd {
-                fd: p.stream.as_raw_fd(),
-                events,
-                revents: 0,
-            });
-        }
-        for c in consumers.iter().filter(|c| !c.done) {
-            let events = libc::POLLIN | if c.out.is_empty() { 0 } else { libc::POLLOUT };
-            fds.push(libc::pollfd {
-                fd: c.stream.as_raw_fd(),
-                events,
-                revents: 0,
-            });
-        }
-        let timeout_ms = timeout_ns.div_ceil(1_000_000) as i32;
-        if timeout_ms > 0 || fds.is_empty() {
-            // SAFETY: fds is a valid array of pollfd for the duration of the call.
-            unsafe {
-                libc::poll(
-                    fds.as_mut_ptr(),
-                    fds.len() as libc::nfds_t,
-                    timeout_ms.max(1),
-                )
-            };
-        }
+        Ok(())
+    })();
+    // What was checked counts even when the loop failed: the run reports it with the error.
+    for p in &producers {
+        result.recovery.add(&p.recovery);
+        result.resent.extend(p.resent());
     }
-    for c in consumers.iter_mut() {
-        for p in c.parts.iter_mut() {
-            p.check.settle();
-            result.faults.add(&p.check.faults);
-            result.checked += p.check.messages;
-            result
-                .consumed_offsets
-                .push((p.partition, p.check.next_offset));
-            for (&pid, &next) in &p.check.next_sequence {
-                result.consumed_next.insert((p.partition, pid), next);
+    result.recovery.metadata_refreshes += leaders.refreshes;
+    let parts = consumers
+        .iter_mut()
+        .flat_map(|c| c.parts.iter_mut())
+        .chain(orphans.iter_mut().map(|o| &mut o.part));
+    for p in parts {
+        p.check.settle();
+        result.faults.add(&p.check.faults);
+        result.checked += p.check.messages;
+        result
+            .consumed_offsets
+            .push((p.partition, p.check.next_offset));
+        for (&pid, &next) in &p.check.next_sequence {
+            result.consumed_next.insert((p.partition, pid), next);
+        }
+        result
+            .steps_back
+            .extend(p.check.steps_back.iter().map(|s| (p.partition, *s)));
+    }
+    outcome
+}
+
+/// Hands each orphaned consumer partition to a connection to its leader, once Metadata newer
+/// than its failure names one: a live connection of this worker to that broker, or a new one.
+/// Fails a partition that found no reachable leader for the retry bound.
+#[cold]
+fn rehome(
+    orphans: &mut Vec<Orphan>,
+    consumers: &mut Vec<ConsumerConn>,
+    leaders: &mut Leaders,
+    w: &Workload,
+    now: u64,
+    result: &mut WorkerResult,
+) -> Result<bool> {
+    let mut progress = false;
+    let mut waiting = Vec::new();
+    for mut o in orphans.drain(..) {
+        let fresh = leaders.refreshed_ns > o.since_ns;
+        let leader = leaders.leader(o.part.partition).filter(|_| fresh);
+        let conn = match leader {
+            None => None,
+            Some(a) => match consumers.iter().position(|c| c.address == a && !c.done) {
+                Some(i) => Some(i),
+                None => match ConsumerConn::reconnect(a) {
+                    Ok(c) => {
+                        result.recovery.reconnects += 1;
+                        consumers.push(c);
+                        Some(consumers.len() - 1)
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "consumer: leader {a} of partition {} unreachable: {e:#}",
+                            o.part.partition
+                        );
+                        None
+                    }
+                },
+            },
+        };
+        match conn {
+            Some(i) => {
+                consumers[i].parts.push(o.part);
+                progress = true;
+            }
+            None => {
+                if fresh {
+                    o.since_ns = now;
+                }
+                leaders.want_refresh();
+                if now.saturating_sub(o.stalled_since_ns) > w.retry_timeout_ns {
+                    bail!(
+                        "partition {} found no reachable leader to fetch from for {:.1} s (--retry-timeout-s)",
+                        o.part.partition,
+                        w.retry_timeout_ns as f64 / 1e9
+                    );
+                }
+                waiting.push(o);
             }
         }
     }
-    Ok(())
+    *orphans = waiting;
+    Ok(progress)
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ pub(super) fn control_loop(
         ..
     } = *window;
     let (produce, producer_conns) = (plan.produce, plan.producer_conns);
-    let (control, partitions) = (&mut plan.control, &plan.partitions);
+    let (leaders, partitions) = (&mut plan.leaders, &plan.partitions);
     // Control loop: progress each second, stop producing at the deadline, then drain.
     let stop_at_ns = duration_s.map(|d| measure_from_ns + (d * 1e9) as u64);
     let mut stopped_ns: Option<u64> = None;
@@ -70,7 +70,8 @@ pub(super) fn control_loop(
                     .iter()
                     .any(|t| t.load(Ordering::Relaxed) == i64::MAX)
             {
-                let ends = control.list_offsets(&args.topic, partitions, -1)?;
+                let timeout = Duration::from_secs_f64(args.retry_timeout_s);
+                let ends = leaders.list_offsets(partitions, -1, timeout)?;
                 for (t, e) in shared.consume_targets.iter().zip(&ends) {
                     t.store(*e, Ordering::Relaxed);
                 }

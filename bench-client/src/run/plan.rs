@@ -12,14 +12,15 @@ use anyhow::{bail, ensure, Result};
 
 use super::{Mode, WorkloadArgs};
 use crate::batch::{parse_compression, Payloads, VALUE_HEADER_BYTES};
+use crate::leaders::Leaders;
 use crate::proto::{Control, Versions};
 use crate::worker::{now_ns, ConsumerPlan, ProducerPlan, SizeClass, Workload};
 
 /// Everything a run decided before its workers start.
 pub(super) struct Plan {
     pub(super) acks: i16,
-    /// The control connection, kept for the offsets the control loop asks for later.
-    pub(super) control: Control,
+    /// The leaders, kept for the offsets the control loop asks of them later.
+    pub(super) leaders: Leaders,
     pub(super) partitions: Vec<i32>,
     /// Versions both sides speak, after --max-produce-version/--max-fetch-version.
     pub(super) versions: Versions,
@@ -71,8 +72,10 @@ pub(super) fn plan(args: &WorkloadArgs, mode: Mode) -> Result<Plan> {
             batch_records: records_per_batch(bytes),
         }),
     };
-    let mut control = Control::connect(&args.bootstrap, Duration::from_secs(10))?;
+    let mut control = Control::connect_any(&args.bootstrap, Duration::from_secs(10))?;
     let layout = control.ensure_topic(&args.topic, args.partitions, Duration::from_secs(30))?;
+    let mut leaders = Leaders::new(&args.bootstrap, &args.topic, layout.leaders.clone());
+    let offsets_timeout = Duration::from_secs_f64(args.retry_timeout_s);
     let partitions: Vec<i32> = (0..layout.leaders.len() as i32).collect();
     let mut v = control.versions;
     if let Some(max) = args.max_produce_version {
@@ -113,10 +116,10 @@ pub(super) fn plan(args: &WorkloadArgs, mode: Mode) -> Result<Plan> {
 
     // Consumers start at the log start (consume) or at the end (e2e: only this run's messages).
     let start_offsets = if consume {
-        control.list_offsets(
-            &args.topic,
+        leaders.list_offsets(
             &partitions,
             if mode == Mode::Consume { -2 } else { -1 },
+            offsets_timeout,
         )?
     } else {
         Vec::new()
@@ -126,7 +129,7 @@ pub(super) fn plan(args: &WorkloadArgs, mode: Mode) -> Result<Plan> {
         .map(|_| AtomicI64::new(i64::MAX))
         .collect();
     if mode == Mode::Consume {
-        let ends = control.list_offsets(&args.topic, &partitions, -1)?;
+        let ends = leaders.list_offsets(&partitions, -1, offsets_timeout)?;
         for (t, e) in targets.iter().zip(&ends) {
             t.store(*e, Ordering::Relaxed);
         }
@@ -167,10 +170,13 @@ pub(super) fn plan(args: &WorkloadArgs, mode: Mode) -> Result<Plan> {
         partition_max_bytes: args.partition_max_bytes,
         fetch_max_wait_ms: args.fetch_max_wait_ms,
         end_to_end: mode == Mode::EndToEnd,
+        bootstrap: args.bootstrap.clone(),
+        leaders_at_start: layout.leaders.clone(),
+        retry_timeout_ns: (args.retry_timeout_s * 1e9) as u64,
     });
     Ok(Plan {
         acks,
-        control,
+        leaders,
         partitions,
         versions: v,
         produce,

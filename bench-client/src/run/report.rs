@@ -2,7 +2,7 @@
 //! acknowledgements, what was consumed against what was acknowledged (also across runs,
 //! through the manifest), and computes the rates and latencies. Never talks to the broker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use anyhow::{ensure, Context, Result};
@@ -10,8 +10,8 @@ use anyhow::{ensure, Context, Result};
 use super::plan::Plan;
 use super::{Mode, Window, WorkloadArgs};
 use crate::stats::{new_histogram, RunResult, SideResult};
-use crate::verify::{check_acks, check_consumed_all, Faults};
-use crate::worker::{Shared, WorkerResult};
+use crate::verify::{check_acks, check_consumed_all, forgive_resends, Faults, Resent};
+use crate::worker::{Recovery, Shared, WorkerResult};
 
 /// Merges the workers' results and verifies them.
 pub(super) fn report(
@@ -54,13 +54,27 @@ pub(super) fn report(
     };
     let mut checked = 0;
     let mut last_consume_ns = 0;
+    let mut recovery = Recovery::default();
+    let mut resent: Resent = HashMap::new();
+    let mut steps_back = Vec::new();
     for r in results {
+        recovery.add(&r.recovery);
+        for (partition, pid, first, end) in r.resent {
+            resent
+                .entry((partition, pid))
+                .or_default()
+                .push((first, end));
+        }
+        steps_back.extend(r.steps_back);
         if let Some(e) = &r.error {
             eprintln!("worker error: {e}");
         }
         faults.add(&r.faults);
         acks_all.extend(r.acks);
-        acked_next.extend(r.acked_next);
+        for (key, next) in r.acked_next {
+            let e = acked_next.entry(key).or_insert(next);
+            *e = (*e).max(next);
+        }
         consumed_next.extend(r.consumed_next);
         consumed_offsets.extend(r.consumed_offsets);
         produce_side.messages += r.produced;
@@ -94,16 +108,25 @@ pub(super) fn report(
     };
 
     if produce && acks != 0 {
-        faults.add(&check_acks(&mut acks_all));
+        let resent_partitions: HashSet<i32> = resent.keys().map(|(p, _)| *p).collect();
+        faults.add(&check_acks(&mut acks_all, &resent_partitions));
     }
     if mode == Mode::EndToEnd {
         faults.add(&check_consumed_all(&acked_next, &consumed_next));
     }
+    if let (Some(path), false) = (&args.manifest, produce) {
+        // The producing run's resends explain what this run reads twice or late.
+        let (_, resent_then) = read_manifest(path)?;
+        for (key, ranges) in resent_then {
+            resent.entry(key).or_default().extend(ranges);
+        }
+    }
+    let resend_duplicates = forgive_resends(&mut faults, &steps_back, &resent);
     if let Some(path) = &args.manifest {
         if produce {
-            write_manifest(path, &acked_next)?;
+            write_manifest(path, &acked_next, &resent)?;
         } else {
-            let acked = read_manifest(path)?;
+            let (acked, _) = read_manifest(path)?;
             let missing = check_consumed_all(&acked, &consumed_next);
             if missing.lost > 0 {
                 eprintln!(
@@ -151,6 +174,8 @@ pub(super) fn report(
         verified: faults.total() == 0 && !aborted && something_checked,
         faults,
         checked,
+        recovery,
+        resend_duplicates,
     })
 }
 
@@ -163,23 +188,41 @@ pub(super) fn cpu_seconds() -> f64 {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
-/// Manifest lines: `partition producer_id next_sequence`, one per acknowledged stream.
-fn write_manifest(path: &std::path::Path, acked: &HashMap<(i32, u32), u64>) -> Result<()> {
+/// Manifest lines: `partition producer_id next_sequence`, one per acknowledged stream, then
+/// `resent partition producer_id first end` per resent range (what a reader may see twice).
+fn write_manifest(path: &std::path::Path, acked: &AckedNext, resent: &Resent) -> Result<()> {
     let mut text = String::new();
     for ((partition, pid), next) in acked {
         text.push_str(&format!("{partition} {pid} {next}\n"));
     }
+    for ((partition, pid), ranges) in resent {
+        for (first, end) in ranges {
+            text.push_str(&format!("resent {partition} {pid} {first} {end}\n"));
+        }
+    }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-fn read_manifest(path: &std::path::Path) -> Result<HashMap<(i32, u32), u64>> {
+/// Next sequence after the last acknowledged message, per (partition, producer id).
+type AckedNext = HashMap<(i32, u32), u64>;
+
+fn read_manifest(path: &std::path::Path) -> Result<(AckedNext, Resent)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut out = HashMap::new();
+    let mut acked = HashMap::new();
+    let mut resent: Resent = HashMap::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split_whitespace().collect();
-        ensure!(f.len() == 3, "bad manifest line {line:?}");
-        out.insert((f[0].parse()?, f[1].parse()?), f[2].parse()?);
+        if f[0] == "resent" {
+            ensure!(f.len() == 5, "bad manifest line {line:?}");
+            resent
+                .entry((f[1].parse()?, f[2].parse()?))
+                .or_default()
+                .push((f[3].parse()?, f[4].parse()?));
+        } else {
+            ensure!(f.len() == 3, "bad manifest line {line:?}");
+            acked.insert((f[0].parse()?, f[1].parse()?), f[2].parse()?);
+        }
     }
-    Ok(out)
+    Ok((acked, resent))
 }

@@ -1,6 +1,11 @@
 //! One consumer connection of a worker: one Fetch in flight at a time over its
 //! partitions, and every fetched record set through the verifier (`PartitionCheck`). Never
 //! produces and never blocks: every call does what the socket allows now.
+//!
+//! Leader changes: a partition answered with a retriable error, or every partition of a
+//! connection that was lost, leaves the connection as an `Orphan` with its check (so it
+//! resumes at the offset it reached); the worker hands it to a connection to its new leader
+//! once Metadata newer than the failure names one (`Orphan::since_ns`).
 
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
@@ -16,7 +21,7 @@ use kafka_protocol::protocol::Decodable;
 use super::{
     flush, now_ns, open, read_available, ConsumerPlan, Shared, Tally, Workload, READ_BYTES,
 };
-use crate::proto::{decode_response_header, encode_request, take_frame, topic_name};
+use crate::proto::{decode_response_header, encode_request, retriable, take_frame, topic_name};
 use crate::stats::record_ns;
 use crate::verify::PartitionCheck;
 
@@ -25,7 +30,17 @@ pub(super) struct ConsumerPartition {
     pub(super) check: PartitionCheck,
 }
 
+/// A partition waiting for a connection to its leader.
+pub(super) struct Orphan {
+    pub(super) part: ConsumerPartition,
+    /// Last failure: only Metadata newer than this may route it.
+    pub(super) since_ns: u64,
+    /// First failure, for the retry bound.
+    pub(super) stalled_since_ns: u64,
+}
+
 pub(super) struct ConsumerConn {
+    pub(super) address: String,
     pub(super) stream: TcpStream,
     pub(super) parts: Vec<ConsumerPartition>,
     pub(super) out: Vec<u8>,
@@ -41,25 +56,66 @@ pub(super) struct ConsumerConn {
 impl ConsumerConn {
     /// Connects to the plan's broker; nothing is sent until the first `step`.
     pub(super) fn new(c: ConsumerPlan) -> Result<ConsumerConn> {
-        Ok(ConsumerConn {
-            stream: open(&c.address)?,
-            parts: c
-                .partitions
-                .iter()
-                .map(|&(partition, start, strict)| ConsumerPartition {
-                    partition,
-                    check: PartitionCheck::new(start, strict),
-                })
-                .collect(),
+        let parts = c
+            .partitions
+            .iter()
+            .map(|&(partition, start, strict)| ConsumerPartition {
+                partition,
+                check: PartitionCheck::new(start, strict),
+            })
+            .collect();
+        let stream = open(&c.address)?;
+        Ok(ConsumerConn::over(c.address, stream, parts, c.messages_max))
+    }
+
+    /// A connection to a partition's new leader, with no partitions yet.
+    pub(super) fn reconnect(address: &str) -> Result<ConsumerConn> {
+        let stream = super::open_with(address, super::RECONNECT_TIMEOUT)?;
+        Ok(ConsumerConn::over(
+            address.to_string(),
+            stream,
+            Vec::new(),
+            None,
+        ))
+    }
+
+    fn over(
+        address: String,
+        stream: TcpStream,
+        parts: Vec<ConsumerPartition>,
+        messages_max: Option<u64>,
+    ) -> ConsumerConn {
+        ConsumerConn {
+            address,
+            stream,
+            parts,
             out: Vec::new(),
             out_pos: 0,
             inbuf: BytesMut::with_capacity(READ_BYTES),
             inflight: None,
             correlation_id: 0,
             consumed: 0,
-            messages_max: c.messages_max,
+            messages_max,
             done: false,
-        })
+        }
+    }
+
+    /// The connection failed: every partition leaves it, and it is done.
+    #[cold]
+    fn lose(&mut self, why: &str, orphans: &mut Vec<Orphan>) {
+        eprintln!(
+            "consumer: connection to {} lost ({why}); {} partitions will be fetched again at their leaders",
+            self.address,
+            self.parts.len()
+        );
+        let now = now_ns();
+        orphans.extend(self.parts.drain(..).map(|part| Orphan {
+            part,
+            since_ns: now,
+            stalled_since_ns: now,
+        }));
+        self.inflight = None;
+        self.done = true;
     }
 
     fn send_fetch(&mut self, w: &Workload, shared: &Shared) -> Result<()> {
@@ -113,13 +169,57 @@ impl ConsumerConn {
         w: &Workload,
         shared: &Shared,
         tally: &mut Tally,
+        orphans: &mut Vec<Orphan>,
     ) -> Result<bool> {
         if self.done {
             return Ok(false);
         }
-        if !read_available(&self.stream, &mut self.inbuf)? {
-            bail!("broker closed a consumer connection");
+        let open = read_available(&self.stream, &mut self.inbuf);
+        let mut progress = self.handle_responses(w, shared, tally, orphans)?;
+        match open {
+            Ok(true) => {}
+            Ok(false) => {
+                self.lose("closed by the broker", orphans);
+                return Ok(true);
+            }
+            Err(e) => {
+                self.lose(&format!("{e:#}"), orphans);
+                return Ok(true);
+            }
         }
+        if let Some((_, sent_ns)) = self.inflight {
+            let timeout_ns = (w.fetch_max_wait_ms.max(0) as u64 + 30_000) * 1_000_000;
+            if now_ns().saturating_sub(sent_ns) > timeout_ns {
+                self.lose("a Fetch went unanswered", orphans);
+                return Ok(true);
+            }
+        }
+        if self.inflight.is_none() {
+            if self.reached_targets(shared) {
+                self.done = true;
+                return Ok(true);
+            }
+            if !shared.abort.load(Ordering::Relaxed) {
+                self.send_fetch(w, shared)?;
+                progress = true;
+            }
+        }
+        match flush(&mut self.stream, &mut self.out, &mut self.out_pos) {
+            Ok(p) => progress |= p,
+            Err(e) => self.lose(&format!("{e:#}"), orphans),
+        }
+        Ok(progress)
+    }
+
+    /// Checks every complete Fetch response; partitions answered with a retriable error
+    /// become orphans.
+    fn handle_responses(
+        &mut self,
+        w: &Workload,
+        shared: &Shared,
+        tally: &mut Tally,
+        orphans: &mut Vec<Orphan>,
+    ) -> Result<bool> {
         let mut progress = false;
         while let Some(mut frame) = take_frame(&mut self.inbuf)? {
             progress = true;
@@ -137,6 +237,7 @@ impl ConsumerConn {
             );
             let now = now_ns();
             let in_window = shared.in_window(now);
+            let mut moved: Vec<i32> = Vec::new();
             for t in &response.responses {
                 for pd in &t.partitions {
                     let Some(part) = self
@@ -149,7 +250,21 @@ impl ConsumerConn {
                             pd.partition_index
                         );
                     };
-                    // A bench consumer has no recovery policy: an error ends the run, counted.
+                    if retriable(pd.error_code) {
+                        moved.push(pd.partition_index);
+                        continue;
+                    }
+                    // OFFSET_OUT_OF_RANGE where this consumer has read before: the leader's log
+                    // now ends below what it served (a failover to a replica that was behind,
+                    // or a crash that took back what was served before it was durable).
+                    ensure!(
+                        pd.error_code != 1 || part.check.messages == 0,
+                        "Fetch of partition {} at offset {}: OFFSET_OUT_OF_RANGE, but this consumer \
+                         already read up to there: the leader no longer holds offsets it served",
+                        pd.partition_index,
+                        part.check.next_offset
+                    );
+                    // Any other error ends the run, counted.
                     ensure!(
                         pd.error_code == 0,
                         "Fetch error {} on partition {} at offset {}",
@@ -179,18 +294,25 @@ impl ConsumerConn {
                     tally.count_consumed(in_window, n, bytes, now);
                 }
             }
-        }
-        if self.inflight.is_none() {
-            if self.reached_targets(shared) {
-                self.done = true;
-                return Ok(true);
-            }
-            if !shared.abort.load(Ordering::Relaxed) {
-                self.send_fetch(w, shared)?;
-                progress = true;
+            if !moved.is_empty() {
+                self.orphan(&moved, now, orphans);
             }
         }
-        progress |= flush(&mut self.stream, &mut self.out, &mut self.out_pos)?;
         Ok(progress)
+    }
+
+    /// Partitions `moved` leave this connection to be fetched at their new leaders.
+    #[cold]
+    fn orphan(&mut self, moved: &[i32], now: u64, orphans: &mut Vec<Orphan>) {
+        let (gone, kept): (Vec<ConsumerPartition>, Vec<ConsumerPartition>) = self
+            .parts
+            .drain(..)
+            .partition(|p| moved.contains(&p.partition));
+        self.parts = kept;
+        orphans.extend(gone.into_iter().map(|part| Orphan {
+            part,
+            since_ns: now,
+            stalled_since_ns: now,
+        }));
     }
 }

@@ -227,6 +227,7 @@ fn consumers_read_only_whole_batches_below_the_high_watermark() {
         let batch_counts = |r: &super::ReadResult| headers(&concat(&r.chunks)).len();
         // Not replicated: the log end is the limit.
         assert_eq!(log.high_watermark(), 10);
+        assert!(!log.has_high_watermark());
         assert_eq!(log.read(0, 1 << 20).await.unwrap().high_watermark, 10);
 
         for reopened in [false, true] {
@@ -238,6 +239,7 @@ fn consumers_read_only_whole_batches_below_the_high_watermark() {
                 log.clone()
             };
             log.set_high_watermark(Some(3));
+            assert!(log.has_high_watermark());
             assert_eq!(log.high_watermark(), 3);
             let hw = log.high_watermark();
             let r = log.read_upto(0, 1 << 20, hw).await.unwrap();

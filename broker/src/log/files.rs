@@ -1,8 +1,9 @@
 //! File layout of a partition directory and the small metadata files in it.
 //!
 //! Owns file names, the index and time-index entry encodings, and the checksummed rkyv
-//! files (clean-shutdown marker, producer snapshot). Must never touch segment data: that
-//! goes through `DmaFile` in the partition log.
+//! files (clean-shutdown marker, producer snapshot); the leader epoch checkpoint's text
+//! format belongs to `epochs`. Must never touch segment data: that goes through `DmaFile`
+//! in the partition log.
 
 use std::fs;
 use std::io::Write;

@@ -2,8 +2,11 @@
 //! O_DIRECT through io_uring (glommio `DmaFile`), with group commit and crash recovery.
 //!
 //! This module owns the files of a partition directory (`<base offset>.log`, `.index`,
-//! `.timeindex`, the producer-state snapshot and the clean-shutdown marker), the aligned
-//! write buffers, the tail cache, and the per-producer idempotence state.
+//! `.timeindex`, the producer-state snapshot, the leader epoch checkpoint and the
+//! clean-shutdown marker), the aligned write buffers, the tail cache, the per-producer
+//! idempotence state and the leader epoch cache. It stamps leader epochs, cuts itself back
+//! and limits consumers' reads to a high watermark when told to, but knows nothing of
+//! replication: who leads, the ISR and the high watermark's value are decided above it.
 //!
 //! It must never know Kafka requests: it sees only RecordBatch v2 headers (see [`batch`]),
 //! never decodes or decompresses records, and never shares state across shards (every type
@@ -192,6 +195,9 @@ pub struct AppendInfo {
     pub log_start_offset: i64,
     /// The batch was a retry of one already written; nothing was appended.
     pub duplicate: bool,
+    /// The leader epoch the log was stamping when it took the batch (-1: none set): a
+    /// replicated acknowledgement is only valid while the partition is still led in it.
+    pub leader_epoch: i32,
 }
 
 /// Whole batches read from the log, as slices ready for a vectored send.

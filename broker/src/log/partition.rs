@@ -6,10 +6,12 @@
 //! never hand out a `Bytes` backed by shard-local memory (`Rc`, `DmaBuffer`).
 //!
 //! The work is split along the data flow: `open` (recovery), `write_queue` (staging buffer
-//! to device), `roll` (a new segment, and finishing the old one in the background) and
-//! `read` (tail cache, device, time index, long-poll waits). This file holds the state they
+//! to device), `roll` (a new segment, and finishing the old one in the background), `read`
+//! (tail cache, device, time index, long-poll waits, the high watermark limit), `epochs`
+//! (leader epoch stamping and cache), `truncate` (cutting the log back) and `replica`
+//! (a follower's appends). This file holds the state they
 //! share, the append front (place in line, producer checks, offsets, the tail cache),
-//! durability (`flush`), retention and close.
+//! durability (`flush`) and close; `retention` deletes old segments.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -35,6 +37,7 @@ mod epochs;
 mod open;
 mod read;
 mod replica;
+mod retention;
 mod roll;
 mod truncate;
 mod write_queue;
@@ -176,6 +179,7 @@ impl PartitionLog {
                     log_append_time_ms: -1,
                     log_start_offset: self.log_start_offset.get(),
                     duplicate: true,
+                    leader_epoch: self.leader_epoch.get(),
                 });
             }
             let h = headers[checks
@@ -205,6 +209,7 @@ impl PartitionLog {
             log_append_time_ms: append_time_ms.unwrap_or(-1),
             log_start_offset: self.log_start_offset.get(),
             duplicate: false,
+            leader_epoch: leader_epoch.unwrap_or(-1),
         })
     }
 
@@ -414,79 +419,6 @@ impl PartitionLog {
     /// A copy of the current settings.
     pub fn config(&self) -> LogConfig {
         self.config.borrow().clone()
-    }
-
-    /// Deletes whole segments (never the active one) older than `retention_ms` or beyond
-    /// `retention_bytes`, oldest first; returns how many were deleted.
-    pub async fn apply_retention(&self, now_ms: i64) -> Result<usize, LogError> {
-        self.check_usable()?;
-        // A segment being finished is not deleted under its finish.
-        self.wait_finished().await?;
-        if self.cleaning.get() || self.truncating.get() {
-            // The pass swaps the segments it read, a truncation cuts or replaces them;
-            // retention runs at its next check.
-            return Ok(0);
-        }
-        let config = self.config.borrow().clone();
-        let deleted: Vec<Segment> = {
-            let mut st = self.state.borrow_mut();
-            let mut total: u64 = st.segments.iter().map(|s| s.size_bytes).sum();
-            let mut count = 0;
-            // Neither the active segment nor one still being finished is deleted.
-            let closed = st.segments.len() - 1 - usize::from(self.finishing.get());
-            for seg in &st.segments[..closed] {
-                let by_time = config.retention_ms >= 0
-                    && now_ms.saturating_sub(seg.max_timestamp) > config.retention_ms;
-                let by_size = config.retention_bytes >= 0
-                    && total - seg.size_bytes >= config.retention_bytes as u64;
-                if !(by_time || by_size) {
-                    break;
-                }
-                total -= seg.size_bytes;
-                count += 1;
-            }
-            let deleted: Vec<Segment> = st.segments.drain(..count).collect();
-            if count > 0 {
-                let start = st.segments[0].base_offset;
-                while st
-                    .cache
-                    .front()
-                    .is_some_and(|b| b.header.base_offset() < start)
-                {
-                    let b = st.cache.pop_front().expect("front");
-                    st.cache_bytes -= b.header.total_bytes();
-                }
-                self.log_start_offset.set(start);
-            }
-            deleted
-        };
-        if deleted.is_empty() {
-            return Ok(0);
-        }
-        let count = deleted.len();
-        let bases: Vec<i64> = deleted.iter().map(|s| s.base_offset).collect();
-        // Each file is closed before it is unlinked, so the unlink, not the close, frees
-        // its blocks. A close of an unlinked file frees them in the closing thread, on the
-        // way back from the syscall: here that would be the shard's thread, stalled for
-        // hundreds of milliseconds while the file system frees (and, mounted with
-        // `discard`, trims) a whole segment.
-        for seg in deleted {
-            if let Ok(file) = Rc::try_unwrap(seg.file) {
-                let _ = file.close().await;
-            }
-        }
-        // Unlinks and the directory sync block: they run off the shard's thread.
-        let dir = self.dir.clone();
-        glommio::executor()
-            .spawn_blocking(move || -> std::io::Result<()> {
-                for base in bases {
-                    tracing::info!(dir = %dir.display(), base, "retention deletes segment");
-                    files::remove_segment(&dir, base)?;
-                }
-                files::sync_dir(&dir)
-            })
-            .await?;
-        Ok(count)
     }
 
     /// Replaces the settings; size limits apply from the next append or roll.

@@ -305,9 +305,9 @@ fn reset_starts_an_empty_log_at_the_offset_after_or_inside_the_old_one() {
 
 #[test]
 fn a_crash_between_the_steps_of_a_truncation_reopens_a_prefix_of_the_old_log() {
-    // What each crash point leaves on disk: the producer snapshot of the cut written, then
-    // later segments gone (newest first), then the cut. Simulated by stopping the log,
-    // doing the first steps by hand, and reopening.
+    // What each crash point of a truncation leaves on disk: nothing removed yet, the
+    // newest segment gone, every later segment gone and the cut made. Simulated by stopping
+    // the log, doing those steps by hand, and reopening; the truncation then completes.
     for step in 0..3 {
         let dir = tempdir();
         let path = dir.path().join("p");

@@ -14,7 +14,6 @@ use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, request: &Request) -> Result<Reply, String> {
     let body: OffsetForLeaderEpochRequest = decode_body(request)?;
-    let version = request.version;
     let mut topics = Vec::with_capacity(body.topics.len());
     for topic in body.topics {
         let name = topic.topic.0.to_string();
@@ -35,8 +34,7 @@ pub async fn handle(shard: &Rc<Shard>, request: &Request) -> Result<Reply, Strin
                 EpochEndOffset::default()
                     .with_partition(partition)
                     .with_error_code(error)
-                    // v0 has no epoch in its answer (the crate refuses a value there).
-                    .with_leader_epoch(if version >= 1 { epoch } else { -1 })
+                    .with_leader_epoch(epoch)
                     .with_end_offset(end)
             }
         });

@@ -15,7 +15,8 @@ const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::Produce, 0, 9, 3),
     (ApiKey::Fetch, 4, 12, 4),
     (ApiKey::ListOffsets, 1, 6, 1),
-    (ApiKey::OffsetForLeaderEpoch, 0, 4, 0),
+    // v0-1 predate current_leader_epoch; Kafka 4 and the crate start at v2.
+    (ApiKey::OffsetForLeaderEpoch, 2, 4, 2),
     (ApiKey::Metadata, 1, 12, 1),
     (ApiKey::DescribeCluster, 0, 2, 0),
     (ApiKey::ApiVersions, 0, 3, 0),

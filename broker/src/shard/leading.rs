@@ -11,7 +11,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::ops::{log_error_code, FetchPartition, FetchResult, ProduceResult};
+use super::ops::{log_error_code, Appended, FetchPartition, FetchResult, ProduceResult};
 use super::Shard;
 use crate::catalog::{Catalog, Placement, Topic};
 use crate::clock::now_ms;
@@ -114,21 +114,20 @@ impl Shard {
         }
     }
 
-    /// acks=all, after this leader's own sync of `last`: wait until the high watermark
-    /// covers it. Returns the error code to answer (NONE once replicated).
+    /// acks=all, after this leader's own sync of the batch: wait until the high watermark
+    /// covers it. Returns the error code to answer (NONE once replicated). An unreplicated
+    /// partition needs nothing more; a partition this broker no longer leads in the epoch
+    /// it appended in answers NOT_LEADER_OR_FOLLOWER at once (the batch may survive or not:
+    /// the producer retries at the new leader, which deduplicates an idempotent retry).
     pub(crate) async fn wait_replicated(
         &self,
-        (topic, partition): (&str, i32),
-        log: &Rc<PartitionLog>,
-        last: i64,
+        appended: &Appended,
+        partition: i32,
         deadline: Instant,
     ) -> i16 {
+        let (topic, log, last) = (appended.topic.as_str(), &appended.log, appended.last);
         let me = self.node_id();
-        let Some(start) = Self::led_replicated(&self.catalog(), me, topic, partition) else {
-            return codes::NONE;
-        };
         loop {
-            self.advance_high_watermark(topic, partition, log);
             let catalog = self.catalog();
             let Some(t) = catalog.topics.get(topic) else {
                 return codes::UNKNOWN_TOPIC_OR_PARTITION;
@@ -136,14 +135,16 @@ impl Shard {
             let Some(now) = t.placement.get(partition as usize) else {
                 return codes::UNKNOWN_TOPIC_OR_PARTITION;
             };
-            if now.leader != me || now.leader_epoch != start.leader_epoch {
-                // Deposed while waiting: the batch may or may not survive; the producer
-                // retries at the new leader (idempotent producers are deduplicated there).
+            if now.replicas.len() < 2 {
+                return codes::NONE;
+            }
+            if now.leader != me || now.leader_epoch != appended.leader_epoch {
                 return codes::NOT_LEADER_OR_FOLLOWER;
             }
             if now.isr.len() < self.min_insync(t) {
                 return codes::NOT_ENOUGH_REPLICAS_AFTER_APPEND;
             }
+            self.advance_high_watermark(topic, partition, log);
             if log.high_watermark() > last {
                 return codes::NONE;
             }

@@ -437,6 +437,9 @@ impl Shard {
         let base = self.config.log_config();
         // Topics removed (or re-created under the same name with a new id): delete their logs.
         let old = self.catalog.replace(catalog.clone());
+        // Leader epochs change with the catalog, before anything awaits: an append routed
+        // by this catalog is stamped with its epoch (logs opened below get theirs at the end).
+        self.adopt_roles(&catalog);
         for (name, old_topic) in &old.topics {
             let gone = catalog
                 .topics

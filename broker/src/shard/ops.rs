@@ -29,6 +29,16 @@ pub struct ProduceResult {
     pub log_start_offset: i64,
 }
 
+/// What acks=all waits for after an append: `last` durable, then (replicated partitions)
+/// covered by the high watermark while still led in `leader_epoch`.
+#[derive(Clone)]
+pub struct Appended {
+    pub log: Rc<PartitionLog>,
+    pub last: i64,
+    pub topic: String,
+    pub leader_epoch: i32,
+}
+
 /// One partition of a fetch.
 #[derive(Debug, Clone)]
 pub struct FetchPartition {
@@ -159,7 +169,7 @@ impl Shard {
                 let storage = storage.clone();
                 async move {
                     match durable {
-                        Some((log, last, _)) => storage.wait_durable(log, *last).await,
+                        Some(a) => storage.wait_durable(&a.log, a.last).await,
                         None => Ok(()),
                     }
                 }
@@ -177,9 +187,8 @@ impl Shard {
                 let shard = shard.clone();
                 async move {
                     match durable {
-                        Some((log, last, topic)) if result.error == codes::NONE => {
-                            let at = (topic.as_str(), result.partition);
-                            shard.wait_replicated(at, log, *last, deadline).await
+                        Some(a) if result.error == codes::NONE => {
+                            shard.wait_replicated(a, result.partition, deadline).await
                         }
                         _ => codes::NONE,
                     }
@@ -206,7 +215,7 @@ impl Shard {
         partition: i32,
         records: Option<Bytes>,
         place: Option<(Place, Rc<PartitionLog>)>,
-    ) -> (ProduceResult, Option<(Rc<PartitionLog>, i64, String)>) {
+    ) -> (ProduceResult, Option<Appended>) {
         let mut result = ProduceResult {
             partition,
             error: codes::NONE,
@@ -253,7 +262,14 @@ impl Shard {
                 result.base_offset = info.base_offset;
                 result.log_append_time_ms = info.log_append_time_ms;
                 result.log_start_offset = info.log_start_offset;
-                let durable = (!info.duplicate).then_some((log, info.last_offset, topic));
+                // A duplicate (a retry, maybe after a failover) waits like the original: the
+                // batch it matches may not be durable on the ISR yet.
+                let durable = Some(Appended {
+                    log,
+                    last: info.last_offset,
+                    topic,
+                    leader_epoch: info.leader_epoch,
+                });
                 (result, durable)
             }
             Err(e) => {
