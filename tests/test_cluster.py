@@ -692,6 +692,9 @@ def test_old_single_node_data_dir_opens_unchanged(start_broker, tmp_path):
     broker.restart()
     check([b"after upgrade"])
     assert [m[2] for m in ck_read(broker, "after-upgrade", 1, 0, 1)] == [b"new"]
+    # The old per-shard offsets logs were imported once, then set aside (kept, renamed).
+    assert not (data_dir / "__consumer_offsets").exists()
+    assert (data_dir / "__consumer_offsets.imported").is_dir()
 
 
 def test_old_single_node_data_dir_with_a_damaged_catalog_is_refused(start_broker, tmp_path):

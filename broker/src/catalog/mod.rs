@@ -26,6 +26,15 @@ pub use topic_configs::{
 /// Kafka's "no leader".
 pub const NO_LEADER: i32 = -1;
 
+/// The internal topic holding committed offsets (Kafka's name, so tools recognise it).
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// Whether clients see a topic as internal: Metadata marks it, Produce and DeleteTopics
+/// refuse it (Kafka's `Topic.isInternal` is by name too).
+pub fn is_internal(topic: &str) -> bool {
+    topic == OFFSETS_TOPIC
+}
+
 /// Where one partition lives and who leads it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Placement {

@@ -352,6 +352,14 @@ pub fn topic_log_config(base: &crate::log::LogConfig, topic: &Topic) -> crate::l
         config.retention_ms = -1;
         config.retention_bytes = -1;
     }
+    if super::is_internal(&topic.name) {
+        // Dozens of partitions of small records, read at a coordinator's load only: the
+        // broker's buffer, cache and preallocation sizes (made for user topics) would cost
+        // every node hundreds of MiB for them.
+        config.tail_cache_bytes = config.tail_cache_bytes.min(256 << 10);
+        config.write_buffer_bytes = config.write_buffer_bytes.min(64 << 10);
+        config.preallocate_bytes = config.preallocate_bytes.min(256 << 10);
+    }
     config
 }
 

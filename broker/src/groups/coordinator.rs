@@ -1,21 +1,26 @@
-//! The group coordinator of one shard: the groups whose id hashes to this shard, their
-//! committed offsets, and the shard's internal offsets log.
+//! The group coordinator of one shard: the groups of the `__consumer_offsets` partitions
+//! this shard owns and this node leads, and their committed offsets.
 //!
 //! This file is the request-facing half: JoinGroup, SyncGroup, Heartbeat, LeaveGroup,
 //! OffsetCommit and OffsetFetch, the admin calls (List/Describe/Delete groups,
 //! OffsetDelete), and the timer tick (every `TICK_MS`) that expires sessions and ends join
-//! phases. The durable half (the offsets log: writes, replay, compaction, hand-over after a
-//! change of `cores`, expiry) is `offsets_store`; this file never touches that log directly,
-//! only through `write_all`.
+//! phases. The durable half (loading a partition, appending through the
+//! [`OffsetsAppender`], unloading, expiry) is `offsets_store`; this file writes only
+//! through `write_all`.
 //!
-//! Group membership itself is not persisted: after a restart, members are unknown, get
-//! UNKNOWN_MEMBER_ID and rejoin (a rebalance), then resume from their committed offsets.
+//! A partition is served only once loaded: until then its groups' requests get
+//! COORDINATOR_LOAD_IN_PROGRESS (see [`GroupCoordinator::serving`]); a partition this node
+//! does not lead answers NOT_COORDINATOR. Group membership itself is not persisted: at a new
+//! coordinator (failover or restart), members are unknown, get UNKNOWN_MEMBER_ID and rejoin
+//! (a rebalance), then resume from their committed offsets.
 //!
 //! Runs on its shard only (`Rc`, `RefCell`, `Cell`); a `RefCell` borrow is never held
 //! across an `.await`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -23,19 +28,32 @@ use bytes::Bytes;
 
 use super::group::{Group, GroupDescription, JoinArgs, JoinOutcome, Reply, SyncOutcome};
 use super::offsets_log::{OffsetRecord, OffsetValue};
-use super::GroupsConfig;
+use super::{partition_for, GroupsConfig};
 use crate::clock::now_ms;
 use crate::codes;
-use crate::log::{LogConfig, PartitionLog, ShardStorage};
 
+pub(crate) use offsets_store::read_log;
 use offsets_store::tombstones;
-pub use offsets_store::{Migration, OFFSETS_DIR};
 
 mod offsets_store;
 
 /// Period of the timer that expires sessions and ends join phases: the precision of session
 /// and rebalance timeouts.
 const TICK_MS: u64 = 100;
+
+/// How the coordinator writes: appends one record batch to an offsets partition with
+/// acks=all semantics. Implemented by the shard (replicated produce path), so this layer
+/// needs nothing of the shard, the mesh or replication.
+pub trait OffsetsAppender {
+    /// Append `batch` to offsets partition `partition`; resolves once the partition's high
+    /// watermark covers it, with its base offset, or with the Kafka error code to answer
+    /// (NOT_COORDINATOR once deposed, COORDINATOR_NOT_AVAILABLE on a timeout).
+    fn append(
+        &self,
+        partition: i32,
+        batch: Bytes,
+    ) -> Pin<Box<dyn Future<Output = Result<i64, i16>>>>;
+}
 
 /// One partition of an OffsetCommit.
 #[derive(Clone, Debug)]
@@ -50,24 +68,26 @@ pub struct CommitEntry {
 /// One partition of an OffsetFetch answer: (partition, offset, leader epoch, metadata, error).
 pub type FetchedOffset = (i32, i64, i32, String, i16);
 
+/// Where this coordinator stands with one offsets partition (by the leader epoch it took
+/// it at).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serving {
+    /// Replaying the partition: its groups get COORDINATOR_LOAD_IN_PROGRESS.
+    Loading(i32),
+    /// Loaded: its groups are served.
+    Loaded(i32),
+}
+
 /// Group coordinator of one shard.
 pub struct GroupCoordinator {
     shard_id: usize,
-    nr_shards: usize,
     config: GroupsConfig,
     groups: RefCell<HashMap<String, Group>>,
-    /// This shard's offsets directory: `CURRENT` and one log directory per generation.
-    dir: std::path::PathBuf,
-    log_config: LogConfig,
-    log: RefCell<Rc<PartitionLog>>,
-    generation: Cell<u64>,
-    /// Records in the current log generation, and live offsets in memory: compaction input.
-    log_records: Cell<u64>,
-    live_offsets: Cell<u64>,
-    /// Writes hold it shared; compaction holds it alone while it switches logs.
-    switch_lock: glommio::sync::RwLock<()>,
-    compacting: Cell<bool>,
-    storage: Rc<ShardStorage>,
+    /// Offsets partitions this shard leads, loading or loaded.
+    partitions: RefCell<HashMap<i32, Serving>>,
+    /// Partition count of `__consumer_offsets` (0 until the topic exists).
+    partition_count: Cell<usize>,
+    appender: Rc<dyn OffsetsAppender>,
     member_seq: Cell<u64>,
     boot_id: u64,
     stopped: Cell<bool>,
@@ -76,6 +96,29 @@ pub struct GroupCoordinator {
 }
 
 impl GroupCoordinator {
+    /// A coordinator serving no partition yet; the shard loads partitions as it leads them.
+    pub fn new(
+        shard_id: usize,
+        config: GroupsConfig,
+        appender: Rc<dyn OffsetsAppender>,
+    ) -> Rc<GroupCoordinator> {
+        let boot_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Rc::new(GroupCoordinator {
+            shard_id,
+            config,
+            groups: RefCell::new(HashMap::new()),
+            partitions: RefCell::new(HashMap::new()),
+            partition_count: Cell::new(0),
+            appender,
+            member_seq: Cell::new(0),
+            boot_id,
+            stopped: Cell::new(false),
+            closing: Cell::new(false),
+        })
+    }
+
     /// Start the timers (session expiry and join deadlines; offset expiry).
     pub fn spawn_timers(self: &Rc<Self>) {
         let this = self.clone();
@@ -85,10 +128,6 @@ impl GroupCoordinator {
                 let now = Instant::now();
                 for group in this.groups.borrow_mut().values_mut() {
                     group.tick(now);
-                }
-                if this.needs_compaction() {
-                    let compactor = this.clone();
-                    glommio::spawn_local(async move { compactor.compact().await }).detach();
                 }
             }
         })
@@ -106,6 +145,47 @@ impl GroupCoordinator {
         .detach();
     }
 
+    /// The partition count of `__consumer_offsets`, as the catalog says.
+    pub fn set_partition_count(&self, count: usize) {
+        self.partition_count.set(count);
+    }
+
+    /// The offsets partition of a group, if the offsets topic exists.
+    pub fn partition_of(&self, group_id: &str) -> Option<i32> {
+        let count = self.partition_count.get();
+        (count > 0).then(|| partition_for(group_id, count))
+    }
+
+    /// Whether this coordinator answers for a group now: Ok(its offsets partition), else
+    /// as [`Self::serving_partition`] (NOT_COORDINATOR also before the topic is known here).
+    pub fn serving(&self, group_id: &str) -> Result<i32, i16> {
+        let partition = self.partition_of(group_id).ok_or(codes::NOT_COORDINATOR)?;
+        self.serving_partition(partition).map(|()| partition)
+    }
+
+    /// Whether this coordinator serves offsets partition `partition` now: Ok once loaded,
+    /// COORDINATOR_LOAD_IN_PROGRESS while loading, NOT_COORDINATOR when it does not hold it.
+    /// "Not held" is only this coordinator's view: the shard's catalog says whether another
+    /// broker leads the partition or this shard has not adopted it yet (see
+    /// `protocol::groups::on_coordinator`).
+    pub fn serving_partition(&self, partition: i32) -> Result<(), i16> {
+        match self.partitions.borrow().get(&partition) {
+            Some(Serving::Loaded(_)) => Ok(()),
+            Some(Serving::Loading(_)) => Err(codes::COORDINATOR_LOAD_IN_PROGRESS),
+            None => Err(codes::NOT_COORDINATOR),
+        }
+    }
+
+    /// The state of one offsets partition here (None: not led by this shard).
+    pub fn partition_state(&self, partition: i32) -> Option<Serving> {
+        self.partitions.borrow().get(&partition).copied()
+    }
+
+    /// Offsets partitions this coordinator holds, loading or loaded.
+    pub fn held_partitions(&self) -> Vec<i32> {
+        self.partitions.borrow().keys().copied().collect()
+    }
+
     /// First step of shutdown: answer every waiting JoinGroup/SyncGroup (clients retry at the
     /// next broker) and wait no more, so the drain of in-flight requests is not held up.
     pub fn quiesce(&self) {
@@ -115,17 +195,12 @@ impl GroupCoordinator {
         }
     }
 
-    /// Stop the timers, fail waiting requests, flush and close the offsets log.
+    /// Stop the timers and fail waiting requests. The offsets partitions' logs belong to
+    /// the shard, which closes them with its other logs.
     pub async fn close(&self) {
         self.stopped.set(true);
         for group in self.groups.borrow_mut().values_mut() {
             group.shutdown();
-        }
-        let _exclusive = self.switch_lock.write().await;
-        let log = self.log();
-        self.storage.unregister(&log);
-        if let Err(e) = log.close().await {
-            tracing::error!(shard = self.shard_id, "closing the offsets log failed: {e}");
         }
     }
 
@@ -259,6 +334,9 @@ impl GroupCoordinator {
         entries: Vec<CommitEntry>,
         known: impl Fn(&str, i32) -> bool,
     ) -> Vec<i16> {
+        let Some(partition) = self.partition_of(&group_id) else {
+            return vec![codes::NOT_COORDINATOR; entries.len()];
+        };
         let simple = generation < 0 && member_id.is_empty() && instance_id.is_none();
         let validation = {
             let groups = self.groups.borrow();
@@ -321,10 +399,10 @@ impl GroupCoordinator {
         if records.is_empty() {
             return results;
         }
-        if let Err(e) = self.write_all(records).await {
-            tracing::error!(group = %group_id, "offset commit failed: {e}");
+        if let Err(code) = self.write_all(partition, records).await {
+            tracing::warn!(group = %group_id, code, "offset commit not replicated");
             for i in written {
-                results[i] = codes::COORDINATOR_NOT_AVAILABLE;
+                results[i] = code;
             }
         }
         results
@@ -419,9 +497,12 @@ impl GroupCoordinator {
             tombstones(group_id, group.offsets.keys().cloned())
         };
         if !tombstones.is_empty() {
-            if let Err(e) = self.write_all(tombstones).await {
-                tracing::error!(group = %group_id, "deleting group offsets failed: {e}");
-                return codes::COORDINATOR_NOT_AVAILABLE;
+            let Some(partition) = self.partition_of(group_id) else {
+                return codes::NOT_COORDINATOR;
+            };
+            if let Err(code) = self.write_all(partition, tombstones).await {
+                tracing::warn!(group = %group_id, code, "deleting group offsets failed");
+                return code;
             }
         }
         let mut groups = self.groups.borrow_mut();
@@ -473,9 +554,12 @@ impl GroupCoordinator {
             (answers, records)
         };
         if !records.is_empty() {
-            if let Err(e) = self.write_all(records).await {
-                tracing::error!(group = %group_id, "deleting offsets failed: {e}");
-                return (codes::COORDINATOR_NOT_AVAILABLE, Vec::new());
+            let Some(partition) = self.partition_of(group_id) else {
+                return (codes::NOT_COORDINATOR, Vec::new());
+            };
+            if let Err(code) = self.write_all(partition, records).await {
+                tracing::warn!(group = %group_id, code, "deleting offsets failed");
+                return (code, Vec::new());
             }
         }
         (codes::NONE, answers)
@@ -483,239 +567,4 @@ impl GroupCoordinator {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::groups::coordinator_shard;
-    use std::future::Future;
-    use std::path::Path;
-
-    /// A test body on its own executor (512 KiB of I/O memory fits RLIMIT_MEMLOCK).
-    fn run<G, F>(body: G)
-    where
-        G: FnOnce() -> F + Send + 'static,
-        F: Future<Output = ()> + 'static,
-    {
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(512 << 10)
-            .spawn(body)
-            .expect("executor")
-            .join()
-            .expect("test body");
-    }
-
-    fn small_log() -> LogConfig {
-        LogConfig {
-            segment_bytes: 1 << 20,
-            preallocate_bytes: 1 << 20,
-            write_buffer_bytes: 64 << 10,
-            ..LogConfig::default()
-        }
-    }
-
-    fn entry(topic: &str, partition: i32, offset: i64) -> CommitEntry {
-        CommitEntry {
-            topic: topic.into(),
-            partition,
-            offset,
-            leader_epoch: 2,
-            metadata: Some(format!("m{offset}")),
-        }
-    }
-
-    async fn open(dir: &Path, shard: usize, shards: usize) -> (Rc<GroupCoordinator>, Migration) {
-        let config = GroupsConfig {
-            offsets_compact_min_records: 10,
-            ..GroupsConfig::default()
-        };
-        open_with(dir, shard, shards, config).await
-    }
-
-    async fn open_with(
-        dir: &Path,
-        shard: usize,
-        shards: usize,
-        config: GroupsConfig,
-    ) -> (Rc<GroupCoordinator>, Migration) {
-        let storage = ShardStorage::new(1_000, 1 << 20);
-        GroupCoordinator::open(shard, shards, dir, small_log(), storage, config)
-            .await
-            .expect("open")
-    }
-
-    async fn simple_commit(
-        c: &GroupCoordinator,
-        group: &str,
-        entries: Vec<CommitEntry>,
-    ) -> Vec<i16> {
-        c.commit(group.into(), String::new(), None, -1, entries, |_, _| true)
-            .await
-    }
-
-    #[test]
-    fn commits_survive_a_reopen_and_a_compaction_keeps_only_the_latest() {
-        let dir = tempfile::tempdir().unwrap();
-        run(move || async move {
-            let path = dir.path().to_path_buf();
-            let (c, _) = open(&path, 0, 1).await;
-            for n in 0..30 {
-                let codes =
-                    simple_commit(&c, "g", vec![entry("t", 0, n), entry("t", 1, 100 + n)]).await;
-                assert_eq!(codes, vec![0, 0]);
-            }
-            assert!(c.needs_compaction());
-            c.compact().await;
-            assert_eq!(c.generation.get(), 1);
-            assert_eq!(
-                c.log_records.get(),
-                2,
-                "only the live offsets were rewritten"
-            );
-            assert!(
-                !path.join(OFFSETS_DIR).join("0").join("0").exists(),
-                "old generation deleted"
-            );
-            simple_commit(&c, "g", vec![entry("t", 0, 77)]).await;
-            c.close().await;
-
-            let (c, migration) = open(&path, 0, 1).await;
-            assert!(migration.moving.is_empty());
-            let fetched = c.fetch_offsets("g", None);
-            assert_eq!(
-                fetched,
-                vec![(
-                    "t".to_string(),
-                    vec![
-                        (0, 77, 2, "m77".to_string(), 0),
-                        (1, 129, 2, "m129".to_string(), 0)
-                    ]
-                )]
-            );
-            c.close().await;
-        });
-    }
-
-    #[test]
-    fn offsets_of_groups_another_shard_now_coordinates_are_handed_over() {
-        let dir = tempfile::tempdir().unwrap();
-        run(move || async move {
-            let path = dir.path().to_path_buf();
-            // With one shard, shard 0 coordinates every group.
-            let groups: Vec<String> = (0..20).map(|i| format!("group-{i}")).collect();
-            let (c, _) = open(&path, 0, 1).await;
-            for (i, g) in groups.iter().enumerate() {
-                simple_commit(&c, g, vec![entry("t", 0, i as i64)]).await;
-            }
-            c.close().await;
-            // With two shards, shard 0 keeps its groups and hands the others over.
-            let (c, migration) = open(&path, 0, 2).await;
-            let moving: Vec<&String> = groups
-                .iter()
-                .filter(|g| coordinator_shard(g, 2) == 1)
-                .collect();
-            assert!(!moving.is_empty());
-            assert_eq!(migration.moving.len(), moving.len());
-            assert_eq!(migration.leaving.len(), moving.len());
-            for g in &groups {
-                let kept = c.fetch_offsets(g, None);
-                assert_eq!(kept.is_empty(), coordinator_shard(g, 2) == 1, "{g}");
-            }
-            c.close().await;
-        });
-    }
-
-    #[test]
-    fn refused_commits_get_kafkas_errors_and_reach_no_log() {
-        let dir = tempfile::tempdir().unwrap();
-        run(move || async move {
-            let (c, _) = open(dir.path(), 0, 1).await;
-            let unknown = c
-                .commit(
-                    "g".into(),
-                    "m".into(),
-                    None,
-                    3,
-                    vec![entry("t", 0, 1)],
-                    |_, _| true,
-                )
-                .await;
-            assert_eq!(unknown, vec![codes::ILLEGAL_GENERATION]);
-            let unknown_topic = c
-                .commit(
-                    "g".into(),
-                    String::new(),
-                    None,
-                    -1,
-                    vec![entry("t", 0, 1)],
-                    |_, _| false,
-                )
-                .await;
-            assert_eq!(unknown_topic, vec![codes::UNKNOWN_TOPIC_OR_PARTITION]);
-            let mut big = entry("t", 0, 1);
-            big.metadata = Some("x".repeat(5000));
-            assert_eq!(
-                simple_commit(&c, "g", vec![big]).await,
-                vec![codes::OFFSET_METADATA_TOO_LARGE]
-            );
-            assert_eq!(c.log_records.get(), 0, "nothing refused reached the log");
-            c.close().await;
-        });
-    }
-
-    #[test]
-    fn offsets_of_empty_groups_expire_with_a_tombstone_that_outlives_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        run(move || async move {
-            let path = dir.path().to_path_buf();
-            let config = GroupsConfig {
-                offsets_retention_ms: 60_000,
-                ..GroupsConfig::default()
-            };
-            let (c, _) = open_with(&path, 0, 1, config.clone()).await;
-            simple_commit(&c, "old", vec![entry("t", 0, 5)]).await;
-            c.expire_offsets(now_ms() + 30_000).await;
-            assert_eq!(c.fetch_offsets("old", None).len(), 1, "not yet expired");
-            c.expire_offsets(now_ms() + 61_000).await;
-            assert!(c.fetch_offsets("old", None).is_empty());
-            assert!(
-                c.list().is_empty(),
-                "a group with nothing left is forgotten"
-            );
-            c.close().await;
-            let (c, _) = open_with(&path, 0, 1, config).await;
-            assert!(
-                c.fetch_offsets("old", None).is_empty(),
-                "the expiry is durable"
-            );
-            c.close().await;
-        });
-    }
-
-    #[test]
-    fn a_new_group_beyond_max_groups_per_shard_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        run(move || async move {
-            let config = GroupsConfig {
-                max_groups_per_shard: 1,
-                ..GroupsConfig::default()
-            };
-            let (c, _) = open_with(dir.path(), 0, 1, config).await;
-            assert_eq!(
-                simple_commit(&c, "first", vec![entry("t", 0, 1)]).await,
-                vec![0]
-            );
-            assert_eq!(
-                simple_commit(&c, "second", vec![entry("t", 0, 1)]).await,
-                vec![codes::COORDINATOR_NOT_AVAILABLE]
-            );
-            let args = JoinArgs {
-                session_timeout_ms: 10_000,
-                protocol_type: "consumer".into(),
-                protocols: vec![("range".into(), Bytes::new())],
-                ..JoinArgs::default()
-            };
-            let joined = c.join("third".into(), args).await;
-            assert_eq!(joined.error, codes::COORDINATOR_NOT_AVAILABLE);
-            c.close().await;
-        });
-    }
-}
+mod tests;

@@ -1,65 +1,57 @@
 //! Consumer groups and committed offsets (Kafka's classic group protocol).
 //!
-//! Each group has one coordinator shard, `coordinator_shard(group_id, nr_shards)`, a stable
-//! hash of the id. Every group request is forwarded there (`Shard::call`); the group's
-//! members, generation and committed offsets live only on that shard, in its
-//! [`GroupCoordinator`] (`Rc`/`RefCell`, no lock: nothing here is shared across shards).
+//! Committed offsets live in the replicated, compacted internal topic `__consumer_offsets`.
+//! A group belongs to partition [`partition_for`]`(group_id, partitions)` of it (Kafka's own
+//! formula, so tools agree), and its coordinator is that partition's leader; within the
+//! leader's node, the shard that owns the partition. The group's members, generation and
+//! committed offsets live only there, in that shard's [`GroupCoordinator`] (`Rc`/`RefCell`,
+//! no lock: nothing here is shared across shards).
 //!
 //! - [`group`]: the state machine of one group (members, generations, rebalances, offsets in
 //!   memory). Pure: no I/O, time is passed in, so it is unit-tested directly.
-//! - [`offsets_log`]: how commits are written to the coordinator shard's internal offsets log
-//!   (`<data_dir>/__consumer_offsets/<shard>`), one RecordBatch v2 per commit, and read back.
-//! - [`coordinator`]: the per-shard coordinator: groups by id and the timer tick (session
-//!   expiry, join deadlines); its `offsets_store` owns the offsets log (append, wait durable,
-//!   replay at start, compaction, hand-over after a change of `cores`, offset expiry).
+//! - [`offsets_log`]: the record format of the offsets topic (Kafka's offset-commit key v1
+//!   and value v3), one RecordBatch v2 per commit, and how it is read back.
+//! - [`coordinator`]: the per-shard coordinator: groups by id, which offsets partitions it
+//!   serves (loading, loaded), the timer tick (session expiry, join deadlines, offset
+//!   expiry); it appends through an [`OffsetsAppender`] the shard gives it.
+//! - [`legacy`]: the per-shard offsets logs of earlier versions, read once to be imported.
+//!
+//! Layering: this module keeps the state machine and the record format; it does not know
+//! the shard, the mesh or replication. The shard (`shard/groups.rs`) drives it: it loads a
+//! partition when this node becomes its leader, unloads it when it stops leading, and
+//! appends with acks=all semantics through the [`OffsetsAppender`] it implements.
 //!
 //! What this module must never do: touch a partition log of a user topic, or keep state for a
-//! group it does not coordinate.
+//! group whose offsets partition this shard does not lead.
 //!
 //! ```
-//! use shardlog::groups::coordinator_shard;
-//! let shard = coordinator_shard("orders", 4);
-//! assert!(shard < 4);
-//! assert_eq!(shard, coordinator_shard("orders", 4)); // stable across runs and shards
+//! use shardlog::groups::partition_for;
+//! // Kafka's Utils.abs("orders".hashCode()) % 50
+//! assert_eq!(partition_for("orders", 50), 31);
 //! ```
 
 pub mod coordinator;
 pub mod group;
+pub mod legacy;
 pub mod offsets_log;
 
-pub use coordinator::GroupCoordinator;
+pub use coordinator::{GroupCoordinator, OffsetsAppender};
 
-use crate::catalog::Catalog;
+pub use crate::catalog::OFFSETS_TOPIC;
 
-/// Coordinator shard of a group: FNV-1a of the id modulo the shard count. Stable across
-/// processes (unlike std's randomized hasher), so the offsets of a group are found in the
-/// same shard's log after a restart with the same `cores`.
-pub fn coordinator_shard(group_id: &str, nr_shards: usize) -> usize {
-    (fnv1a(group_id) % nr_shards.max(1) as u64) as usize
+/// Java's `String.hashCode` (over UTF-16 code units, wrapping), as Kafka hashes group ids.
+pub fn java_string_hash(text: &str) -> i32 {
+    text.encode_utf16().fold(0i32, |h, unit| {
+        h.wrapping_mul(31).wrapping_add(i32::from(unit))
+    })
 }
 
-/// The broker that coordinates a group: the live brokers by id, picked by the group id's
-/// hash (a different mix of it than the shard's, so the two choices do not correlate).
-/// When the live brokers change, some groups move; their committed offsets stay on the old
-/// coordinator's disk (until the offsets move to a replicated topic) and come back with it.
-pub fn coordinator_node(group_id: &str, catalog: &Catalog) -> Option<i32> {
-    let live: Vec<i32> = catalog.live_brokers().map(|b| b.id).collect();
-    if live.is_empty() {
-        return None;
-    }
-    let mixed = fnv1a(group_id)
-        .rotate_right(17)
-        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    Some(live[(mixed % live.len() as u64) as usize])
-}
-
-fn fnv1a(text: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
+/// The offsets partition of a group: Kafka's `Utils.abs(groupId.hashCode) % partitions`
+/// (`Utils.abs` maps `i32::MIN` to 0), so Kafka tools find the same partition.
+pub fn partition_for(group_id: &str, partitions: usize) -> i32 {
+    let hash = java_string_hash(group_id);
+    let abs = if hash == i32::MIN { 0 } else { hash.abs() };
+    (i64::from(abs) % partitions.max(1) as i64) as i32
 }
 
 /// Limits and timings of the group coordinator (`--group-*`, `--offsets-*` flags, or a
@@ -97,10 +89,18 @@ pub struct GroupsArgs {
     /// How often expired offsets are looked for (Kafka: offsets.retention.check.interval.ms).
     #[arg(long, env = "SHARDLOG_OFFSETS_RETENTION_CHECK_INTERVAL_MS")]
     pub offsets_retention_check_interval_ms: Option<u64>,
-    /// A shard's offsets log is compacted (live offsets rewritten, the rest dropped) once it
-    /// holds this many records and four times more than are live.
-    #[arg(long, env = "SHARDLOG_OFFSETS_COMPACT_MIN_RECORDS")]
+    /// Ignored since offsets moved to the compacted `__consumer_offsets` topic (the log
+    /// cleaner bounds it); accepted so that older configs still start.
+    #[arg(long, env = "SHARDLOG_OFFSETS_COMPACT_MIN_RECORDS", hide = true)]
     pub offsets_compact_min_records: Option<u64>,
+    /// Partitions of the internal `__consumer_offsets` topic, fixed when it is created
+    /// (Kafka: offsets.topic.num.partitions).
+    #[arg(long, env = "SHARDLOG_OFFSETS_TOPIC_NUM_PARTITIONS")]
+    pub offsets_topic_num_partitions: Option<i32>,
+    /// Replication factor of `__consumer_offsets` at its creation, capped at the live brokers
+    /// then (Kafka: offsets.topic.replication.factor).
+    #[arg(long, env = "SHARDLOG_OFFSETS_TOPIC_REPLICATION_FACTOR")]
+    pub offsets_topic_replication_factor: Option<i32>,
 }
 
 /// Validated group settings.
@@ -115,7 +115,8 @@ pub struct GroupsConfig {
     pub offset_metadata_max_bytes: u32,
     pub offsets_retention_ms: u64,
     pub offsets_retention_check_interval_ms: u64,
-    pub offsets_compact_min_records: u64,
+    pub offsets_topic_num_partitions: i32,
+    pub offsets_topic_replication_factor: i32,
 }
 
 impl Default for GroupsConfig {
@@ -131,7 +132,8 @@ impl Default for GroupsConfig {
             offset_metadata_max_bytes: 4_096,
             offsets_retention_ms: 7 * 24 * 3600 * 1000,
             offsets_retention_check_interval_ms: 600_000,
-            offsets_compact_min_records: 100_000,
+            offsets_topic_num_partitions: 50,
+            offsets_topic_replication_factor: 3,
         }
     }
 }
@@ -164,9 +166,13 @@ impl GroupsConfig {
                 offsets_retention_check_interval_ms,
                 d.offsets_retention_check_interval_ms
             ),
-            offsets_compact_min_records: pick!(
-                offsets_compact_min_records,
-                d.offsets_compact_min_records
+            offsets_topic_num_partitions: pick!(
+                offsets_topic_num_partitions,
+                d.offsets_topic_num_partitions
+            ),
+            offsets_topic_replication_factor: pick!(
+                offsets_topic_replication_factor,
+                d.offsets_topic_replication_factor
             ),
         };
         let check = |ok: bool, msg: &str| if ok { Ok(()) } else { Err(msg.to_string()) };
@@ -197,8 +203,12 @@ impl GroupsConfig {
             "offsets_retention_ms: must be at least 1",
         )?;
         check(
-            config.offsets_compact_min_records >= 1,
-            "offsets_compact_min_records: must be at least 1",
+            (1..=1000).contains(&config.offsets_topic_num_partitions),
+            "offsets_topic_num_partitions: must be between 1 and 1000",
+        )?;
+        check(
+            config.offsets_topic_replication_factor >= 1,
+            "offsets_topic_replication_factor: must be at least 1",
         )?;
         check(
             config.offsets_retention_check_interval_ms >= 1,
@@ -213,20 +223,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn coordinator_shard_is_stable_and_in_range() {
-        // FNV-1a of "" is the offset basis; pinning two values guards against a hasher change
-        // that would strand committed offsets in another shard's log.
+    fn groups_map_to_the_offsets_partition_kafka_computes() {
+        // Values of Java's "...".hashCode(), and Kafka's partitionFor with 50 partitions.
+        assert_eq!(java_string_hash(""), 0);
+        assert_eq!(java_string_hash("a"), 97);
+        assert_eq!(java_string_hash("orders"), -1008770331);
+        assert_eq!(java_string_hash("polygenelubricants"), i32::MIN);
+        assert_eq!(partition_for("orders", 50), 31);
         assert_eq!(
-            coordinator_shard("", 7),
-            (0xcbf2_9ce4_8422_2325u64 % 7) as usize
+            partition_for("polygenelubricants", 50),
+            0,
+            "Utils.abs(MIN) is 0"
         );
-        assert_eq!(
-            coordinator_shard("a", 1000),
-            (0xaf63_dc4c_8601_ec8cu64 % 1000) as usize
-        );
-        for n in 1..9 {
+        // UTF-16 code units, as Java: a character outside the BMP is two units.
+        assert_eq!(java_string_hash("\u{1F600}"), 0xD83D * 31 + 0xDE00);
+        for n in 1..60 {
             for g in ["", "g", "orders", "a-much-longer-group-name"] {
-                assert!(coordinator_shard(g, n) < n);
+                assert!((0..n as i32).contains(&partition_for(g, n)));
             }
         }
     }

@@ -1,13 +1,15 @@
-//! The format of the internal offsets log: each OffsetCommit (or deletion) is one
-//! RecordBatch v2, one record per partition, appended to the coordinator shard's own
-//! `PartitionLog` in `<data_dir>/__consumer_offsets/<shard>` and replayed at start.
+//! The record format of the `__consumer_offsets` topic: each OffsetCommit (or deletion) is
+//! one RecordBatch v2, one record per partition, appended to the group's offsets partition.
+//! The layout is Kafka's own offset-commit records, so Kafka's tools can read the topic:
 //!
-//! Record key   (big-endian, Kafka-style strings with an i16 length):
+//! Record key   (big-endian, Kafka-style strings with an i16 length): Kafka's key v1
 //!   version i16 = 1, group string, topic string, partition i32
-//! Record value (absent for a tombstone: the offset was deleted or expired):
-//!   version i16 = 1, offset i64, leader epoch i32, metadata string, commit time ms i64
+//! Record value (absent for a tombstone: the offset was deleted or expired): Kafka's value v3
+//!   version i16 = 3, offset i64, leader epoch i32, metadata string, commit time ms i64
 //!
-//! Later records override earlier ones for the same key, as in a compacted Kafka topic.
+//! Earlier shardlog versions wrote the same value layout under version 1 (in per-shard
+//! logs, see `legacy`); it is read as such. Later records override earlier ones for the
+//! same key, as in a compacted Kafka topic.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::records::{
@@ -15,7 +17,9 @@ use kafka_protocol::records::{
 };
 
 const KEY_VERSION: i16 = 1;
-const VALUE_VERSION: i16 = 1;
+const VALUE_VERSION: i16 = 3;
+/// The value version earlier shardlog versions wrote, with v3's layout.
+const LEGACY_VALUE_VERSION: i16 = 1;
 
 /// One entry of the offsets log.
 #[derive(Clone, Debug, PartialEq)]
@@ -93,7 +97,11 @@ fn decode_record(key: Option<Bytes>, value: Option<Bytes>) -> Option<OffsetRecor
     let value = match value {
         None => None,
         Some(mut v) => {
-            if v.remaining() < 14 || v.get_i16() != VALUE_VERSION {
+            if v.remaining() < 14 {
+                return None;
+            }
+            let version = v.get_i16();
+            if version != VALUE_VERSION && version != LEGACY_VALUE_VERSION {
                 return None;
             }
             let offset = v.get_i64();

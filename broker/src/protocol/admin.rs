@@ -70,7 +70,14 @@ pub async fn handle_create_topics(shard: &Rc<Shard>, request: &Request) -> Resul
             }
         }
         let mut assignments = Vec::new();
-        let refusal = if !topic.assignments.is_empty() {
+        let refusal = if catalog::is_internal(&name) {
+            // The broker creates it (first group request) with the settings the coordinator
+            // relies on: compaction, its partition count.
+            Some((
+                codes::INVALID_REQUEST,
+                format!("creation of internal topic {name} is prohibited"),
+            ))
+        } else if !topic.assignments.is_empty() {
             match assigned_partitions(topic) {
                 Ok(lists) => {
                     partitions = lists.len() as i32;

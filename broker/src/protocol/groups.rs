@@ -2,7 +2,8 @@
 //! OffsetFetch, ListGroups, DescribeGroups, DeleteGroups, OffsetDelete.
 //!
 //! Each handler decodes its request into plain data, forwards it to the group's coordinator
-//! shard (`groups::coordinator_shard`), and encodes the answer for the request's version.
+//! shard (the owner of the group's `__consumer_offsets` partition, when this node leads
+//! it), and encodes the answer for the request's version.
 //! The crate refuses to encode a field set to a non-default value at a version without it,
 //! so version-dependent fields are set only at versions that have them.
 //!
@@ -16,9 +17,10 @@ use std::rc::Rc;
 
 use kafka_protocol::protocol::StrBytes;
 
+use crate::catalog::OFFSETS_TOPIC;
 use crate::codes;
 use crate::groups::group::GROUP_ID_MAX_BYTES;
-use crate::groups::{coordinator_node, coordinator_shard, GroupCoordinator};
+use crate::groups::{partition_for, GroupCoordinator};
 use crate::shard::Shard;
 
 mod admin;
@@ -40,28 +42,67 @@ fn invalid_group_id(group_id: &str) -> bool {
     group_id.is_empty() || group_id.len() > GROUP_ID_MAX_BYTES
 }
 
-/// Run `f` with the group coordinator of `group_id`'s shard. Err(NOT_COORDINATOR) if
-/// another broker coordinates the group; Err(COORDINATOR_NOT_AVAILABLE) if that shard has
-/// no coordinator (still starting, or stopping) or is gone.
+/// Run `f` with the group coordinator of `group_id`: the shard owning the group's offsets
+/// partition, if this node leads it. Kafka's answers otherwise, all retriable for clients:
+/// NOT_COORDINATOR only when another broker leads the partition (the client asks
+/// FindCoordinator again); COORDINATOR_NOT_AVAILABLE when the partition has no leader, the
+/// offsets topic is not known here yet, or the shard has no coordinator (starting,
+/// stopping); COORDINATOR_LOAD_IN_PROGRESS while this node is taking the partition over
+/// (its shard has not adopted the catalog naming it leader, or is replaying the partition).
 async fn on_coordinator<R, F, Fut>(shard: &Rc<Shard>, group_id: &str, f: F) -> Result<R, i16>
 where
     R: Send + 'static,
     F: FnOnce(Rc<Shard>, Rc<GroupCoordinator>) -> Fut + Send + 'static,
     Fut: Future<Output = R> + 'static,
 {
-    if coordinator_node(group_id, &shard.catalog()) != Some(shard.node_id()) {
-        return Err(codes::NOT_COORDINATOR);
-    }
-    let target = coordinator_shard(group_id, shard.nr_shards);
+    // Without the topic here, this node cannot tell who coordinates: it was just created
+    // elsewhere and this node's catalog is behind (a client only comes here after a
+    // FindCoordinator, which creates it). NOT_COORDINATOR would be a claim it cannot make.
+    let count = shard
+        .catalog()
+        .topics
+        .get(OFFSETS_TOPIC)
+        .map(|t| t.partition_count())
+        .ok_or(codes::COORDINATOR_NOT_AVAILABLE)?;
+    let partition = partition_for(group_id, count);
+    let target = shard
+        .route(OFFSETS_TOPIC, partition)
+        .map_err(|code| unserved_error(Err(code), shard.id))?;
     shard
         .call(target, move |s| async move {
-            let coordinator = s.groups.get().cloned()?;
-            Some(f(s, coordinator).await)
+            let Some(coordinator) = s.groups.get().cloned() else {
+                return Err(codes::COORDINATOR_NOT_AVAILABLE);
+            };
+            match coordinator.serving_partition(partition) {
+                Ok(()) => Ok(f(s, coordinator).await),
+                // The coordinator does not hold it: ask this shard's own catalog why, which
+                // may be newer or older than the one that routed the request here.
+                Err(codes::NOT_COORDINATOR) => {
+                    Err(unserved_error(s.route(OFFSETS_TOPIC, partition), s.id))
+                }
+                Err(code) => Err(code),
+            }
         })
         .await
-        .ok()
-        .flatten()
-        .ok_or(codes::COORDINATOR_NOT_AVAILABLE)
+        .unwrap_or(Err(codes::COORDINATOR_NOT_AVAILABLE))
+}
+
+/// The error for a group whose offsets partition is not served by the coordinator of shard
+/// `me`, from where that shard's catalog routes the partition (`Shard::route`).
+fn unserved_error(route: Result<usize, i16>, me: usize) -> i16 {
+    match route {
+        // This node leads it and this shard owns it: the shard is adopting the catalog that
+        // says so (the load starts at the end of the adoption). Two shards adopt a catalog
+        // one after the other, so another shard may have routed the request here first.
+        Ok(owner) if owner == me => codes::COORDINATOR_LOAD_IN_PROGRESS,
+        // The partition moved to another shard of this node meanwhile: retry.
+        Ok(_) => codes::COORDINATOR_NOT_AVAILABLE,
+        // This shard's catalog does not have the topic yet, while the routing shard's does.
+        Err(codes::UNKNOWN_TOPIC_OR_PARTITION) => codes::COORDINATOR_LOAD_IN_PROGRESS,
+        Err(codes::LEADER_NOT_AVAILABLE) => codes::COORDINATOR_NOT_AVAILABLE,
+        // NOT_LEADER_OR_FOLLOWER: another broker leads it, so it coordinates the group.
+        Err(_) => codes::NOT_COORDINATOR,
+    }
 }
 
 #[cfg(test)]
@@ -100,6 +141,30 @@ mod tests {
 
     fn s(text: &str) -> String {
         text.to_string()
+    }
+
+    #[test]
+    fn not_coordinator_is_answered_only_when_another_broker_leads_the_partition() {
+        let me = 1;
+        assert_eq!(
+            unserved_error(Err(codes::NOT_LEADER_OR_FOLLOWER), me),
+            codes::NOT_COORDINATOR
+        );
+        // Taking over: this shard's adoption has not reached the load yet, or has not
+        // reached the topic at all while another shard of this node already routes to it.
+        assert_eq!(
+            unserved_error(Ok(me), me),
+            codes::COORDINATOR_LOAD_IN_PROGRESS
+        );
+        assert_eq!(
+            unserved_error(Err(codes::UNKNOWN_TOPIC_OR_PARTITION), me),
+            codes::COORDINATOR_LOAD_IN_PROGRESS
+        );
+        assert_eq!(
+            unserved_error(Err(codes::LEADER_NOT_AVAILABLE), me),
+            codes::COORDINATOR_NOT_AVAILABLE
+        );
+        assert_eq!(unserved_error(Ok(0), me), codes::COORDINATOR_NOT_AVAILABLE);
     }
 
     #[test]

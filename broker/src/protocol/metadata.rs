@@ -158,6 +158,7 @@ fn describe_topic(catalog: &Catalog, topic: &Topic, version: i16) -> MetadataRes
         } else {
             Uuid::nil()
         })
+        .with_is_internal(crate::catalog::is_internal(&topic.name))
         .with_partitions(partitions)
         .with_topic_authorized_operations(OPERATIONS_NOT_REQUESTED)
 }

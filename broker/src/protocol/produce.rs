@@ -57,7 +57,14 @@ pub async fn handle(
                     continue;
                 }
             }
-            match shard.route(&name, data.index) {
+            // Only the group coordinator writes the internal topic (Kafka: "Cannot append
+            // to internal topic", INVALID_TOPIC_EXCEPTION).
+            let routed = if crate::catalog::is_internal(&name) {
+                Err(codes::INVALID_TOPIC_EXCEPTION)
+            } else {
+                shard.route(&name, data.index)
+            };
+            match routed {
                 Ok(owner) => {
                     work.push((owner, (name.clone(), data.index, data.records)));
                     work_slots.push(slot);

@@ -16,6 +16,7 @@
 //! Shard 0 is also the controller of the catalog (see `catalog/`): it applies topic changes,
 //! persists them, and pushes a copy to every shard with [`Shard::apply_catalog`].
 
+mod groups;
 mod leading;
 pub mod ops;
 
@@ -91,8 +92,15 @@ pub struct Shard {
     pub(crate) shutting_down: Cell<bool>,
     /// Notified when the shutdown begins (wakes long polls).
     pub(crate) shutdown_event: crate::log::event::Event,
-    /// Coordinator of the consumer groups that hash to this shard (set once at start).
+    /// Coordinator of the groups of the offsets partitions this shard owns and this node
+    /// leads (set once at start; see `groups.rs`).
     pub groups: std::cell::OnceCell<Rc<GroupCoordinator>>,
+    /// Shard 0: committed offsets of an earlier version, until imported into the topic.
+    legacy_offsets: RefCell<Option<crate::groups::legacy::LegacyOffsets>>,
+    /// Shard 0: set once `legacy_offsets` was read at start (`legacy_event` tells waiters);
+    /// a load that asked before would import nothing and never import its share.
+    legacy_read: Cell<bool>,
+    legacy_event: crate::log::event::Event,
     /// Requests being handled on this shard right now (for a clean shutdown).
     pub(crate) requests_in_flight: Cell<usize>,
     /// When this shard last tried to reopen a failed log.
@@ -128,6 +136,9 @@ impl Shard {
             shutting_down: Cell::new(false),
             shutdown_event: Default::default(),
             groups: std::cell::OnceCell::new(),
+            legacy_offsets: RefCell::new(None),
+            legacy_read: Cell::new(false),
+            legacy_event: Default::default(),
             requests_in_flight: Cell::new(0),
             last_reopen: Cell::new(None),
             metrics: Default::default(),
@@ -482,6 +493,7 @@ impl Shard {
             }
         }
         self.adopt_roles(&catalog);
+        self.adopt_offsets_partitions(&catalog);
         self.adopted_version
             .set(self.adopted_version.get().max(catalog.version));
         self.catalog_event.notify();
@@ -492,6 +504,41 @@ impl Shard {
     pub(crate) async fn wait_adopted(&self, version: u64, max: std::time::Duration) -> bool {
         let deadline = std::time::Instant::now() + max;
         while self.adopted_version.get() < version {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let wait = self.catalog_event.listen();
+            let _ =
+                glommio::timer::timeout(left.min(std::time::Duration::from_millis(100)), async {
+                    wait.await;
+                    Ok(())
+                })
+                .await;
+        }
+        true
+    }
+
+    /// Wait (at most `max` per shard) until every shard of this node has adopted catalog
+    /// `version` or a later one, so what this shard answers next is what every shard serves.
+    pub(crate) async fn wait_node_adopted(self: &Rc<Self>, version: u64, max: std::time::Duration) {
+        for target in 0..self.nr_shards {
+            let _ = self
+                .call(target, move |s| async move {
+                    s.wait_adopted(version, max).await
+                })
+                .await;
+        }
+    }
+
+    /// Wait (at most `max`) until this shard's catalog satisfies `ready`; whether it does.
+    pub(crate) async fn wait_catalog(
+        &self,
+        ready: impl Fn(&Catalog) -> bool,
+        max: std::time::Duration,
+    ) -> bool {
+        let deadline = std::time::Instant::now() + max;
+        while !ready(&self.catalog.borrow()) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return false;
@@ -600,55 +647,6 @@ impl Shard {
             .and_then(|slots| slots.get_mut(partition as usize))
         {
             *slot = Some(reopened);
-        }
-    }
-
-    /// Open this shard's group coordinator (replaying its offsets log), start its timers,
-    /// and move offsets found here that belong to other shards' coordinators (after a change
-    /// of `cores`). Called once per shard at start, before the shard accepts connections.
-    pub async fn start_groups(self: &Rc<Self>) -> Result<(), String> {
-        let (coordinator, migration) = GroupCoordinator::open(
-            self.id,
-            self.nr_shards,
-            &self.config.data_dir,
-            self.config.log_config(),
-            self.storage.clone(),
-            self.config.groups.clone(),
-        )
-        .await?;
-        coordinator.spawn_timers();
-        self.groups
-            .set(coordinator.clone())
-            .map_err(|_| "group coordinator started twice".to_string())?;
-        // Set before migrating: other shards may be moving offsets here at the same time.
-        let shard = self.clone();
-        coordinator
-            .migrate(migration, move |target, records| {
-                let shard = shard.clone();
-                async move {
-                    shard
-                        .call(target, move |s| async move {
-                            let coordinator = s.groups.get().cloned()?;
-                            Some(coordinator.write_all(records).await)
-                        })
-                        .await
-                        .map_err(|_| format!("shard {target} is gone"))
-                }
-            })
-            .await
-    }
-
-    /// Shutdown, before the drain of in-flight requests: waiting joins and syncs answer now.
-    pub fn quiesce_groups(&self) {
-        if let Some(coordinator) = self.groups.get() {
-            coordinator.quiesce();
-        }
-    }
-
-    /// Stop this shard's group coordinator: fail waiting requests, close the offsets log.
-    pub async fn stop_groups(&self) {
-        if let Some(coordinator) = self.groups.get() {
-            coordinator.close().await;
         }
     }
 

@@ -472,16 +472,31 @@ impl Shard {
     }
 
     /// Delete topics through the metadata quorum. One error code per name.
+    /// The internal offsets topic is refused (INVALID_TOPIC_EXCEPTION, as Kafka's
+    /// produce path answers for it): deleting it would lose every group's offsets.
     pub async fn delete_topics(self: &Rc<Self>, names: Vec<String>) -> Vec<i16> {
+        let mut results = vec![codes::INVALID_TOPIC_EXCEPTION; names.len()];
+        let (indexes, names): (Vec<usize>, Vec<String>) = names
+            .into_iter()
+            .enumerate()
+            .filter(|(_, name)| !catalog::is_internal(name))
+            .unzip();
+        if names.is_empty() {
+            return results;
+        }
         let count = names.len();
-        match self.change_metadata(Command::DeleteTopics { names }).await {
+        let codes = match self.change_metadata(Command::DeleteTopics { names }).await {
             Ok(Reply::Outcomes(outcomes)) => outcomes.into_iter().map(|(code, _)| code).collect(),
             Ok(other) => {
                 tracing::error!("delete topics: unexpected reply {other:?}");
                 vec![codes::UNKNOWN_SERVER_ERROR; count]
             }
             Err((code, _)) => vec![code; count],
+        };
+        for (i, code) in indexes.into_iter().zip(codes) {
+            results[i] = code;
         }
+        results
     }
 
     /// Grow topics to a new partition count, through the metadata quorum.
@@ -582,14 +597,8 @@ impl Shard {
             .propose(command)
             .await
             .map_err(|e| (e.code, e.message))?;
-        let index = applied.index;
-        for target in 0..self.nr_shards {
-            let _ = self
-                .call(target, move |s| async move {
-                    s.wait_adopted(index, Duration::from_secs(5)).await
-                })
-                .await;
-        }
+        self.wait_node_adopted(applied.index, Duration::from_secs(5))
+            .await;
         Ok(applied.reply)
     }
 }

@@ -16,9 +16,10 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::{on_coordinator, str_bytes};
+use crate::catalog::OFFSETS_TOPIC;
 use crate::codes;
-use crate::groups::coordinator_node;
 use crate::groups::group::GroupDescription;
+use crate::groups::partition_for;
 use crate::protocol::{decode_body, encode_response, Reply, Request};
 use crate::shard::Shard;
 
@@ -31,8 +32,9 @@ pub async fn handle_find_coordinator(
     request: &Request,
 ) -> Result<Reply, String> {
     let body: FindCoordinatorRequest = decode_body(request)?;
-    // A group's coordinator is one of the live brokers, picked by the group id
-    // (`groups::coordinator_node`); every broker answers the same. There is no transaction
+    // A group's coordinator is the leader of its `__consumer_offsets` partition (created
+    // here on the first group request, as Kafka does); every broker answers the same, from
+    // the catalog. There is no transaction
     // coordinator: TRANSACTIONAL_ID_AUTHORIZATION_FAILED is the answer that librdkafka and
     // the Java client both take as fatal here, so `init_transactions` fails at once with
     // this message; naming a broker instead sent them into an InitProducerId retry loop
@@ -50,11 +52,23 @@ pub async fn handle_find_coordinator(
     } else {
         vec![body.key]
     };
+    if error == codes::NONE {
+        if let Err((code, why)) = shard.ensure_offsets_topic().await {
+            tracing::warn!(code, "creating the offsets topic: {why}");
+        }
+    }
     let catalog = shard.catalog();
+    let offsets = catalog.topics.get(OFFSETS_TOPIC);
     let coordinators: Vec<(i32, String, i32)> = keys
         .iter()
         .map(|key| {
-            let broker = coordinator_node(key, &catalog).and_then(|id| catalog.brokers.get(&id));
+            let broker = offsets
+                .and_then(|t| {
+                    t.placement
+                        .get(partition_for(key, t.partition_count()) as usize)
+                })
+                .and_then(|p| catalog.brokers.get(&p.leader))
+                .filter(|b| !b.fenced);
             match broker {
                 Some(b) if error == codes::NONE => (b.id, b.host.clone(), i32::from(b.port)),
                 _ => (-1, String::new(), -1),
