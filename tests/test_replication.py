@@ -1,15 +1,13 @@
-"""Followers copy their leaders' logs (first step of replication, issue 12): every replica
-of a partition holds the leader's batches byte for byte at the same offsets, and a new
-leader after a SIGKILL serves what its follower copy held.
-
-Not yet covered here (not built yet): ISR, high watermark, acks=all waiting for the ISR,
-truncation by leader epoch."""
+"""Followers copy their leaders' logs: every replica of a partition holds the leader's
+batches byte for byte at the same offsets, a new leader after a SIGKILL serves what its
+follower copy held, and a follower of a compacted leader keeps its gaps. ISR, high
+watermark, acks=all, failover and truncation by leader epoch: test_failover.py."""
 
 from clients import ck_produce, ck_producer, ck_read
 
 TOPIC = "replicated"
 PARTITIONS = 3
-MESSAGES_PER_PARTITION = 5000
+MESSAGES_PER_PARTITION = 34_000  # 102,000 in all, as the issue asks
 
 
 def log_bytes(node, topic, partition):
