@@ -452,13 +452,15 @@ impl Config {
         check(
             self.replica_fetch_max_bytes >= 1024
                 && self.replica_fetch_response_max_bytes >= self.replica_fetch_max_bytes
-                && (self.replica_fetch_response_max_bytes as usize) < self.max_frame_bytes,
+                && (self.replica_fetch_response_max_bytes as usize)
+                    <= shardlog_client::frame::FRAME_BYTES_MAX / 2,
             format!(
                 "replica_fetch_response_max_bytes: {} must be at least replica_fetch_max_bytes \
-                 {} (itself at least 1024) and below max_frame_bytes {}",
+                 {} (itself at least 1024) and at most {} (half the largest response frame \
+                 a follower reads)",
                 self.replica_fetch_response_max_bytes,
                 self.replica_fetch_max_bytes,
-                self.max_frame_bytes
+                shardlog_client::frame::FRAME_BYTES_MAX / 2
             ),
         )?;
         check(
@@ -819,6 +821,15 @@ mod tests {
                 vec!["--broker-session-timeout-ms", "100"],
                 "broker_session_timeout_ms",
             ),
+            (
+                vec!["--replica-fetch-max-bytes", "100"],
+                "replica_fetch_response_max_bytes",
+            ),
+            (
+                vec!["--replica-fetch-wait-max-ms", "20000"],
+                "replica_fetch_wait_max_ms",
+            ),
+            (vec!["--min-insync-replicas", "0"], "min_insync_replicas"),
         ] {
             let mut all = vec!["--cores", "1"];
             all.extend(args.iter().copied());
