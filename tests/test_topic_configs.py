@@ -58,7 +58,7 @@ KAFKA_3_9_DEFAULTS = {
 
 # The configs the broker has its own setting for (Kafka's log.* synonyms).
 BROKER_BACKED = {"retention.ms", "retention.bytes", "segment.bytes", "segment.ms",
-                 "max.message.bytes", "index.interval.bytes"}
+                 "max.message.bytes", "index.interval.bytes", "min.insync.replicas"}
 
 # A valid value other than the default for each config (remote.storage.enable can only be
 # false: there is no tiered storage).
