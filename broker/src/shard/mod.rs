@@ -502,21 +502,8 @@ impl Shard {
 
     /// Wait (at most `max`) until this shard has adopted catalog `version` or a later one.
     pub(crate) async fn wait_adopted(&self, version: u64, max: std::time::Duration) -> bool {
-        let deadline = std::time::Instant::now() + max;
-        while self.adopted_version.get() < version {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            let wait = self.catalog_event.listen();
-            let _ =
-                glommio::timer::timeout(left.min(std::time::Duration::from_millis(100)), async {
-                    wait.await;
-                    Ok(())
-                })
-                .await;
-        }
-        true
+        self.wait_until(|s| s.adopted_version.get() >= version, max)
+            .await
     }
 
     /// Wait (at most `max` per shard) until every shard of this node has adopted catalog
@@ -537,8 +524,14 @@ impl Shard {
         ready: impl Fn(&Catalog) -> bool,
         max: std::time::Duration,
     ) -> bool {
+        self.wait_until(|s| ready(&s.catalog.borrow()), max).await
+    }
+
+    /// Wait (at most `max`) until `ready` holds for this shard, checked at each catalog
+    /// adoption (and every 100 ms); whether it does.
+    async fn wait_until(&self, ready: impl Fn(&Shard) -> bool, max: std::time::Duration) -> bool {
         let deadline = std::time::Instant::now() + max;
-        while !ready(&self.catalog.borrow()) {
+        while !ready(self) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return false;
