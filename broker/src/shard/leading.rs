@@ -274,6 +274,21 @@ impl Shard {
         (codes::NONE, e, end)
     }
 
+    /// Take up the role `placement` gives one log of this node: as leader, stamp its epoch
+    /// on what it appends; replicated, read only to the high watermark. Called for a log
+    /// before any request can reach it (a batch appended unstamped would be answered as
+    /// deposed, and its retry stored twice).
+    pub(crate) fn adopt_role(&self, log: &PartitionLog, placement: &Placement) {
+        if placement.leader == self.node_id() {
+            log.set_leader_epoch(placement.leader_epoch);
+        }
+        if placement.replicas.len() > 1 && !log.has_high_watermark() {
+            // Unknown until the ISR reports (a follower learns it from its leader): start
+            // from what is surely committed.
+            log.set_high_watermark(Some(log.log_start_offset()));
+        }
+    }
+
     /// Take up the roles a newly adopted catalog gives this shard's replicas: a leader
     /// stamps its epoch on what it appends; a replicated partition's reads stop at its high
     /// watermark; leaders forget followers of partitions they no longer lead.
@@ -282,16 +297,8 @@ impl Shard {
         for (name, topic) in &catalog.topics {
             for (partition, placement) in topic.placement.iter().enumerate() {
                 let partition = partition as i32;
-                let Some(log) = self.log(name, partition) else {
-                    continue;
-                };
-                if placement.leader == me {
-                    log.set_leader_epoch(placement.leader_epoch);
-                }
-                if placement.replicas.len() > 1 && !log.has_high_watermark() {
-                    // Unknown until the ISR reports (a follower learns it from its leader):
-                    // start from what is surely committed.
-                    log.set_high_watermark(Some(log.log_start_offset()));
+                if let Some(log) = self.log(name, partition) {
+                    self.adopt_role(&log, placement);
                 }
             }
         }

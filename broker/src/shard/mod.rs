@@ -483,6 +483,9 @@ impl Shard {
                     .await
                     .map_err(|e| format!("opening {}: {e}", dir.display()))?;
                 tracing::debug!(topic = %name, partition, "opened log: {report}");
+                if let Some(placement) = topic.placement.get(partition as usize) {
+                    self.adopt_role(&log, placement);
+                }
                 self.storage.register(&log);
                 let mut logs = self.logs.borrow_mut();
                 let slots = logs.entry(name.clone()).or_default();
