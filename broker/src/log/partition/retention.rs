@@ -58,28 +58,40 @@ impl PartitionLog {
             return Ok(0);
         }
         let count = deleted.len();
-        let bases: Vec<i64> = deleted.iter().map(|s| s.base_offset).collect();
-        // Each file is closed before it is unlinked, so the unlink, not the close, frees
-        // its blocks. A close of an unlinked file frees them in the closing thread, on the
-        // way back from the syscall: here that would be the shard's thread, stalled for
-        // hundreds of milliseconds while the file system frees (and, mounted with
-        // `discard`, trims) a whole segment.
-        for seg in deleted {
+        for seg in &deleted {
+            tracing::info!(dir = %self.dir.display(), base = seg.base_offset, "retention deletes segment");
+        }
+        // Oldest first: a crash leaves a suffix of the log.
+        self.remove_segments(deleted).await?;
+        Ok(count)
+    }
+
+    /// Closes segments no longer in the log, then unlinks them in the order given and syncs
+    /// the directory. Each file is closed before it is unlinked, so the unlink, not the
+    /// close, frees its blocks: a close of an unlinked file frees them in the closing
+    /// thread on the way back from the syscall, which here would be the shard's thread,
+    /// stalled for hundreds of milliseconds while the file system frees (and, mounted with
+    /// `discard`, trims) a whole segment. Unlinks and the directory sync block: they run
+    /// off the shard's thread.
+    pub(super) async fn remove_segments(&self, removed: Vec<Segment>) -> Result<(), LogError> {
+        if removed.is_empty() {
+            return Ok(());
+        }
+        let bases: Vec<i64> = removed.iter().map(|s| s.base_offset).collect();
+        for seg in removed {
             if let Ok(file) = Rc::try_unwrap(seg.file) {
                 let _ = file.close().await;
             }
         }
-        // Unlinks and the directory sync block: they run off the shard's thread.
         let dir = self.dir.clone();
         glommio::executor()
             .spawn_blocking(move || -> std::io::Result<()> {
                 for base in bases {
-                    tracing::info!(dir = %dir.display(), base, "retention deletes segment");
                     files::remove_segment(&dir, base)?;
                 }
                 files::sync_dir(&dir)
             })
             .await?;
-        Ok(count)
+        Ok(())
     }
 }

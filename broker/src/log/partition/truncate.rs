@@ -166,7 +166,9 @@ impl PartitionLog {
             self.high_watermark.set(Some(hw.min(new_end)));
         }
 
-        self.remove_segments(removed).await?;
+        // Newest first: a crash leaves a prefix of the log.
+        self.remove_segments(removed.into_iter().rev().collect())
+            .await?;
         file.truncate(position).await?;
         file.fdatasync().await?;
         self.durable_offset.set(new_end);
@@ -234,31 +236,6 @@ impl PartitionLog {
             }
         }
         Ok(producers)
-    }
-
-    /// Closes and unlinks segments no longer in the log, newest first (a crash leaves a
-    /// prefix), and syncs the directory, off the shard's thread.
-    async fn remove_segments(&self, removed: Vec<Segment>) -> Result<(), LogError> {
-        if removed.is_empty() {
-            return Ok(());
-        }
-        let bases: Vec<i64> = removed.iter().rev().map(|s| s.base_offset).collect();
-        // Closed before unlinked, so the unlink frees their blocks (see `apply_retention`).
-        for seg in removed {
-            if let Ok(file) = Rc::try_unwrap(seg.file) {
-                let _ = file.close().await;
-            }
-        }
-        let dir = self.dir.clone();
-        glommio::executor()
-            .spawn_blocking(move || -> std::io::Result<()> {
-                for base in bases {
-                    files::remove_segment(&dir, base)?;
-                }
-                files::sync_dir(&dir)
-            })
-            .await?;
-        Ok(())
     }
 
     async fn start_over(&self, offset: i64) -> Result<(), LogError> {
