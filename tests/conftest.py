@@ -135,3 +135,15 @@ def pytest_runtest_makereport(item, call):
             if len(text) > 20000:
                 text = "... (cut) ...\n" + text[-20000:]
             report.sections.append((f"shardlog log {broker.name} {broker.bootstrap}", text))
+
+
+@pytest.fixture
+def report(capsys, request):
+    """Print a measurement even without -s (pytest would capture it), labelled with the
+    module's REPORT_PREFIX (else its name)."""
+    prefix = getattr(request.module, "REPORT_PREFIX", request.module.__name__)
+
+    def say(text):
+        with capsys.disabled():
+            print(f"\n[{prefix}] {text}", flush=True)
+    return say

@@ -49,13 +49,7 @@ def cluster(start_module_cluster):
     return start_module_cluster(3, extra_args=GROUP_ARGS)
 
 
-@pytest.fixture
-def report(capsys):
-    """Print a measurement even without -s (pytest would capture it)."""
-    def say(text):
-        with capsys.disabled():
-            print(f"\n[cluster timing] {text}", flush=True)
-    return say
+REPORT_PREFIX = "cluster timing"  # how `report` (conftest) labels this module's figures
 
 
 # --- client helpers --------------------------------------------------------------------------

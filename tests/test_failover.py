@@ -76,13 +76,7 @@ def background():
         thread.join(ABANDON_DEADLINE_S + 5)
 
 
-@pytest.fixture
-def report(capsys):
-    """Print a measurement even without -s (pytest would capture it)."""
-    def say(text):
-        with capsys.disabled():
-            print(f"\n[failover] {text}", flush=True)
-    return say
+REPORT_PREFIX = "failover"  # how `report` (conftest) labels this module's figures
 
 
 # --- the history of a run, and its judge ------------------------------------------------------
